@@ -1,0 +1,77 @@
+"""Training: ingest → check → validate → features → train → evaluate → gate → register → promote.
+
+Trains the dataset named by the ``dataset`` Param (a YAML file in include/datasets/) on the
+partitions of the run's data interval. A model is registered only when every gate passes and
+becomes ``champion`` only after that. See docs/configuration.md for the Params.
+"""
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from pendulum import datetime
+
+from mlops.operators.training import (
+    BuildFeaturesOperator,
+    EvaluateModelOperator,
+    IngestOperator,
+    PromoteModelOperator,
+    QualityGateOperator,
+    RegisterModelOperator,
+    SkipIfUnchangedOperator,
+    TrainModelOperator,
+    ValidateDataOperator,
+)
+
+with DAG(
+    dag_id="training",
+    # Data-interval semantics: the run after day D ends trains on partition date=D.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["mlops", "training"],
+    default_args={
+        "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
+        "retry_delay": timedelta(seconds=int(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "60"))),
+        "retry_exponential_backoff": True,
+    },
+    params={
+        "dataset": Param("churn_demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                         description="Dataset config: include/datasets/<dataset>.yaml"),
+        "artifacts_uri": Param(os.environ.get("MLOPS_ARTIFACTS_URI", "s3://mlops"), type="string",
+                               description="Where run outputs, snapshots and audit records go"),
+        "source_uri": Param(None, type=["null", "string"],
+                            description="Override the dataset's source_uri (s3://… or a path)"),
+        "partition_date": Param(None, type=["null", "string"], format="date",
+                                description="Train on this day (YYYY-MM-DD) instead of the "
+                                            "data interval"),
+        "lookback_days": Param(None, type=["null", "integer"], minimum=1,
+                               description="Days of partitions to train on, ending at the interval"),
+        "model_name": Param(None, type=["null", "string"],
+                            description="Registered model name (default: the dataset name)"),
+        "training": Param({}, type="object",
+                          description='Overrides, e.g. {"family": "random_forest", "seed": 7}'),
+        "gate": Param({}, type="object",
+                      description='Overrides, e.g. {"thresholds": ["roc_auc >= 0.8"]}'),
+        "force": Param(False, type="boolean",
+                       description="Retrain even if data, code and params match the champion"),
+    },
+):
+    ingested = IngestOperator(task_id="ingest")
+    changed = SkipIfUnchangedOperator(task_id="check_changed", ingest_result=ingested.output)
+    validated = ValidateDataOperator(task_id="validate", ingest_result=ingested.output)
+    features = BuildFeaturesOperator(task_id="build_features", ingest_result=ingested.output)
+    trained = TrainModelOperator(task_id="train", features=features.output,
+                                 ingest_result=ingested.output)
+    evaluated = EvaluateModelOperator(task_id="evaluate", model=trained.output,
+                                      features=features.output)
+    decision = QualityGateOperator(task_id="gate", evaluation=evaluated.output)
+    registered = RegisterModelOperator(task_id="register", model=trained.output,
+                                       ingest_result=ingested.output)
+    promoted = PromoteModelOperator(task_id="promote", registration=registered.output,
+                                    decision=decision.output)
+
+    ingested >> changed >> validated >> features >> trained >> evaluated >> decision
+    decision >> registered >> promoted

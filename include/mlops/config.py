@@ -1,0 +1,210 @@
+"""The one configuration model: a dataset, how to train on it, and which gates a model must pass.
+
+A dataset config is a YAML file (``include/datasets/<name>.yaml`` or ``$MLOPS_DATASETS_DIR``).
+The training DAG receives plain Params; :func:`resolve_config` rebuilds and validates the model
+from them inside the task, so a bad value fails the first task with pydantic's message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
+
+TaskType = Literal["classification", "regression"]
+ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
+ModelFamily = Literal[
+    "hist_gradient_boosting", "random_forest", "logistic_regression", "ridge", "linear"
+]
+
+# Which metric direction is "better"; used by the gate and champion comparison.
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": False,
+                    "rmse": False, "mae": False, "r2": True}
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+_THRESHOLD_RE = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Column(_Frozen):
+    """One input column and what valid values look like."""
+
+    name: str
+    type: ColumnType
+    nullable: bool = False
+    max_null_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Column:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"column {self.name!r}: min {self.min} > max {self.max}")
+        if self.categories is not None and self.type != "categorical":
+            raise ValueError(f"column {self.name!r}: categories are only allowed on categorical columns")
+        return self
+
+
+class Threshold(_Frozen):
+    """``metric op value``, e.g. ``roc_auc >= 0.8``."""
+
+    metric: str
+    op: Literal[">=", "<=", ">", "<"]
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Threshold:
+        match = _THRESHOLD_RE.match(text)
+        if not match:
+            raise ValueError(f"threshold {text!r} is not of the form 'metric >= number'")
+        return cls(metric=match[1], op=match[2], value=float(match[3]))
+
+    def holds(self, observed: float) -> bool:
+        return {">=": observed >= self.value, "<=": observed <= self.value,
+                ">": observed > self.value, "<": observed < self.value}[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class GateConfig(_Frozen):
+    """Absolute thresholds plus champion-vs-challenger on the same held-out rows."""
+
+    thresholds: list[Threshold] = Field(default_factory=list)
+    champion_metric: str | None = None  # defaults to roc_auc (classification) / rmse (regression)
+    champion_margin: Annotated[float, Field(ge=0)] = 0.0  # challenger must beat champion by this
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _parse_thresholds(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Threshold.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
+class TrainingConfig(_Frozen):
+    family: ModelFamily = "hist_gradient_boosting"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+
+class DatasetConfig(_Frozen):
+    """Everything the pipeline needs to know about one dataset; see docs/configuration.md."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    source_uri: str  # s3://bucket/prefix or a local directory; partitions below it
+    partition_template: str = "date={date}"  # {date} is YYYY-MM-DD
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    lookback_days: Annotated[int, Field(ge=1, le=3660)] = 1
+    task: TaskType
+    target: str
+    columns: list[Column]
+    id_column: str | None = None
+    slice_column: str | None = None
+    min_rows: Annotated[int, Field(ge=1)] = 50
+    max_rows: int | None = None
+    model_name: str | None = None
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("column names must be unique")
+        if self.target not in names:
+            raise ValueError(f"target {self.target!r} must be one of the declared columns {names}")
+        for extra in ("id_column", "slice_column"):
+            value = getattr(self, extra)
+            if value is not None and value not in names:
+                raise ValueError(f"{extra} {value!r} must be one of the declared columns {names}")
+        if not self.feature_columns:
+            raise ValueError("no feature columns: declare at least one column besides the target")
+        allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        for threshold in self.gate.thresholds:
+            if threshold.metric not in allowed:
+                raise ValueError(f"gate threshold on {threshold.metric!r}: a {self.task} model "
+                                 f"reports {', '.join(allowed)}")
+        if self.gate.champion_metric is not None and self.gate.champion_metric not in allowed:
+            raise ValueError(f"champion_metric {self.gate.champion_metric!r} is not one of {allowed}")
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError("max_rows must be >= min_rows")
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.model_name or self.name
+
+    @property
+    def feature_columns(self) -> list[Column]:
+        skip = {self.target, self.id_column}
+        return [c for c in self.columns if c.name not in skip and c.type != "datetime"]
+
+    @property
+    def column(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
+
+    @property
+    def comparison_metric(self) -> str:
+        if self.gate.champion_metric:
+            return self.gate.champion_metric
+        return "roc_auc" if self.task == "classification" else "rmse"
+
+
+def datasets_dir() -> Path:
+    return Path(os.environ.get("MLOPS_DATASETS_DIR") or DATASETS_DIR)
+
+
+def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> DatasetConfig:
+    """Read ``<datasets_dir>/<name>.yaml``, deep-merge ``overrides`` and validate."""
+    import yaml
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"dataset name {name!r} may only hold letters, digits, '_', '.', '-'")
+    path = datasets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in datasets_dir().glob("*.yaml"))
+        raise FileNotFoundError(f"no dataset config {path}; known datasets: {known}. "
+                                "Add a YAML file there (see docs/configuration.md).")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("name", name)
+    return DatasetConfig.model_validate(deep_merge(raw, overrides or {}))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config(params: dict[str, Any]) -> DatasetConfig:
+    """Build the validated config from the training DAG's Params."""
+    overrides: dict[str, Any] = {}
+    if params.get("source_uri"):
+        overrides["source_uri"] = params["source_uri"]
+    if params.get("model_name"):
+        overrides["model_name"] = params["model_name"]
+    if params.get("training"):
+        overrides["training"] = params["training"]
+    if params.get("gate"):
+        overrides["gate"] = params["gate"]
+    if params.get("lookback_days"):
+        overrides["lookback_days"] = params["lookback_days"]
+    return load_dataset_config(params.get("dataset") or "churn_demo", overrides)

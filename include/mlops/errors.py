@@ -1,0 +1,53 @@
+"""Exceptions that carry what an on-call engineer needs: what broke, where, and which runbook."""
+
+from __future__ import annotations
+
+RUNBOOKS = "docs/runbooks"
+
+
+class PipelineError(Exception):
+    """Base class; ``runbook`` names the page in docs/runbooks/ that explains the fix."""
+
+    runbook = "README.md"
+
+    def __init__(self, message: str, *, runbook: str | None = None) -> None:
+        super().__init__(message)
+        if runbook:
+            self.runbook = runbook
+
+    def __str__(self) -> str:
+        return f"{self.args[0]} (runbook: {RUNBOOKS}/{self.runbook})"
+
+
+class DataError(PipelineError):
+    """The input data is wrong; retrying cannot help, fix the data or the dataset config."""
+
+    runbook = "bad-data.md"
+
+
+class MissingPartitionError(DataError):
+    runbook = "missing-partition.md"
+
+
+class SchemaError(DataError):
+    runbook = "schema-mismatch.md"
+
+
+class CorruptFileError(DataError):
+    runbook = "corrupt-file.md"
+
+
+class ValidationFailedError(DataError):
+    runbook = "validation-failed.md"
+
+
+class ServiceUnavailableError(PipelineError):
+    """A remote service (S3, MLflow) did not answer after retries with backoff."""
+
+    runbook = "service-unreachable.md"
+
+
+class PromotionError(PipelineError):
+    """The registry did not end up in the state we asked for (e.g. a concurrent promotion)."""
+
+    runbook = "promotion-failed.md"

@@ -1,0 +1,114 @@
+"""Quality gates and the promotion card.
+
+``decide`` applies every declared threshold and the champion-vs-challenger comparison, and keeps
+every reason. A model is approved only when every check passes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from include.mlops.config import HIGHER_IS_BETTER, DatasetConfig
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    approved: bool
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+
+    def log_line(self, model_name: str) -> str:
+        verdict = "APPROVED" if self.approved else "REJECTED"
+        return f"Gate {verdict} for {model_name}: " + "; ".join(self.reasons)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"approved": self.approved, "checks": [asdict(c) for c in self.checks],
+                "reasons": self.reasons}
+
+
+def decide(config: DatasetConfig, challenger: dict[str, float],
+           champion: dict[str, Any] | None) -> Decision:
+    """Apply thresholds, then champion-vs-challenger on the same held-out rows.
+
+    :param challenger: the new model's held-out metrics
+    :param champion: ``None`` when no champion exists; else ``{"version": v, "metrics": {...}}``
+        or ``{"version": v, "error": "why it could not be scored"}``
+    """
+    checks: list[Check] = []
+    for threshold in config.gate.thresholds:
+        observed = challenger.get(threshold.metric, float("nan"))
+        ok = not math.isnan(observed) and threshold.holds(observed)
+        checks.append(Check(f"threshold {threshold}", ok, f"observed {observed:.4f}"))
+
+    metric = config.comparison_metric
+    margin = config.gate.champion_margin
+    if champion is None:
+        checks.append(Check("champion comparison", True, "no champion yet: this is the first model"))
+    elif champion.get("error"):
+        checks.append(Check("champion comparison", False,
+                            f"champion v{champion['version']} could not be evaluated on the same "
+                            f"held-out rows: {champion['error']}"))
+    else:
+        new, old = challenger.get(metric, float("nan")), champion["metrics"].get(metric, float("nan"))
+        delta = (new - old) if HIGHER_IS_BETTER[metric] else (old - new)
+        ok = not math.isnan(delta) and delta > 0 and delta >= margin
+        checks.append(Check(
+            "champion comparison", ok,
+            f"{metric} challenger {new:.4f} vs champion v{champion['version']} {old:.4f}: "
+            f"improvement {delta:+.4f}, required > 0 and >= {margin:g}"))
+    return Decision(all(c.passed for c in checks), checks)
+
+
+def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dict[str, Any],
+                   champion: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any]:
+    """The promotion card as a JSON-serialisable dict (also rendered to HTML)."""
+    return {
+        "model_name": config.registered_model_name,
+        "task": config.task,
+        "decision": decision.as_dict(),
+        "challenger": challenger,
+        "champion": champion,
+        "gate_config": json.loads(config.gate.model_dump_json()),
+        **context,
+    }
+
+
+def render_card_html(card: dict[str, Any]) -> str:
+    esc = html.escape
+    decision = card["decision"]
+    verdict = "APPROVED" if decision["approved"] else "REJECTED"
+    color = "#1a7f37" if decision["approved"] else "#cf222e"
+    rows = "".join(
+        f"<tr><td>{'&#10004;' if c['passed'] else '&#10008;'}</td><td>{esc(c['name'])}</td>"
+        f"<td>{esc(c['detail'])}</td></tr>" for c in decision["checks"])
+    metrics = card["challenger"].get("metrics", {})
+    champ = (card.get("champion") or {}).get("metrics", {})
+    metric_rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{v:.4f}</td><td>{champ[k]:.4f}</td></tr>" if k in champ else
+        f"<tr><td>{esc(k)}</td><td>{v:.4f}</td><td>-</td></tr>" for k, v in metrics.items())
+    context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
+                      for k, v in card.items()
+                      if k not in {"decision", "challenger", "champion", "gate_config"})
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Promotion card: {esc(card['model_name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
+<h1>{esc(card['model_name'])}: <span style="color:{color}">{verdict}</span></h1>
+<h2>Checks</h2><table><tr><th></th><th>check</th><th>detail</th></tr>{rows}</table>
+<h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
+{metric_rows}</table>
+<h2>Context</h2><table>{context}</table></body></html>"""

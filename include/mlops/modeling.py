@@ -1,0 +1,196 @@
+"""Features, training and evaluation with scikit-learn.
+
+The ColumnTransformer is part of the model Pipeline, so it is fitted on training rows only and
+travels with the model: scoring can never apply different transformations.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.config import DatasetConfig
+from include.mlops.errors import DataError
+from include.mlops.ingest import SOURCE_COLUMN
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+# -- split and features ---------------------------------------------------------------------------
+def split(frame: pd.DataFrame, config: DatasetConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deterministic train/test split (stratified for classification when every class allows)."""
+    from sklearn.model_selection import train_test_split
+
+    frame = frame.drop(columns=[SOURCE_COLUMN], errors="ignore").reset_index(drop=True)
+    stratify = None
+    if config.task == "classification":
+        counts = frame[config.target].value_counts()
+        if (counts >= 2).all() and len(counts) >= 2:
+            stratify = frame[config.target]
+    train, test = train_test_split(frame, test_size=config.training.test_size,
+                                   random_state=config.training.seed, stratify=stratify)
+    if config.task == "classification" and train[config.target].nunique() < 2:
+        raise DataError(f"target {config.target!r} has a single class in the training rows "
+                        f"({train[config.target].unique().tolist()}); a classifier needs two or more",
+                        runbook="validation-failed.md")
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def feature_plan(config: DatasetConfig) -> dict[str, list[str]]:
+    """Which columns go through which transformer; from the declared schema, not the data."""
+    plan: dict[str, list[str]] = {"numeric": [], "categorical": []}
+    for column in config.feature_columns:
+        plan["categorical" if column.type == "categorical" else "numeric"].append(column.name)
+    return plan
+
+
+def build_preprocessor(plan: dict[str, list[str]]) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+             plan["numeric"]),
+            ("categorical", make_pipeline(
+                SimpleImputer(strategy="constant", fill_value="__missing__"),
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+             plan["categorical"]),
+        ],
+        remainder="drop",
+        verbose_feature_names_out=True,
+    )
+
+
+def build_estimator(config: DatasetConfig) -> Any:
+    from sklearn import ensemble, linear_model
+
+    family, seed = config.training.family, config.training.seed
+    classification = config.task == "classification"
+    factories = {
+        "hist_gradient_boosting": (ensemble.HistGradientBoostingClassifier if classification
+                                   else ensemble.HistGradientBoostingRegressor, {"random_state": seed}),
+        "random_forest": (ensemble.RandomForestClassifier if classification
+                          else ensemble.RandomForestRegressor, {"random_state": seed, "n_jobs": 1}),
+        "logistic_regression": (linear_model.LogisticRegression, {"max_iter": 1000}),
+        "ridge": (linear_model.Ridge, {"random_state": seed}),
+        "linear": (linear_model.LinearRegression, {}),
+    }
+    cls, defaults = factories[family]
+    if classification and family in ("ridge", "linear"):
+        raise ValueError(f"model family {family!r} is for regression; use logistic_regression, "
+                         "random_forest or hist_gradient_boosting for classification")
+    if not classification and family == "logistic_regression":
+        raise ValueError("logistic_regression is for classification; use ridge or linear")
+    try:
+        return cls(**{**defaults, **config.training.hyperparameters})
+    except TypeError as err:
+        raise ValueError(f"bad hyperparameters for {family}: {err}") from err
+
+
+def target(frame: pd.DataFrame, config: DatasetConfig) -> pd.Series:
+    y = frame[config.target]
+    if config.task == "classification" and y.dtype.kind == "f" and (y.dropna() % 1 == 0).all():
+        return y.astype("int64")  # ingest casts numbers to float; class labels are integers
+    return y
+
+
+def train(train_frame: pd.DataFrame, config: DatasetConfig) -> Pipeline:
+    """Fit features + estimator on ``train_frame``; deterministic for a given seed."""
+    from sklearn.pipeline import Pipeline
+
+    model = Pipeline([("features", build_preprocessor(feature_plan(config))),
+                      ("model", build_estimator(config))])
+    features = [c.name for c in config.feature_columns]
+    model.fit(train_frame[features], target(train_frame, config))
+    return model
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def metrics(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> dict[str, float]:
+    """Held-out metrics: accuracy, F1, ROC AUC, log loss (classification) or RMSE, MAE, R²."""
+    from sklearn import metrics as m
+
+    features = [c.name for c in config.feature_columns]
+    y = target(frame, config)
+    x = frame[features]
+    if config.task == "regression":
+        pred = model.predict(x)
+        return {"rmse": float(math.sqrt(m.mean_squared_error(y, pred))),
+                "mae": float(m.mean_absolute_error(y, pred)),
+                "r2": float(m.r2_score(y, pred)) if len(y) > 1 else float("nan")}
+    proba = model.predict_proba(x)
+    classes = list(model.classes_)
+    pred = [classes[i] for i in proba.argmax(axis=1)]
+    binary = len(classes) == 2
+    out = {"accuracy": float(m.accuracy_score(y, pred)),
+           "f1": float(m.f1_score(y, pred, average="binary" if binary else "macro",
+                                  pos_label=classes[-1] if binary else 1, zero_division=0))}
+    try:
+        out["roc_auc"] = float(m.roc_auc_score(y, proba[:, 1]) if binary else
+                               m.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+    except ValueError:  # one class present in this slice
+        out["roc_auc"] = float("nan")
+    try:
+        out["log_loss"] = float(m.log_loss(y, proba, labels=classes))
+    except ValueError:
+        out["log_loss"] = float("nan")
+    return out
+
+
+def slice_metrics(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> dict[str, dict[str, float]]:
+    """Metrics per value of the declared slice column (with the row count as ``n``)."""
+    if not config.slice_column:
+        return {}
+    out = {}
+    for value, part in frame.groupby(config.slice_column, dropna=False, observed=True):
+        label = "__missing__" if value is None or value != value else str(value)
+        out[label] = {"n": float(len(part)), **metrics(model, part, config)}
+    return out
+
+
+def plot(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> bytes:
+    """Confusion matrix (classification) or residual plot (regression), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    features = [c.name for c in config.feature_columns]
+    y = target(frame, config)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    try:
+        if config.task == "classification":
+            from sklearn.metrics import ConfusionMatrixDisplay
+
+            ConfusionMatrixDisplay.from_predictions(y, model.predict(frame[features]), ax=ax,
+                                                    colorbar=False)
+            ax.set_title(f"{config.registered_model_name}: confusion matrix (held-out)")
+        else:
+            pred = model.predict(frame[features])
+            ax.scatter(pred, y - pred, s=4, alpha=0.4)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("residual (actual - predicted)")
+            ax.set_title(f"{config.registered_model_name}: residuals (held-out)")
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def untrusted_types(model: Any) -> list[str]:
+    """Types skops refuses to load by default; we trust them because we just built the model."""
+    import skops.io
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))

@@ -1,0 +1,355 @@
+"""The training pipeline's stages as plain functions: ingest → check → validate → features → train
+→ evaluate → gate → register → promote.
+
+Each stage reads its inputs by URI, writes its outputs to a per-run folder keyed by the logical
+date (a re-run overwrites the same keys, never adds new ones), logs to the DAG run's MLflow run,
+and returns a small dict for XCom. Airflow operators (plugins/mlops) only wire these up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from include.mlops import gate as gates
+from include.mlops import ingest as ingestion
+from include.mlops import modeling, reproducibility, tracking, validation
+from include.mlops.config import DatasetConfig
+from include.mlops.errors import PromotionError, ValidationFailedError
+from include.mlops.storage import ObjectExistsError, ObjectStore, join
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What every stage needs: config, storage, the MLflow client and this DAG run's places."""
+
+    config: DatasetConfig
+    store: ObjectStore
+    client: Any  # mlflow.MlflowClient
+    mlflow_run_id: str
+    artifacts_uri: str
+    run_key: str  # the logical date, e.g. 2025-01-01T000000
+
+    @property
+    def model_name(self) -> str:
+        return self.config.registered_model_name
+
+    @property
+    def run_dir(self) -> str:
+        return join(self.artifacts_uri, self.model_name, "runs", self.run_key)
+
+    def put_json(self, name: str, payload: dict[str, Any], *, mlflow_path: str | None = None) -> str:
+        uri = join(self.run_dir, name)
+        self.store.write_bytes(uri, json.dumps(payload, indent=2, default=str).encode())
+        if mlflow_path:
+            self.client.log_dict(self.mlflow_run_id, payload, mlflow_path)
+        return uri
+
+    def get_json(self, uri: str) -> dict[str, Any]:
+        return json.loads(self.store.read_bytes(uri))
+
+    def read_frame(self, uri: str) -> Any:
+        return ingestion.read_parquet_bytes(self.store.read_bytes(uri))
+
+
+def run_key(logical_date: datetime) -> str:
+    return logical_date.astimezone(UTC).strftime("%Y-%m-%dT%H%M%S")
+
+
+# -- ingest -----------------------------------------------------------------------------------------
+def ingest(stage: Stage, dates: list[date]) -> dict[str, Any]:
+    started = time.monotonic()
+    result = ingestion.ingest(stage.config, stage.store, dates)
+    manifest = result.manifest
+    # Content-addressed: the same data always lands at the same key, written once.
+    snapshot_uri = join(stage.artifacts_uri, stage.model_name, "snapshots",
+                        f"{manifest['fingerprint']}.parquet")
+    if not stage.store.exists(snapshot_uri):
+        stage.store.write_bytes(snapshot_uri, ingestion.to_parquet_bytes(result.frame))
+    manifest["snapshot_uri"] = snapshot_uri
+    manifest["dates"] = [d.isoformat() for d in dates]
+    manifest_uri = stage.put_json("manifest.json", manifest, mlflow_path="data/manifest.json")
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.data_fingerprint", manifest["fingerprint"])
+    stage.client.log_metric(stage.mlflow_run_id, "data.rows", manifest["row_count"])
+    log.info("Ingested %d rows from %d file(s) in %s (fingerprint %s) in %.1fs; manifest %s",
+             manifest["row_count"], len(manifest["files"]), ", ".join(manifest["partitions"]),
+             manifest["fingerprint"][:12], time.monotonic() - started, manifest_uri)
+    return {"manifest_uri": manifest_uri, "snapshot_uri": snapshot_uri,
+            "fingerprint": manifest["fingerprint"], "rows": manifest["row_count"]}
+
+
+def check_changed(stage: Stage, fingerprint: str, *, force: bool = False) -> dict[str, Any]:
+    """Is there anything new to train? Unchanged data + code + params as the champion → no."""
+    key = reproducibility.repro_key(fingerprint, stage.config)
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.repro_key", key)
+    champion = tracking.champion_version(stage.client, stage.model_name)
+    if force:
+        return {"changed": True, "reason": "forced by the 'force' param", "repro_key": key}
+    if champion is not None and champion.tags.get("mlops.repro_key") == key:
+        reason = (f"data fingerprint {fingerprint[:12]}, code version "
+                  f"{reproducibility.code_version()} and training params equal those of champion "
+                  f"{stage.model_name} v{champion.version} (run {champion.run_id}); "
+                  "trigger with force=true to retrain anyway")
+        tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="skipped_unchanged")
+        return {"changed": False, "reason": reason, "repro_key": key}
+    why = "no champion yet" if champion is None else \
+        f"differs from champion v{champion.version} (data, code or params changed)"
+    return {"changed": True, "reason": why, "repro_key": key}
+
+
+# -- validate ---------------------------------------------------------------------------------------
+def validate(stage: Stage, snapshot_uri: str) -> dict[str, Any]:
+    frame = stage.read_frame(snapshot_uri)
+    outcome = validation.validate(frame, stage.config)
+    result_uri = stage.put_json("validation.json", outcome["result"],
+                                mlflow_path="validation/gx_result.json")
+    stage.client.log_metric(stage.mlflow_run_id, "validation.failed_expectations",
+                            len(outcome["failures"]))
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.validation",
+                         "passed" if outcome["success"] else "failed")
+    stats = outcome["statistics"]
+    if not outcome["success"]:
+        lines = [validation.describe_failure(f) for f in outcome["failures"]]
+        for line in lines:
+            log.error("Validation failure: %s", line)
+        raise ValidationFailedError(
+            f"data validation failed for dataset {stage.config.name!r}: "
+            f"{len(lines)} of {stats.get('evaluated_expectations')} expectations failed. "
+            f"First: {lines[0]}. Full result: {result_uri}")
+    log.info("Validation passed: %s expectations on %d rows; result %s",
+             stats.get("evaluated_expectations"), len(frame), result_uri)
+    return {"validation_uri": result_uri, "expectations": stats.get("evaluated_expectations")}
+
+
+# -- features ---------------------------------------------------------------------------------------
+def build_features(stage: Stage, snapshot_uri: str) -> dict[str, Any]:
+    frame = stage.read_frame(snapshot_uri)
+    train, test = modeling.split(frame, stage.config)
+    train_uri = join(stage.run_dir, "train.parquet")
+    test_uri = join(stage.run_dir, "test.parquet")
+    stage.store.write_bytes(train_uri, ingestion.to_parquet_bytes(train))
+    stage.store.write_bytes(test_uri, ingestion.to_parquet_bytes(test))
+    plan = modeling.feature_plan(stage.config)
+    stage.put_json("features.json", {"plan": plan, "train_rows": len(train), "test_rows": len(test)},
+                   mlflow_path="features/plan.json")
+    log.info("Split %d rows into %d train / %d held-out; features: %d numeric, %d categorical",
+             len(frame), len(train), len(test), len(plan["numeric"]), len(plan["categorical"]))
+    return {"train_uri": train_uri, "test_uri": test_uri, "train_rows": len(train),
+            "test_rows": len(test)}
+
+
+# -- train ------------------------------------------------------------------------------------------
+def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
+    from mlflow.entities import Param
+
+    config = stage.config
+    data_manifest = stage.get_json(manifest_uri)
+    repro = reproducibility.manifest(config=config, data_manifest=data_manifest,
+                                     snapshot_uri=data_manifest["snapshot_uri"])
+    run = stage.client.get_run(stage.mlflow_run_id)
+    if run.data.tags.get("mlops.model_uri") and \
+            run.data.tags.get("mlops.model_repro_key") == repro["repro_key"]:
+        # A retry after the model was logged: reuse it instead of logging a second one.
+        log.info("Run %s already holds the model for this data/code/params: %s",
+                 stage.mlflow_run_id, run.data.tags["mlops.model_uri"])
+        return {"model_uri": run.data.tags["mlops.model_uri"], "repro_key": repro["repro_key"]}
+
+    frame = stage.read_frame(train_uri)
+    started = time.monotonic()
+    model = modeling.train(frame, config)
+    train_seconds = time.monotonic() - started
+    params = {"dataset": config.name, "task": config.task, "target": config.target,
+              "family": config.training.family, "seed": config.training.seed,
+              "test_size": config.training.test_size, "train_rows": len(frame),
+              **{f"hp.{k}": v for k, v in config.training.hyperparameters.items()}}
+    existing = run.data.params
+    stage.client.log_batch(stage.mlflow_run_id, params=[
+        Param(k, str(v)) for k, v in params.items() if k not in existing])
+    _log_dataset(stage, frame, data_manifest)
+    stage.client.log_dict(stage.mlflow_run_id, repro, "reproducibility.json")
+    features = [c.name for c in config.feature_columns]
+    info = tracking.log_sklearn_model(run_id=stage.mlflow_run_id, model=model, name="model",
+                                      input_example=frame[features].head(5),
+                                      trusted_types=modeling.untrusted_types(model))
+    stage.client.log_metric(stage.mlflow_run_id, "train_seconds", train_seconds)
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.model_uri", info.model_uri)
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.model_repro_key", repro["repro_key"])
+    log.info("Trained %s (%s) on %d rows in %.1fs; model %s", config.registered_model_name,
+             config.training.family, len(frame), train_seconds, info.model_uri)
+    return {"model_uri": info.model_uri, "repro_key": repro["repro_key"]}
+
+
+def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = mlflow.data.from_pandas(frame, source=manifest["snapshot_uri"],
+                                      name=stage.config.name, targets=stage.config.target,
+                                      digest=manifest["fingerprint"][:32])
+    stage.client.log_inputs(stage.mlflow_run_id, datasets=[DatasetInput(
+        dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
+    import mlflow.sklearn
+
+    config = stage.config
+    test = stage.read_frame(test_uri)
+    model = mlflow.sklearn.load_model(model_uri)
+    held_out = modeling.metrics(model, test, config)
+    slices = modeling.slice_metrics(model, test, config)
+    run_id = stage.mlflow_run_id
+    _log_metrics(stage, held_out)
+    for value, values in slices.items():
+        _log_metrics(stage, {f"slice.{config.slice_column}.{_safe(value)}.{k}": v
+                             for k, v in values.items()})
+    stage.client.log_image(run_id, _png(modeling.plot(model, test, config)),
+                           "plots/confusion_matrix.png" if config.task == "classification"
+                           else "plots/residuals.png")
+
+    champion = None
+    current = tracking.champion_version(stage.client, stage.model_name)
+    if current is not None:
+        champion = {"version": str(current.version), "run_id": current.run_id}
+        try:
+            champion_model = mlflow.sklearn.load_model(
+                f"models:/{stage.model_name}/{current.version}")
+            champion["metrics"] = modeling.metrics(champion_model, test, config)
+            _log_metrics(stage, {f"champion.{k}": v for k, v in champion["metrics"].items()})
+        except Exception as err:  # noqa: BLE001 - the gate reports it as a failed check
+            log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
+            champion["error"] = f"{type(err).__name__}: {err}"
+    evaluation = {"metrics": held_out, "slices": slices, "champion": champion,
+                  "model_uri": model_uri, "test_rows": len(test)}
+    uri = stage.put_json("evaluation.json", evaluation, mlflow_path="evaluation/evaluation.json")
+    log.info("Held-out metrics: %s%s", _fmt(held_out),
+             f"; champion v{champion['version']}: {_fmt(champion.get('metrics', {}))}"
+             if champion else "; no champion yet")
+    return {"evaluation_uri": uri, "metrics": held_out}
+
+
+def _log_metrics(stage: Stage, values: dict[str, float]) -> None:
+    import math
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(v)]
+    for i in range(0, len(metrics), 1000):
+        stage.client.log_batch(stage.mlflow_run_id, metrics=metrics[i:i + 1000])
+
+
+def _safe(value: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in values.items())
+
+
+def _png(payload: bytes) -> Any:
+    import io
+
+    import numpy as np
+    from matplotlib import image
+
+    return np.asarray(image.imread(io.BytesIO(payload), format="png"))
+
+
+# -- gate -------------------------------------------------------------------------------------------
+def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> dict[str, Any]:
+    evaluation = stage.get_json(evaluation_uri)
+    decision = gates.decide(stage.config, evaluation["metrics"], evaluation["champion"])
+    card = gates.promotion_card(
+        config=stage.config, decision=decision,
+        challenger={"mlflow_run_id": stage.mlflow_run_id, "model_uri": evaluation["model_uri"],
+                    "metrics": evaluation["metrics"], "test_rows": evaluation["test_rows"]},
+        champion=evaluation["champion"], context=dag_context)
+    card_uri = stage.put_json("promotion_card.json", card, mlflow_path="promotion_card.json")
+    html = gates.render_card_html(card)
+    stage.store.write_bytes(join(stage.run_dir, "promotion_card.html"), html.encode())
+    stage.client.log_text(stage.mlflow_run_id, html, "promotion_card.html")
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.gate",
+                         "approved" if decision.approved else "rejected")
+    if not decision.approved:
+        tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="rejected")
+    log.info(decision.log_line(stage.model_name))
+    return {"approved": decision.approved, "reasons": decision.reasons, "card_uri": card_uri}
+
+
+# -- register and promote ---------------------------------------------------------------------------
+def register(stage: Stage, *, model_uri: str, manifest_uri: str,
+             dag_context: dict[str, Any]) -> dict[str, Any]:
+    data_manifest = stage.get_json(manifest_uri)
+    repro = reproducibility.manifest(config=stage.config, data_manifest=data_manifest,
+                                     snapshot_uri=data_manifest["snapshot_uri"])
+    tags = {
+        "mlops.repro_key": repro["repro_key"],
+        "mlops.data_fingerprint": repro["data"]["fingerprint"],
+        "mlops.data_snapshot": repro["data"]["snapshot_uri"],
+        "mlops.data_partitions": ",".join(repro["data"]["partitions"])[:4000],
+        "mlops.code_version": repro["code_version"],
+        "mlops.params": json.dumps(repro["params"]["training"], sort_keys=True)[:4000],
+        "mlops.seed": str(repro["seed"]),
+        "mlops.packages": json.dumps(repro["packages"], sort_keys=True)[:4000],
+        "mlops.reproducibility_uri": f"runs:/{stage.mlflow_run_id}/reproducibility.json",
+        "airflow.dag_id": str(dag_context.get("dag_id")),
+        "airflow.run_id": str(dag_context.get("dag_run_id")),
+    }
+    version = tracking.register(stage.client, model_name=stage.model_name, model_uri=model_uri,
+                                run_id=stage.mlflow_run_id, tags=tags,
+                                description=f"Trained by {dag_context.get('dag_id')} run "
+                                            f"{dag_context.get('dag_run_id')}")
+    return {"model_name": stage.model_name, "version": version}
+
+
+def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict[str, Any],
+            alias: str = tracking.CHAMPION) -> dict[str, Any]:
+    """Point ``alias`` at ``version``, verify it, and write the audit record (tags + S3)."""
+    client, name = stage.client, stage.model_name
+    mv = client.get_model_version(name, version)
+    if mv.tags.get("mlops.gate") != "approved" and \
+            client.get_run(mv.run_id).data.tags.get("mlops.gate") != "approved":
+        raise PromotionError(f"refusing to promote {name} v{version}: its run "
+                             f"{mv.run_id} has no approved gate decision")
+    current = tracking.champion_version(client, name, alias)
+    if current is not None and str(current.version) == str(version):
+        previous = mv.tags.get("audit.promoted_from", "none")  # a retry after the alias was set
+    else:
+        previous = str(current.version) if current is not None else "none"
+    record = {
+        "model_name": name, "alias": alias, "from_version": previous, "to_version": str(version),
+        "promoted_at": datetime.now(UTC).isoformat(),
+        "by": f"airflow:{dag_context.get('dag_id')}/{dag_context.get('dag_run_id')}",
+        "triggered_by": dag_context.get("triggered_by"),
+        "mlflow_run_id": stage.mlflow_run_id, "reasons": reasons,
+    }
+    for key, value in (("audit.promoted_from", previous), ("audit.promoted_by", record["by"]),
+                       ("audit.promoted_at", record["promoted_at"]),
+                       ("audit.reason", "; ".join(reasons)[:4000]), ("mlops.gate", "approved")):
+        if mv.tags.get(key) is None or key in ("audit.promoted_by",):
+            client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, alias, str(version))
+    check = tracking.champion_version(client, name, alias)
+    if check is None or str(check.version) != str(version):
+        raise PromotionError(f"alias @{alias} of {name} points at "
+                             f"v{getattr(check, 'version', None)} after setting it to v{version}: "
+                             "another promotion ran concurrently; check the audit log")
+    audit_uri = join(stage.artifacts_uri, "audit", name,
+                     f"v{int(version):06d}-from-{previous}-{_safe(str(dag_context.get('dag_run_id')))}.json")
+    try:
+        stage.store.write_bytes(audit_uri, json.dumps(record, indent=2).encode(), create_only=True)
+    except ObjectExistsError:
+        log.info("Audit record %s already written (task retry)", audit_uri)
+    tracking.finish_run(client, stage.mlflow_run_id, outcome="promoted")
+    log.info("Promoted %s v%s to @%s (was %s); verified; audit %s", name, version, alias,
+             previous, audit_uri)
+    return {"model_name": name, "version": str(version), "previous": previous,
+            "audit_uri": audit_uri}

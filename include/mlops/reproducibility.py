@@ -1,0 +1,89 @@
+"""Reproducibility manifest: what it takes to rebuild a model version, and the key that tells
+whether a new run would train the same model again (data + code + params)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from include.mlops import __version__
+from include.mlops.config import DatasetConfig
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+TRACKED_PACKAGES = ("scikit-learn", "pandas", "numpy", "pyarrow", "mlflow-skinny", "mlflow",
+                    "great-expectations", "skops", "scipy")
+
+
+@lru_cache(maxsize=1)
+def source_hash() -> str:
+    """sha256 of this package's Python sources: changes whenever the ML code changes."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit when the code is a clean checkout; else package version + source hash."""
+    try:
+        sha = subprocess.run(["git", "-C", str(PACKAGE_ROOT), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(PACKAGE_ROOT), "status", "--porcelain", "--",
+                                str(PACKAGE_ROOT)], capture_output=True, text=True, timeout=5,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{__version__}+src.{source_hash()[:12]}"
+    return f"git:{sha}" + (f"+dirty.{source_hash()[:12]}" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def training_params(config: DatasetConfig) -> dict[str, Any]:
+    """Everything in the config that changes the trained model."""
+    return {
+        "task": config.task,
+        "target": config.target,
+        "features": [c.model_dump() for c in config.feature_columns],
+        "training": config.training.model_dump(),
+    }
+
+
+def repro_key(data_fingerprint: str, config: DatasetConfig) -> str:
+    payload = {"data": data_fingerprint, "code": code_version(), "params": training_params(config)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def manifest(*, config: DatasetConfig, data_manifest: dict[str, Any],
+             snapshot_uri: str) -> dict[str, Any]:
+    return {
+        "repro_key": repro_key(data_manifest["fingerprint"], config),
+        "data": {
+            "fingerprint": data_manifest["fingerprint"],
+            "source_uri": data_manifest["source_uri"],
+            "partitions": data_manifest["partitions"],
+            "files": data_manifest["files"],
+            "row_count": data_manifest["row_count"],
+            "snapshot_uri": snapshot_uri,
+        },
+        "code_version": code_version(),
+        "package_version": __version__,
+        "params": training_params(config),
+        "seed": config.training.seed,
+        "packages": package_versions(),
+    }

@@ -1,0 +1,137 @@
+"""MLflow 3 tracking and registry helpers (client API only: no fluent active-run state, so a task
+never ends or starts a run by accident).
+
+One MLflow run per DAG run, found by tags (``airflow.dag_id`` + ``airflow.run_id``), so a retried
+task resumes the same run. Promotion uses aliases only (stages are deprecated).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DAG_ID_TAG = "airflow.dag_id"
+RUN_ID_TAG = "airflow.run_id"
+CHAMPION = "champion"
+
+
+def _not_found(err: Exception) -> bool:
+    code = getattr(err, "error_code", "") or ""
+    return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another task
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_or_create_run(client: Any, *, experiment: str, dag_id: str, dag_run_id: str,
+                       tags: dict[str, str], run_name: str) -> str:
+    """The MLflow run of this DAG run: found by tag, created on first use, resumed on retry."""
+    experiment_id = ensure_experiment(client, experiment)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{DAG_ID_TAG}` = '{_quote(dag_id)}' and "
+                      f"tags.`{RUN_ID_TAG}` = '{_quote(dag_run_id)}'",
+        max_results=2, order_by=["attributes.start_time ASC"])
+    if found:
+        run = found[0]
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={DAG_ID_TAG: dag_id, RUN_ID_TAG: dag_run_id, **tags})
+    return run.info.run_id
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def finish_run(client: Any, run_id: str, *, outcome: str, failed: bool = False) -> None:
+    client.set_tag(run_id, "mlops.outcome", outcome)
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def champion_version(client: Any, model_name: str, alias: str = CHAMPION) -> Any | None:
+    """The model version behind ``alias``, or None when the model or alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except Exception as err:
+        if _not_found(err) or "not found" in str(err).lower():
+            return None
+        raise
+
+
+def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
+                      trusted_types: list[str]) -> Any:
+    """Log a fitted sklearn pipeline with signature, input example and explicit requirements."""
+    from importlib import metadata
+
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    requirements = [f"{pkg}=={metadata.version(pkg)}" for pkg in
+                    ("mlflow-skinny", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
+    signature = infer_signature(input_example, model.predict(input_example))
+    return mlflow.sklearn.log_model(
+        model, name=name, run_id=run_id, signature=signature, input_example=input_example,
+        pip_requirements=requirements,  # explicit: inferring them costs ~5 s per model
+        skops_trusted_types=trusted_types,
+    )
+
+
+def registered_version(client: Any, model_name: str, run_id: str) -> Any | None:
+    """The version already registered from ``run_id`` (a retried register task reuses it)."""
+    try:
+        versions = client.search_model_versions(f"name = '{_quote(model_name)}' and "
+                                                f"run_id = '{run_id}'")
+    except Exception as err:
+        if _not_found(err):
+            return None
+        raise
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def register(client: Any, *, model_name: str, model_uri: str, run_id: str,
+             tags: dict[str, str], description: str, timeout_s: float = 120) -> str:
+    """Register ``model_uri`` once per run (idempotent) and wait until the version is READY."""
+    existing = registered_version(client, model_name, run_id)
+    if existing is None:
+        try:
+            client.create_registered_model(model_name)
+        except Exception as err:  # already exists
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(err, "error_code", "")) \
+                    and "already exists" not in str(err):
+                raise
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        existing = client.create_model_version(model_name, source=model_uri, run_id=run_id,
+                                               tags=tags, description=description,
+                                               model_id=model_id)
+        log.info("Registered %s version %s from run %s", model_name, existing.version, run_id)
+    else:
+        log.info("Run %s is already registered as %s version %s; reusing it",
+                 run_id, model_name, existing.version)
+    deadline = time.monotonic() + timeout_s
+    while existing.status != "READY":
+        if existing.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RuntimeError(f"{model_name} version {existing.version} is {existing.status}: "
+                               f"{existing.status_message}")
+        time.sleep(0.5)
+        existing = client.get_model_version(model_name, existing.version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, existing.version, key, value)
+    return str(existing.version)

@@ -1,0 +1,1 @@
+"""Airflow side of the package: hooks that own connections, thin operators, TaskFlow helpers."""

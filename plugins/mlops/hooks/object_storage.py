@@ -1,0 +1,46 @@
+"""Hook for S3-compatible object storage (AWS S3, SeaweedFS, MinIO, Ceph)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+
+class ObjectStorageHook(BaseHook):
+    """Owns the S3 connection and hands out an :class:`include.mlops.storage.ObjectStore`.
+
+    Connection (type ``aws``): ``login`` = access key id, ``password`` = secret access key;
+    extras ``endpoint_url`` (omit for AWS), ``region_name``, ``attempts`` (default 4) and
+    ``backoff_seconds`` (default 1) for retries when the endpoint does not answer.
+
+    :param s3_conn_id: Airflow connection id
+    """
+
+    conn_name_attr = "s3_conn_id"
+    default_conn_name = "mlops_s3"
+    conn_type = "aws"
+    hook_name = "MLOps object storage (S3)"
+
+    def __init__(self, s3_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.s3_conn_id = s3_conn_id
+
+    @cached_property
+    def store(self) -> Any:
+        from airflow.sdk.log import mask_secret
+
+        from include.mlops.storage import ObjectStore, make_s3_client
+
+        conn = self.get_connection(self.s3_conn_id)
+        extra = conn.extra_dejson
+        if conn.password:
+            mask_secret(conn.password)
+        endpoint = extra.get("endpoint_url") or extra.get("host")
+        client = make_s3_client(endpoint_url=endpoint, access_key=conn.login or None,
+                                secret_key=conn.password or None, region=extra.get("region_name"))
+        return ObjectStore(client, endpoint=endpoint or "AWS S3",
+                           attempts=int(extra.get("attempts", 4)),
+                           backoff_seconds=float(extra.get("backoff_seconds", 1)),
+                           conn_hint=f"Airflow connection {self.s3_conn_id!r}")

@@ -1,0 +1,316 @@
+"""Thin operators for the training pipeline; the work is in :mod:`include.mlops.pipeline`.
+
+Every operator reads the dataset config from the DAG run's Params, finds (or resumes) the DAG
+run's MLflow run by tag, calls one pipeline stage and returns a small dict (URIs, ids, metrics).
+Bad data fails the task at once (retrying cannot fix it); an unreachable service is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, SkipMixin
+from airflow.sdk.exceptions import AirflowFailException
+
+from mlops.hooks.mlflow import MlflowHook
+from mlops.hooks.object_storage import ObjectStorageHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from include.mlops.pipeline import Stage
+
+PROMOTION_POOL = "mlops_promotion"
+
+
+class MlopsStageOperator(BaseOperator):
+    """Base for the pipeline's operators: config from Params, hooks, the DAG run's MLflow run.
+
+    :param artifacts_uri: where run outputs, snapshots and audit records go, e.g.
+        ``s3://mlops`` (templated; defaults to the ``artifacts_uri`` Param)
+    :param mlflow_conn_id: connection of the MLflow tracking server
+    :param s3_conn_id: connection of the S3-compatible object store
+    """
+
+    template_fields: Sequence[str] = ("artifacts_uri",)
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, artifacts_uri: str = "{{ params.artifacts_uri }}",
+                 mlflow_conn_id: str = MlflowHook.default_conn_name,
+                 s3_conn_id: str = ObjectStorageHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.artifacts_uri = artifacts_uri
+        self.mlflow_conn_id = mlflow_conn_id
+        self.s3_conn_id = s3_conn_id
+
+    @cached_property
+    def mlflow_hook(self) -> MlflowHook:
+        return MlflowHook(self.mlflow_conn_id)
+
+    @cached_property
+    def s3_hook(self) -> ObjectStorageHook:
+        return ObjectStorageHook(self.s3_conn_id)
+
+    def dag_context(self, context: Context) -> dict[str, Any]:
+        dag_run = context["dag_run"]
+        return {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id,
+                "logical_date": str(context.get("logical_date")),
+                "triggered_by": str(getattr(dag_run, "triggering_user_name", None) or
+                                    getattr(dag_run, "run_type", "")),
+                "data_interval": f"{context.get('data_interval_start')} - "
+                                 f"{context.get('data_interval_end')}"}
+
+    def stage(self, context: Context) -> Stage:
+        from include.mlops import tracking
+        from include.mlops.config import resolve_config
+        from include.mlops.pipeline import Stage, run_key
+
+        config = resolve_config(dict(context["params"]))
+        dag_run = context["dag_run"]
+        when = context.get("logical_date") or context["data_interval_start"]
+        client = self.mlflow_hook.client
+        mlflow_run_id = tracking.find_or_create_run(
+            client, experiment=config.registered_model_name, dag_id=dag_run.dag_id,
+            dag_run_id=dag_run.run_id, run_name=f"{dag_run.dag_id}:{run_key(when)}",
+            tags={"airflow.logical_date": str(when), "mlops.dataset": config.name})
+        client.set_tag(mlflow_run_id, f"airflow.try.{self.task_id}", str(context["ti"].try_number))
+        return Stage(config=config, store=self.s3_hook.store, client=client,
+                     mlflow_run_id=mlflow_run_id, artifacts_uri=self.artifacts_uri,
+                     run_key=run_key(when))
+
+    def execute(self, context: Context) -> Any:
+        from include.mlops.errors import DataError
+
+        stage = None
+        try:
+            stage = self.stage(context)
+            return self.run(stage, context)
+        except (DataError, ValueError) as err:
+            # Bad data or config: a retry reads the same bytes, so fail now with the reason last.
+            self._mark_failed(stage)
+            self.log.error("%s", err)
+            raise AirflowFailException(str(err)) from err
+        except Exception:
+            if context["ti"].try_number > (self.retries or 0):
+                self._mark_failed(stage)
+            raise
+
+    def _mark_failed(self, stage: Stage | None) -> None:
+        if stage is None:
+            return
+        from include.mlops.tracking import finish_run
+
+        try:
+            finish_run(stage.client, stage.mlflow_run_id, outcome=f"failed:{self.task_id}",
+                       failed=True)
+        except Exception as err:  # noqa: BLE001 - never hide the original error
+            self.log.warning("Could not mark MLflow run %s failed: %s", stage.mlflow_run_id, err)
+
+    def run(self, stage: Stage, context: Context) -> Any:
+        raise NotImplementedError
+
+
+class IngestOperator(MlopsStageOperator):
+    """Read the partitions of the run's data interval, schema-check them, write a manifest.
+
+    Which days: those in the data interval, extended back to ``lookback_days`` of the dataset
+    config; the ``partition_date`` Param (YYYY-MM-DD) replaces the interval for a backfill by hand.
+    Returns ``{"manifest_uri", "snapshot_uri", "fingerprint", "rows"}``.
+    """
+
+    ui_color = "#d4f0d4"
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.ingest import partition_dates
+        from include.mlops.pipeline import ingest
+
+        override = context["params"].get("partition_date")
+        dates = partition_dates(context["data_interval_start"], context["data_interval_end"],
+                                stage.config.lookback_days,
+                                date.fromisoformat(override) if override else None)
+        return ingest(stage, dates)
+
+
+class SkipIfUnchangedOperator(MlopsStageOperator, SkipMixin):
+    """Skip the rest of the run when data fingerprint, code version and training params equal
+    those of the current champion (the ``force`` Param overrides).
+
+    :param ingest_result: the ingest task's XCom (templated; pass ``ingest.output``)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "ingest_result")
+
+    def __init__(self, *, ingest_result: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingest_result = ingest_result
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import check_changed
+
+        result = check_changed(stage, self.ingest_result["fingerprint"],
+                               force=bool(context["params"].get("force")))
+        if result["changed"]:
+            self.log.info("Training: %s", result["reason"])
+        else:
+            self.log.info("Skipping training: %s", result["reason"])
+            self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
+        return result
+
+
+class ValidateDataOperator(MlopsStageOperator):
+    """Great Expectations suite derived from the dataset's declared schema; fails on bad data.
+
+    :param ingest_result: the ingest task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "ingest_result")
+
+    def __init__(self, *, ingest_result: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingest_result = ingest_result
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import validate
+
+        return validate(stage, self.ingest_result["snapshot_uri"])
+
+
+class BuildFeaturesOperator(MlopsStageOperator):
+    """Split into train / held-out rows and record the feature plan.
+
+    :param ingest_result: the ingest task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "ingest_result")
+
+    def __init__(self, *, ingest_result: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ingest_result = ingest_result
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import build_features
+
+        return build_features(stage, self.ingest_result["snapshot_uri"])
+
+
+class TrainModelOperator(MlopsStageOperator):
+    """Fit features + model in-process and log it to the DAG run's MLflow run.
+
+    :param features: the build_features task's XCom (templated)
+    :param ingest_result: the ingest task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "features",
+                                      "ingest_result")
+
+    def __init__(self, *, features: Any, ingest_result: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.features = features
+        self.ingest_result = ingest_result
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import train
+
+        return train(stage, train_uri=self.features["train_uri"],
+                     manifest_uri=self.ingest_result["manifest_uri"])
+
+
+class EvaluateModelOperator(MlopsStageOperator):
+    """Held-out and per-slice metrics, a plot, and the champion's metrics on the same rows.
+
+    :param model: the train task's XCom (templated)
+    :param features: the build_features task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "model", "features")
+
+    def __init__(self, *, model: Any, features: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.features = features
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import evaluate
+
+        return evaluate(stage, model_uri=self.model["model_uri"],
+                        test_uri=self.features["test_uri"])
+
+
+class QualityGateOperator(MlopsStageOperator, SkipMixin):
+    """Thresholds + champion-vs-challenger. A rejection is an outcome, not a failure: the
+    decision and every reason are logged in one line and in the promotion card, and the
+    register/promote tasks are skipped.
+
+    :param evaluation: the evaluate task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "evaluation")
+
+    def __init__(self, *, evaluation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.evaluation = evaluation
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import gate
+
+        result = gate(stage, evaluation_uri=self.evaluation["evaluation_uri"],
+                      dag_context=self.dag_context(context))
+        if not result["approved"]:
+            self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
+        return result
+
+
+class RegisterModelOperator(MlopsStageOperator):
+    """Register the approved model in the MLflow Model Registry (once per run) with the
+    reproducibility manifest as version tags.
+
+    :param model: the train task's XCom (templated)
+    :param ingest_result: the ingest task's XCom (templated)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "model",
+                                      "ingest_result")
+
+    def __init__(self, *, model: Any, ingest_result: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.ingest_result = ingest_result
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import register
+
+        return register(stage, model_uri=self.model["model_uri"],
+                        manifest_uri=self.ingest_result["manifest_uri"],
+                        dag_context=self.dag_context(context))
+
+
+class PromoteModelOperator(MlopsStageOperator):
+    """Point the ``champion`` alias at the registered version, verify it and write the audit
+    record. Runs in the one-slot ``mlops_promotion`` pool so promotions never interleave.
+
+    :param registration: the register task's XCom (templated)
+    :param decision: the gate task's XCom (templated)
+    :param alias: registry alias to move (default ``champion``)
+    """
+
+    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "registration",
+                                      "decision", "alias")
+
+    def __init__(self, *, registration: Any, decision: Any, alias: str = "champion",
+                 pool: str = PROMOTION_POOL, **kwargs: Any) -> None:
+        super().__init__(pool=pool, **kwargs)
+        self.registration = registration
+        self.decision = decision
+        self.alias = alias
+
+    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops.pipeline import promote
+
+        if not self.decision.get("approved"):
+            raise AirflowFailException("refusing to promote: the gate did not approve this model")
+        return promote(stage, version=self.registration["version"],
+                       reasons=self.decision["reasons"], dag_context=self.dag_context(context),
+                       alias=self.alias)
