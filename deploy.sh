@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Local stack for the Airflow MLOps package: SeaweedFS (S3), MLflow, Airflow 3 (four processes).
+#
+#   ./deploy.sh local [--rerun]   venv, .env secrets, services, demo data, one training run + summary
+#   ./deploy.sh status            one line per service
+#   ./deploy.sh stop              stop every service (data in .local/ is kept)
+#   ./deploy.sh test [ARGS...]    venv, then pytest (tests start the services they need)
+#   ./deploy.sh airflow ARGS...   the airflow CLI against the local stack (e.g. `dags list`)
+#
+# Environment: MLOPS_S3_PORT (8333), MLOPS_MLFLOW_PORT (5000), MLOPS_AIRFLOW_PORT (8080),
+# MLOPS_DEPLOY_TIMEOUT (seconds to wait for the training run, 900).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$REPO"
+VENV="$REPO/.venv"
+STATE="$REPO/.local"
+ENV_FILE="$REPO/.env"
+S3_PORT="${MLOPS_S3_PORT:-8333}"
+MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-5000}"
+AIRFLOW_PORT="${MLOPS_AIRFLOW_PORT:-8080}"
+# The demo: three days of churn data; the run for logical date 2025-01-04 has the data interval
+# 2025-01-03 → 2025-01-04 (daily CronDataIntervalTimetable) and trains on partition date=2025-01-03.
+DEMO_START=2025-01-01
+DEMO_DAYS=3
+DEMO_LOGICAL_DATE=2025-01-04T00:00:00Z
+DEMO_RUN_ID=deploy_local__2025-01-04
+
+say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+# -- Python and the virtual environment ------------------------------------------------------------
+find_python() {
+    local candidate version
+    for candidate in python3.11 python3.12 python3; do
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        version="$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+            || continue
+        if [[ "$version" == "3.11" || "$version" == "3.12" ]]; then
+            echo "$candidate"
+            return
+        fi
+    done
+    die "Python 3.11 or 3.12 is required (tried python3.11, python3.12, python3)"
+}
+
+ensure_venv() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        local python
+        python="$(find_python)"
+        say "Creating $VENV with $python"
+        "$python" -m venv "$VENV"
+    fi
+    local want have
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
+    if [[ "$want" != "$have" ]]; then
+        say "Installing requirements.txt into $VENV (it changed since the last install)"
+        if [[ ! -x "$VENV/bin/uv" ]]; then
+            "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip >/dev/null
+            "$VENV/bin/python" -m pip install -q uv
+        fi
+        VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q -r requirements.txt
+        echo "$want" >"$VENV/.requirements.sha256"
+    fi
+    # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
+    local site
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$site/airflow_mlops_repo.pth"
+}
+
+# -- Secrets ---------------------------------------------------------------------------------------
+# .env holds every secret of the local stack, generated once (mode 600, git-ignored). Keys that are
+# missing (an older .env) are added; existing values are never changed.
+ensure_env_file() {
+    (umask 077 && "$VENV/bin/python" - "$ENV_FILE" <<'PY'
+import base64, os, secrets, sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+path = Path(sys.argv[1])
+generators = {
+    "MLOPS_S3_ACCESS_KEY": lambda: "AK" + secrets.token_hex(9).upper(),
+    "MLOPS_S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
+    "MLOPS_AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(48),
+    "AIRFLOW__CORE__FERNET_KEY": lambda: Fernet.generate_key().decode(),
+    "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(48),
+}
+text = path.read_text() if path.exists() else ""
+present = {line.split("=", 1)[0].strip() for line in text.splitlines()
+           if "=" in line and not line.lstrip().startswith("#")}
+missing = [key for key in generators if key not in present]
+if not text:
+    text = ("# Secrets of the local stack (./deploy.sh local), generated "
+            f"{datetime.now(timezone.utc):%Y-%m-%d}. Keep this file private (mode 600).\n"
+            "# Log in to Airflow as user 'admin' with MLOPS_AIRFLOW_ADMIN_PASSWORD.\n")
+if missing:
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "".join(f"{key}={generators[key]()}\n" for key in missing)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    print(("Created " if len(missing) == len(generators) else "Added %s to " % ", ".join(missing))
+          + str(path) + " (random secrets, mode 600)")
+if path.stat().st_mode & 0o077:
+    path.chmod(0o600)
+    print(f"Restricted {path} to mode 600")
+PY
+    )
+}
+
+load_env() {
+    set -a
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    set +a
+}
+
+# -- Airflow configuration (environment only; nothing secret on a command line) ------------------
+airflow_env() {
+    export PATH="$VENV/bin:$PATH"
+    export MLOPS_STATE_DIR="$STATE" MLOPS_S3_PORT="$S3_PORT" MLOPS_MLFLOW_PORT="$MLFLOW_PORT" \
+        MLOPS_AIRFLOW_PORT="$AIRFLOW_PORT"
+    export AIRFLOW_HOME="$STATE/airflow"
+    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
+    export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
+    export AIRFLOW__CORE__LOAD_EXAMPLES=False
+    export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+    export AIRFLOW__CORE__PARALLELISM=4
+    export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
+    export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
+    export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/passwords.json"
+    export AIRFLOW__API__HOST=127.0.0.1
+    export AIRFLOW__API__PORT="$AIRFLOW_PORT"
+    export AIRFLOW__API__WORKERS=1
+    export AIRFLOW__API__BASE_URL="http://127.0.0.1:$AIRFLOW_PORT"
+    export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW_PORT/execution/"
+    export MLOPS_ARTIFACTS_URI=s3://mlops
+    export GX_ANALYTICS_ENABLED=False
+    export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+    export MLOPS_AIRFLOW_URL="http://127.0.0.1:$AIRFLOW_PORT"
+    export MLOPS_MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
+    mkdir -p "$AIRFLOW_HOME" "$STATE/logs" "$STATE/run"
+    chmod 700 "$STATE"
+}
+
+# The SimpleAuthManager reads admin's password from this file (written from .env, mode 600).
+write_passwords_file() {
+    (umask 077 && "$VENV/bin/python" - <<'PY'
+import json, os
+from pathlib import Path
+
+path = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+wanted = json.dumps({"admin": os.environ["MLOPS_AIRFLOW_ADMIN_PASSWORD"]}) + "\n"
+if not path.exists() or path.read_text() != wanted:
+    path.write_text(wanted)
+path.chmod(0o600)
+PY
+    )
+}
+
+# Connections and the promotion pool; both idempotent. The connections file holds the S3 secret:
+# mode 600, deleted on exit, never on a command line.
+configure_airflow() {
+    local conns="$STATE/run/connections.json"
+    trap 'rm -f "$STATE/run/connections.json"' EXIT
+    (umask 077 && "$VENV/bin/python" - "$conns" <<'PY'
+import json, os, sys
+
+s3 = f"http://127.0.0.1:{os.environ['MLOPS_S3_PORT']}"
+json.dump({
+    "mlflow_default": {"conn_type": "http", "host": os.environ["MLOPS_MLFLOW_URL"],
+                       "description": "MLflow tracking server of the local stack"},
+    "mlops_s3": {"conn_type": "aws", "login": os.environ["MLOPS_S3_ACCESS_KEY"],
+                 "password": os.environ["MLOPS_S3_SECRET_KEY"],
+                 "extra_dejson": {"endpoint_url": s3, "region_name": "us-east-1"},
+                 "description": "SeaweedFS (S3) of the local stack"},
+}, open(sys.argv[1], "w"))
+PY
+    )
+    local out
+    out="$(airflow connections import --overwrite "$conns" 2>&1)" \
+        || { rm -f "$conns"; echo "$out" | tail -n 20 >&2; die "airflow connections import failed"; }
+    rm -f "$conns"
+    airflow pools set mlops_promotion 1 "serializes model promotion" >/dev/null
+    say "Connections mlflow_default, mlops_s3 and pool mlops_promotion (1 slot) are set"
+}
+
+stack() { "$VENV/bin/python" "$REPO/scripts/stack.py" "$@"; }
+
+cmd_local() {
+    local rerun=()
+    while (($#)); do
+        case "$1" in
+            --rerun) rerun=(--rerun) ;;
+            *) die "unknown option for local: $1" ;;
+        esac
+        shift
+    done
+    ensure_venv
+    ensure_env_file
+    load_env
+    airflow_env
+    say "Services (state in $STATE, logs in $STATE/logs)"
+    stack up-s3
+    say "Demo data: s3://mlops-data/churn, $DEMO_DAYS days from $DEMO_START (deterministic)"
+    MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ACCESS_KEY" \
+        AWS_SECRET_ACCESS_KEY="$MLOPS_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+        "$VENV/bin/python" -m include.mlops.demo_data --dest s3://mlops-data/churn \
+        --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 | sed 's/^/  /'
+    stack up-mlflow
+    say "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
+    airflow db migrate >"$STATE/logs/db-migrate.log" 2>&1 \
+        || { tail -n 30 "$STATE/logs/db-migrate.log"; die "airflow db migrate failed"; }
+    write_passwords_file
+    configure_airflow
+    stack up-airflow
+    say "Training run $DEMO_RUN_ID (logical date $DEMO_LOGICAL_DATE)"
+    local rc=0
+    "$VENV/bin/python" "$REPO/scripts/summary.py" run --dag-id training \
+        --run-id "$DEMO_RUN_ID" --logical-date "$DEMO_LOGICAL_DATE" \
+        --timeout "${MLOPS_DEPLOY_TIMEOUT:-900}" "${rerun[@]}" || rc=$?
+    echo
+    echo "Log in to Airflow as 'admin'; the password is MLOPS_AIRFLOW_ADMIN_PASSWORD in $ENV_FILE."
+    echo "./deploy.sh status | ./deploy.sh stop (data stays in $STATE)"
+    return $rc
+}
+
+cmd_stop() {
+    airflow_env
+    say "Stopping the local stack (data stays in $STATE)"
+    stack down "$@"
+}
+
+cmd_status() {
+    [[ -x "$VENV/bin/python" ]] || die "no $VENV yet: run ./deploy.sh local"
+    [[ -f "$ENV_FILE" ]] && load_env
+    airflow_env
+    stack status
+}
+
+cmd_test() {
+    ensure_venv
+    local args=("$@")
+    # Default to the whole suite; `./deploy.sh test tests/unit -x` picks paths and options.
+    if ((${#args[@]} == 0)) || [[ "${args[0]}" == -* ]]; then
+        args=(tests "${args[@]}")
+    fi
+    exec "$VENV/bin/python" -m pytest "${args[@]}" -q -p no:cacheprovider
+}
+
+cmd_airflow() {
+    [[ -f "$ENV_FILE" ]] || die "no $ENV_FILE yet: run ./deploy.sh local"
+    load_env
+    airflow_env
+    exec "$VENV/bin/airflow" "$@"
+}
+
+main() {
+    local command="${1:-}"
+    (($#)) && shift
+    case "$command" in
+        local) cmd_local "$@" ;;
+        stop) cmd_stop "$@" ;;
+        status) cmd_status "$@" ;;
+        test) cmd_test "$@" ;;
+        airflow) cmd_airflow "$@" ;;
+        -h | --help | help) usage ;;
+        *) usage >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
