@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, SkipMixin
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, DownstreamTasksSkipped
 
 from mlops.hooks.mlflow import MlflowHook
 from mlops.hooks.object_storage import ObjectStorageHook
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 PROMOTION_POOL = "mlops_promotion"
 
 
-class MlopsStageOperator(BaseOperator):
+class MlopsStageOperator(BaseOperator, SkipMixin):
     """Base for the pipeline's operators: config from Params, hooks, the DAG run's MLflow run.
 
     :param artifacts_uri: where run outputs, snapshots and audit records go, e.g.
@@ -93,6 +93,8 @@ class MlopsStageOperator(BaseOperator):
             self._mark_failed(stage)
             self.log.error("%s", err)
             raise AirflowFailException(str(err)) from err
+        except (DownstreamTasksSkipped, AirflowSkipException):
+            raise  # an outcome (unchanged data, rejected model), not a failure
         except Exception:
             if context["ti"].try_number > (self.retries or 0):
                 self._mark_failed(stage)
@@ -111,6 +113,12 @@ class MlopsStageOperator(BaseOperator):
 
     def run(self, stage: Stage, context: Context) -> Any:
         raise NotImplementedError
+
+    def skip_downstream(self, context: Context, result: Any) -> None:
+        """Skip the direct downstream tasks (the rest follow by trigger rule), keeping our XCom:
+        ``skip`` raises, so the return value would otherwise be lost."""
+        context["ti"].xcom_push(key="return_value", value=result)
+        self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
 
 
 class IngestOperator(MlopsStageOperator):
@@ -134,7 +142,7 @@ class IngestOperator(MlopsStageOperator):
         return ingest(stage, dates)
 
 
-class SkipIfUnchangedOperator(MlopsStageOperator, SkipMixin):
+class SkipIfUnchangedOperator(MlopsStageOperator):
     """Skip the rest of the run when data fingerprint, code version and training params equal
     those of the current champion (the ``force`` Param overrides).
 
@@ -156,7 +164,7 @@ class SkipIfUnchangedOperator(MlopsStageOperator, SkipMixin):
             self.log.info("Training: %s", result["reason"])
         else:
             self.log.info("Skipping training: %s", result["reason"])
-            self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
+            self.skip_downstream(context, result)
         return result
 
 
@@ -239,7 +247,7 @@ class EvaluateModelOperator(MlopsStageOperator):
                         test_uri=self.features["test_uri"])
 
 
-class QualityGateOperator(MlopsStageOperator, SkipMixin):
+class QualityGateOperator(MlopsStageOperator):
     """Thresholds + champion-vs-challenger. A rejection is an outcome, not a failure: the
     decision and every reason are logged in one line and in the promotion card, and the
     register/promote tasks are skipped.
@@ -259,7 +267,7 @@ class QualityGateOperator(MlopsStageOperator, SkipMixin):
         result = gate(stage, evaluation_uri=self.evaluation["evaluation_uri"],
                       dag_context=self.dag_context(context))
         if not result["approved"]:
-            self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
+            self.skip_downstream(context, result)
         return result
 
 
