@@ -55,6 +55,10 @@ ensure_venv() {
         say "Creating $VENV with $python"
         "$python" -m venv "$VENV"
     fi
+    local version
+    version="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    [[ "$version" == "3.11" || "$version" == "3.12" ]] \
+        || die "$VENV has Python $version; 3.11 or 3.12 is required (remove $VENV to rebuild it)"
     local want have
     want="$(sha256sum requirements.txt | cut -d' ' -f1)"
     have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
@@ -220,7 +224,8 @@ cmd_local() {
     MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ACCESS_KEY" \
         AWS_SECRET_ACCESS_KEY="$MLOPS_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
         "$VENV/bin/python" -m include.mlops.demo_data --dest s3://mlops-data/churn \
-        --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 | sed 's/^/  /'
+        --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 \
+        | sed '/Found credentials in environment variables/d; s/^/  /'
     stack up-mlflow
     say "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
     airflow db migrate >"$STATE/logs/db-migrate.log" 2>&1 \

@@ -277,8 +277,19 @@ def stop_group(pid: int, *, first: signal.Signals = signal.SIGTERM, timeout: flo
     return "still running"
 
 
+def _can_listen(port: int) -> bool:
+    """Like the servers do (SO_REUSEADDR): TIME-WAIT leftovers of a stopped server do not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def _check_ports_free(stack: LocalStack, name: str) -> None:
-    busy = [p for p in stack.ports_used_by(name) if not _is_free(p)]
+    busy = [p for p in stack.ports_used_by(name) if not _can_listen(p)]
     if busy:
         env = {"seaweedfs": "MLOPS_S3_PORT", "mlflow": "MLOPS_MLFLOW_PORT",
                "api-server": "MLOPS_AIRFLOW_PORT"}[name]
@@ -408,10 +419,11 @@ def down(stack: LocalStack, names: list[str]) -> None:
             continue
         # Airflow parts shut down cleanly on SIGTERM (the scheduler ends its task processes);
         # weed is slow on SIGTERM, so give it less time before SIGKILL.
+        began = time.monotonic()
         result = stop_group(pid, timeout=10 if name == "seaweedfs" else 30)
         if result != "still running":
             path.unlink(missing_ok=True)
-        print(f"  {name:<14} {result:<8} pid {pid}", flush=True)
+        print(f"  {name:<14} {result:<8} pid {pid:<8} {time.monotonic() - began:.1f}s", flush=True)
 
 
 def _json_get(url: str, timeout: float = 3) -> dict:

@@ -228,6 +228,7 @@ def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str
 def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any]) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         import mlflow.artifacts
         from mlflow import MlflowClient
@@ -274,8 +275,8 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
         _say(f"  gate: {'APPROVED' if decision.get('approved') else 'REJECTED'}")
         for reason in decision.get("reasons", []):
             _say(f"    {reason}")
-    elif tis.get("gate", {}).get("state") not in (None, "skipped"):
-        _say(f"  gate: {tis['gate'].get('state')} (no decision recorded)")
+    elif tis.get("gate", {}).get("state") == "success":
+        _say("  gate: ran, but its promotion card is not in the MLflow run")
 
     try:
         versions = client.search_model_versions(f"run_id = '{info.run_id}'")
@@ -344,6 +345,7 @@ def show_log_tail(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any],
     if rendered is None:
         _say("    (log not available from the API; see .local/airflow/logs/)")
         return
+    rendered = [line for line in rendered if "::group::" not in line and "::endgroup::" not in line]
     for line in rendered[-lines:]:
         _say(f"    {line[:400]}")
 
