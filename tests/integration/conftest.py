@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -105,6 +106,13 @@ class RunResult:
     tasks: dict[str, str]
     log: str
     run_id: str
+
+    def final_error(self) -> str:
+        """The last exception line of the log: the message an on-call engineer reads first."""
+        pattern = re.compile(r"^(include\.mlops\.errors\.\w+|airflow\.sdk\.exceptions\.\w+): ")
+        found = [line for line in self.log.splitlines() if pattern.match(line)]
+        assert found, "no exception line in the task log"
+        return found[-1]
 
     def error_lines(self) -> list[str]:
         return [line for line in self.log.splitlines() if "[error" in line or "ERROR" in line]
