@@ -1,0 +1,47 @@
+"""Small builders shared by the unit tests: the shipped churn config with overrides, demo frames."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from include.mlops.config import DATASETS_DIR, DatasetConfig, deep_merge
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DAY = date(2025, 1, 1)
+# The shipped config trains 150 boosting iterations; a few are enough to test behaviour quickly.
+FAST_TRAINING = {"hyperparameters": {"max_iter": 25}}
+
+
+def churn_raw() -> dict[str, Any]:
+    """The shipped ``include/datasets/churn_demo.yaml`` as a dict (independent of env vars)."""
+    raw = yaml.safe_load((DATASETS_DIR / "churn_demo.yaml").read_text())
+    raw["name"] = "churn_demo"
+    return raw
+
+
+def churn_config(**overrides: Any) -> DatasetConfig:
+    """The shipped churn config, deep-merged with ``overrides`` and validated."""
+    return DatasetConfig.model_validate(deep_merge(churn_raw(), overrides))
+
+
+def regression_config(**overrides: Any) -> DatasetConfig:
+    """The churn columns, but predicting ``monthly_charges`` (a regression task)."""
+    base = {"task": "regression", "target": "monthly_charges", "slice_column": "region",
+            "gate": {"thresholds": ["rmse <= 40", "r2 >= 0.1"], "champion_metric": "rmse"},
+            "training": {"family": "ridge", "hyperparameters": {}}}
+    raw = deep_merge(churn_raw(), base)
+    raw["training"]["hyperparameters"] = {}  # the YAML's boosting hyperparameters do not apply
+    return DatasetConfig.model_validate(deep_merge(raw, overrides))
+
+
+def demo_frame(config: DatasetConfig, rows: int = 400, day: date = DAY, **kwargs: Any) -> pd.DataFrame:
+    """One day of demo data, cast to the declared types exactly as ingest does."""
+    from include.mlops.demo_data import generate
+    from include.mlops.ingest import conform
+
+    return conform(generate(day, rows, **kwargs), config, f"memory://{day.isoformat()}")
