@@ -28,7 +28,8 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": F
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
-_THRESHOLD_RE = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
+_THRESHOLD_RE = re.compile(
+    r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*$")
 
 
 class _Frozen(BaseModel):
@@ -138,6 +139,13 @@ class DatasetConfig(_Frozen):
                                  f"reports {', '.join(allowed)}")
         if self.gate.champion_metric is not None and self.gate.champion_metric not in allowed:
             raise ValueError(f"champion_metric {self.gate.champion_metric!r} is not one of {allowed}")
+        family = self.training.family
+        if self.task == "classification" and family in ("ridge", "linear"):
+            raise ValueError(f"model family {family!r} is for regression; use logistic_regression, "
+                             "random_forest or hist_gradient_boosting for classification")
+        if self.task == "regression" and family == "logistic_regression":
+            raise ValueError("model family 'logistic_regression' is for classification; use "
+                             "ridge, linear, random_forest or hist_gradient_boosting")
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError("max_rows must be >= min_rows")
         return self
@@ -174,8 +182,10 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
         raise ValueError(f"dataset name {name!r} may only hold letters, digits, '_', '.', '-'")
     path = datasets_dir() / f"{name}.yaml"
     if not path.is_file():
+        from include.mlops.errors import ConfigError
+
         known = sorted(p.stem for p in datasets_dir().glob("*.yaml"))
-        raise FileNotFoundError(f"no dataset config {path}; known datasets: {known}. "
+        raise ConfigError(f"no dataset config {path}; known datasets: {known}. "
                                 "Add a YAML file there (see docs/configuration.md).")
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", name)

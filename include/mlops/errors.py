@@ -6,9 +6,14 @@ RUNBOOKS = "docs/runbooks"
 
 
 class PipelineError(Exception):
-    """Base class; ``runbook`` names the page in docs/runbooks/ that explains the fix."""
+    """Base class; ``runbook`` names the page in docs/runbooks/ that explains the fix.
+
+    ``retryable`` tells the operator whether a task retry can help; most of these cannot (the
+    same bytes, the same config, the same registry state), so the task fails at once.
+    """
 
     runbook = "README.md"
+    retryable = False
 
     def __init__(self, message: str, *, runbook: str | None = None) -> None:
         super().__init__(message)
@@ -41,8 +46,21 @@ class ValidationFailedError(DataError):
     runbook = "validation-failed.md"
 
 
+class ConfigError(PipelineError):
+    """The dataset config or a Param is wrong (unknown dataset, bad hyperparameters)."""
+
+    runbook = "bad-data.md"
+
+
 class ServiceUnavailableError(PipelineError):
     """A remote service (S3, MLflow) did not answer after retries with backoff."""
+
+    runbook = "service-unreachable.md"
+    retryable = True  # it may be back by the next Airflow retry
+
+
+class CredentialsError(PipelineError):
+    """A service answered but rejected (or never got) the credentials of its Connection."""
 
     runbook = "service-unreachable.md"
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import Column, DatasetConfig
 from include.mlops.errors import CorruptFileError, DataError, MissingPartitionError, SchemaError
-from include.mlops.storage import ObjectInfo, ObjectStore, join
+from include.mlops.storage import ObjectInfo, ObjectStore, is_s3, join, local_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,13 +80,16 @@ def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Inge
             f"{nearby}. Wait for the upstream export or run with another date"
         )
 
+    # Keys relative to the source root, so the same data has the same fingerprint wherever it is.
+    root = (config.source_uri if is_s3(config.source_uri)
+            else str(local_path(config.source_uri))).rstrip("/")
     frames, files = [], []
     for partition, obj in objects:
         frame = read_file(obj.uri, store.read_bytes(obj.uri), config)
         frame = conform(frame, config, obj.uri)
         frame[SOURCE_COLUMN] = obj.uri
         frames.append(frame)
-        files.append({**obj.as_dict(), "key": obj.uri.removeprefix(config.source_uri).lstrip("/"),
+        files.append({**obj.as_dict(), "key": obj.uri.removeprefix(root).lstrip("/"),
                       "partition": partition, "rows": len(frame)})
         log.info("Read %s: %d rows, %d bytes", obj.uri, len(frame), obj.size)
 

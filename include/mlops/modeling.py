@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DatasetConfig
-from include.mlops.errors import DataError
+from include.mlops.errors import ConfigError, DataError
 from include.mlops.ingest import SOURCE_COLUMN
 
 if TYPE_CHECKING:
@@ -84,16 +84,11 @@ def build_estimator(config: DatasetConfig) -> Any:
         "ridge": (linear_model.Ridge, {"random_state": seed}),
         "linear": (linear_model.LinearRegression, {}),
     }
-    cls, defaults = factories[family]
-    if classification and family in ("ridge", "linear"):
-        raise ValueError(f"model family {family!r} is for regression; use logistic_regression, "
-                         "random_forest or hist_gradient_boosting for classification")
-    if not classification and family == "logistic_regression":
-        raise ValueError("logistic_regression is for classification; use ridge or linear")
+    cls, defaults = factories[family]  # family vs task is checked by DatasetConfig
     try:
         return cls(**{**defaults, **config.training.hyperparameters})
     except TypeError as err:
-        raise ValueError(f"bad hyperparameters for {family}: {err}") from err
+        raise ConfigError(f"bad hyperparameters for {family}: {err}") from err
 
 
 def target(frame: pd.DataFrame, config: DatasetConfig) -> pd.Series:

@@ -92,8 +92,8 @@ def check_changed(stage: Stage, fingerprint: str, *, force: bool = False) -> dic
     if force:
         return {"changed": True, "reason": "forced by the 'force' param", "repro_key": key}
     if champion is not None and champion.tags.get("mlops.repro_key") == key:
-        reason = (f"data fingerprint {fingerprint[:12]}, code version "
-                  f"{reproducibility.code_version()} and training params equal those of champion "
+        reason = (f"data fingerprint {fingerprint[:12]}, ML code (sources "
+                  f"{reproducibility.source_hash()[:12]}) and training params equal those of champion "
                   f"{stage.model_name} v{champion.version} (run {champion.run_id}); "
                   "trigger with force=true to retrain anyway")
         tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="skipped_unchanged")
@@ -296,6 +296,7 @@ def register(stage: Stage, *, model_uri: str, manifest_uri: str,
         "mlops.data_snapshot": repro["data"]["snapshot_uri"],
         "mlops.data_partitions": ",".join(repro["data"]["partitions"])[:4000],
         "mlops.code_version": repro["code_version"],
+        "mlops.source_hash": repro["source_hash"],
         "mlops.params": json.dumps(repro["params"]["training"], sort_keys=True)[:4000],
         "mlops.seed": str(repro["seed"]),
         "mlops.packages": json.dumps(repro["packages"], sort_keys=True)[:4000],
@@ -312,21 +313,32 @@ def register(stage: Stage, *, model_uri: str, manifest_uri: str,
 
 def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict[str, Any],
             alias: str = tracking.CHAMPION) -> dict[str, Any]:
-    """Point ``alias`` at ``version``, verify it, and write the audit record (tags + S3)."""
+    """Point ``alias`` at ``version``, verify it, then write the audit record (tags + S3).
+
+    The version the alias pointed at before is kept in ``audit.pending_from`` first, so a retry
+    after the alias moved still records where it came from. A failed verification is not retried
+    (PromotionError): re-pointing the alias could undo a concurrent promotion.
+    """
     client, name = stage.client, stage.model_name
     mv = client.get_model_version(name, version)
-    if mv.tags.get("mlops.gate") != "approved" and \
-            client.get_run(mv.run_id).data.tags.get("mlops.gate") != "approved":
+    if client.get_run(mv.run_id).data.tags.get("mlops.gate") != "approved":
         raise PromotionError(f"refusing to promote {name} v{version}: its run "
                              f"{mv.run_id} has no approved gate decision")
     current = tracking.champion_version(client, name, alias)
     if current is not None and str(current.version) == str(version):
-        previous = mv.tags.get("audit.promoted_from", "none")  # a retry after the alias was set
+        previous = mv.tags.get("audit.pending_from", "none")  # a retry after the alias was set
     else:
         previous = str(current.version) if current is not None else "none"
+        client.set_model_version_tag(name, version, "audit.pending_from", previous)
+        client.set_registered_model_alias(name, alias, str(version))
+    check = tracking.champion_version(client, name, alias)
+    if check is None or str(check.version) != str(version):
+        raise PromotionError(f"alias @{alias} of {name} points at "
+                             f"v{getattr(check, 'version', None)} after setting it to v{version}: "
+                             "another promotion ran concurrently; check the audit log")
     record = {
         "model_name": name, "alias": alias, "from_version": previous, "to_version": str(version),
-        "promoted_at": datetime.now(UTC).isoformat(),
+        "promoted_at": mv.tags.get("audit.promoted_at") or datetime.now(UTC).isoformat(),
         "by": f"airflow:{dag_context.get('dag_id')}/{dag_context.get('dag_run_id')}",
         "triggered_by": dag_context.get("triggered_by"),
         "mlflow_run_id": stage.mlflow_run_id, "reasons": reasons,
@@ -334,14 +346,7 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
     for key, value in (("audit.promoted_from", previous), ("audit.promoted_by", record["by"]),
                        ("audit.promoted_at", record["promoted_at"]),
                        ("audit.reason", "; ".join(reasons)[:4000]), ("mlops.gate", "approved")):
-        if mv.tags.get(key) is None or key in ("audit.promoted_by",):
-            client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, alias, str(version))
-    check = tracking.champion_version(client, name, alias)
-    if check is None or str(check.version) != str(version):
-        raise PromotionError(f"alias @{alias} of {name} points at "
-                             f"v{getattr(check, 'version', None)} after setting it to v{version}: "
-                             "another promotion ran concurrently; check the audit log")
+        client.set_model_version_tag(name, version, key, value)
     audit_uri = join(stage.artifacts_uri, "audit", name,
                      f"v{int(version):06d}-from-{previous}-{_safe(str(dag_context.get('dag_run_id')))}.json")
     try:

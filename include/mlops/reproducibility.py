@@ -65,7 +65,9 @@ def training_params(config: DatasetConfig) -> dict[str, Any]:
 
 
 def repro_key(data_fingerprint: str, config: DatasetConfig) -> str:
-    payload = {"data": data_fingerprint, "code": code_version(), "params": training_params(config)}
+    """Same key = same model. Code enters as the hash of the ML sources (include/mlops), not the
+    git commit, so a docs-only commit does not force a retrain."""
+    payload = {"data": data_fingerprint, "code": source_hash(), "params": training_params(config)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -82,6 +84,7 @@ def manifest(*, config: DatasetConfig, data_manifest: dict[str, Any],
             "snapshot_uri": snapshot_uri,
         },
         "code_version": code_version(),
+        "source_hash": source_hash(),
         "package_version": __version__,
         "params": training_params(config),
         "seed": config.training.seed,

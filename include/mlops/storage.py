@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from include.mlops.errors import PipelineError, ServiceUnavailableError
+from include.mlops.errors import CredentialsError, PipelineError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ class ObjectStore:
                    conn_hint="environment variables MLOPS_S3_ENDPOINT_URL / AWS_ACCESS_KEY_ID")
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Any, /, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str, /, **kwargs: Any) -> Any:
         if self._s3 is None:
             raise PipelineError(f"{what}: an s3:// URI needs an S3 connection, none is configured")
+        fn = getattr(self._s3, method)
         try:
             for attempt in Retrying(
                 stop=stop_after_attempt(self.attempts),
@@ -129,6 +130,11 @@ class ObjectStore:
                 f"that {self.conn_hint or 'the S3 connection'} points at it"
             ) from cause
         except Exception as err:  # botocore ClientError: auth, missing bucket, ...
+            from botocore.exceptions import NoCredentialsError
+
+            if isinstance(err, NoCredentialsError):
+                raise CredentialsError(f"{what}: no S3 credentials; set login/password on "
+                                       f"{self.conn_hint or 'the S3 connection'}") from err
             raise self._explain(what, err) from err
 
     def _explain(self, what: str, err: Exception) -> Exception:
@@ -136,12 +142,12 @@ class ObjectStore:
         if code in {"NoSuchKey", "404", "NotFound"}:
             return ObjectNotFoundError(f"{what}: object does not exist")
         if code == "NoSuchBucket":
-            return PipelineError(f"{what}: bucket does not exist on {self.endpoint}; create it "
-                                 "or fix the URI in the dataset config", runbook="bad-data.md")
+            return PipelineError(f"{what}: bucket does not exist on {self.endpoint}; create it, "
+                                 "or fix the URI (the dataset's source_uri or the artifacts_uri "
+                                 "Param)", runbook="bad-data.md")
         if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
-            return PipelineError(f"{what}: S3 at {self.endpoint} rejected the credentials ({code}); "
-                                 f"check {self.conn_hint or 'the S3 connection'}",
-                                 runbook="service-unreachable.md")
+            return CredentialsError(f"{what}: S3 at {self.endpoint} rejected the credentials "
+                                    f"({code}); check {self.conn_hint or 'the S3 connection'}")
         if code in {"PreconditionFailed", "ConditionalRequestConflict"}:
             return ObjectExistsError(f"{what}: object already exists")
         return err
@@ -163,7 +169,7 @@ class ObjectStore:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix_uri}", self._s3.list_objects_v2, **kwargs)
+            page = self._call(f"list {prefix_uri}", "list_objects_v2", **kwargs)
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/"):
                     continue
@@ -186,7 +192,7 @@ class ObjectStore:
             kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
             if token:
                 kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix_uri}", self._s3.list_objects_v2, **kwargs)
+            page = self._call(f"list {prefix_uri}", "list_objects_v2", **kwargs)
             names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated"):
@@ -199,7 +205,7 @@ class ObjectStore:
                 raise ObjectNotFoundError(f"read {uri}: file does not exist")
             return path.read_bytes()
         bucket, key = split_s3(uri)
-        body = self._call(f"read {uri}", self._s3.get_object, Bucket=bucket, Key=key)["Body"]
+        body = self._call(f"read {uri}", "get_object", Bucket=bucket, Key=key)["Body"]
         return body.read()
 
     def exists(self, uri: str) -> bool:
@@ -207,7 +213,7 @@ class ObjectStore:
             return local_path(uri).exists()
         bucket, key = split_s3(uri)
         try:
-            self._call(f"head {uri}", self._s3.head_object, Bucket=bucket, Key=key)
+            self._call(f"head {uri}", "head_object", Bucket=bucket, Key=key)
             return True
         except ObjectNotFoundError:
             return False
@@ -217,7 +223,7 @@ class ObjectStore:
             path = local_path(uri)
             return ObjectInfo(str(path), path.stat().st_size, _sha256_file(path))
         bucket, key = split_s3(uri)
-        head = self._call(f"head {uri}", self._s3.head_object, Bucket=bucket, Key=key)
+        head = self._call(f"head {uri}", "head_object", Bucket=bucket, Key=key)
         return ObjectInfo(uri, int(head["ContentLength"]), head["ETag"].strip('"'))
 
     # -- writes ---------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ class ObjectStore:
             return ObjectInfo(str(path), len(data), hashlib.sha256(data).hexdigest())
         bucket, key = split_s3(uri)
         extra = {"IfNoneMatch": "*"} if create_only else {}
-        put = self._call(f"write {uri}", self._s3.put_object, Bucket=bucket, Key=key, Body=data,
+        put = self._call(f"write {uri}", "put_object", Bucket=bucket, Key=key, Body=data,
                          **extra)
         return ObjectInfo(uri, len(data), put["ETag"].strip('"'))
 
@@ -257,9 +263,9 @@ class ObjectStore:
             return
         bucket, _ = split_s3(uri)
         try:
-            self._call(f"head bucket {bucket}", self._s3.head_bucket, Bucket=bucket)
+            self._call(f"head bucket {bucket}", "head_bucket", Bucket=bucket)
         except Exception:
-            self._call(f"create bucket {bucket}", self._s3.create_bucket, Bucket=bucket)
+            self._call(f"create bucket {bucket}", "create_bucket", Bucket=bucket)
 
 
 def _sha256_file(path: Path) -> str:

@@ -72,6 +72,19 @@ class MlflowHook(BaseHook):
         """``mlflow.MlflowClient`` for this server; checks reachability first."""
         from mlflow import MlflowClient
 
+        from include.mlops.errors import CredentialsError
+
         self.configure()
         self.check_available()
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:  # /health needs no login: make one authenticated call so bad credentials say so
+            client.search_experiments(max_results=1)
+        except Exception as err:
+            status = getattr(err, "get_http_status_code", lambda: None)()
+            if status in (401, 403) or "401" in str(err) or "Unauthorized" in str(err):
+                raise CredentialsError(
+                    f"MLflow at {self.tracking_uri} rejected the credentials of Airflow "
+                    f"connection {self.mlflow_conn_id!r} (HTTP {status or 401}); fix its "
+                    "login/password") from err
+            raise
+        return client

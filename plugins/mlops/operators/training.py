@@ -8,7 +8,7 @@ Bad data fails the task at once (retrying cannot fix it); an unreachable service
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,22 @@ if TYPE_CHECKING:
     from include.mlops.pipeline import Stage
 
 PROMOTION_POOL = "mlops_promotion"
+
+
+def data_interval(context: Context) -> tuple[datetime, datetime]:
+    """The run's data interval; a run triggered without a logical date has none, so it gets
+    the last full UTC day before it was triggered (what a scheduled run would have covered)."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None:
+        return start, end
+    after = context["dag_run"].run_after
+    end = after.replace(hour=0, minute=0, second=0, microsecond=0)
+    return end - timedelta(days=1), end
+
+
+def run_date(context: Context) -> datetime:
+    """What names this run's outputs: the logical date, else the end of its data interval."""
+    return context.get("logical_date") or data_interval(context)[1]
 
 
 class MlopsStageOperator(BaseOperator, SkipMixin):
@@ -70,7 +86,7 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
 
         config = resolve_config(dict(context["params"]))
         dag_run = context["dag_run"]
-        when = context.get("logical_date") or context["data_interval_start"]
+        when = run_date(context)
         client = self.mlflow_hook.client
         mlflow_run_id = tracking.find_or_create_run(
             client, experiment=config.registered_model_name, dag_id=dag_run.dag_id,
@@ -82,19 +98,26 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
                      run_key=run_key(when))
 
     def execute(self, context: Context) -> Any:
-        from include.mlops.errors import DataError
+        from include.mlops.errors import PipelineError
 
         stage = None
         try:
             stage = self.stage(context)
             return self.run(stage, context)
-        except (DataError, ValueError) as err:
-            # Bad data or config: a retry reads the same bytes, so fail now with the reason last.
+        except (DownstreamTasksSkipped, AirflowSkipException):
+            raise  # an outcome (unchanged data, rejected model), not a failure
+        except AirflowFailException:
+            self._mark_failed(stage)
+            raise
+        except (PipelineError, ValueError) as err:
+            if isinstance(err, PipelineError) and err.retryable:
+                if context["ti"].try_number > (self.retries or 0):
+                    self._mark_failed(stage)
+                raise
+            # Bad data, config or registry state: a retry meets the same, so fail now.
             self._mark_failed(stage)
             self.log.error("%s", err)
             raise AirflowFailException(str(err)) from err
-        except (DownstreamTasksSkipped, AirflowSkipException):
-            raise  # an outcome (unchanged data, rejected model), not a failure
         except Exception:
             if context["ti"].try_number > (self.retries or 0):
                 self._mark_failed(stage)
@@ -136,8 +159,8 @@ class IngestOperator(MlopsStageOperator):
         from include.mlops.pipeline import ingest
 
         override = context["params"].get("partition_date")
-        dates = partition_dates(context["data_interval_start"], context["data_interval_end"],
-                                stage.config.lookback_days,
+        start, end = data_interval(context)
+        dates = partition_dates(start, end, stage.config.lookback_days,
                                 date.fromisoformat(override) if override else None)
         return ingest(stage, dates)
 
