@@ -19,12 +19,14 @@ ENV_FILE="$REPO/.env"
 S3_PORT="${MLOPS_S3_PORT:-8333}"
 MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-5000}"
 AIRFLOW_PORT="${MLOPS_AIRFLOW_PORT:-8080}"
-# The demo: three days of churn data; the run for logical date 2025-01-04 has the data interval
-# 2025-01-03 → 2025-01-04 (daily CronDataIntervalTimetable) and trains on partition date=2025-01-03.
-DEMO_START=2025-01-01
+# The demo: churn data for the three days up to yesterday (UTC). The run for logical date
+# today 00:00 has the data interval yesterday → today (daily CronDataIntervalTimetable), trains on
+# yesterday's partition, and is the same interval the daily schedule runs once unpaused.
+TODAY="$(date -u +%Y-%m-%d)"
+DEMO_START="$(date -u -d "$TODAY - 3 days" +%Y-%m-%d)"
 DEMO_DAYS=3
-DEMO_LOGICAL_DATE=2025-01-04T00:00:00Z
-DEMO_RUN_ID=deploy_local__2025-01-04
+DEMO_LOGICAL_DATE="${TODAY}T00:00:00Z"
+DEMO_RUN_ID="deploy_local__${TODAY}"
 
 say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

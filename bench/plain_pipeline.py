@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,7 +39,7 @@ def main() -> None:
     config = resolve_config({"dataset": "churn_demo", "model_name": args.model,
                              "source_uri": args.source})
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    when = datetime.combine(args.date, datetime.min.time(), tzinfo=timezone.utc)
+    when = datetime.combine(args.date, datetime.min.time(), tzinfo=UTC)
     run_id = tracking.find_or_create_run(client, experiment=args.model, dag_id="plain_script",
                                          dag_run_id=f"plain-{args.model}-{time.time_ns()}",
                                          tags={}, run_name=args.model)

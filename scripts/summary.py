@@ -115,9 +115,6 @@ def wait_for_dag(api: AirflowApi, dag_id: str, timeout: float) -> dict[str, Any]
 
 def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, rerun: bool) -> None:
     dag = wait_for_dag(api, dag_id, timeout=300)
-    if dag.get("is_paused"):
-        api.json("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
-        _say(f"  unpaused DAG {dag_id!r}")
     path = _run_path(dag_id, run_id)
     existing = api.request("GET", path)
     if existing.status_code == 404:
@@ -133,6 +130,11 @@ def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, reru
         else:
             _say(f"  DAG run {run_id!r} exists already ({state}); not creating another "
                  "(./deploy.sh local --rerun clears and re-runs it)")
+    # Unpause after triggering: the scheduler then also creates the daily run for the same
+    # interval, which runs after ours and finds nothing changed.
+    if dag.get("is_paused"):
+        api.json("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
+        _say(f"  unpaused DAG {dag_id!r} (daily schedule)")
     else:
         raise SystemExit(f"GET {path}: HTTP {existing.status_code}: {existing.text[:300]}")
 

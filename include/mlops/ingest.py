@@ -58,11 +58,23 @@ def fingerprint(files: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> IngestResult:
-    """Read and schema-check every data file of the partitions for ``dates``."""
-    import pandas as pd
+@dataclass(frozen=True)
+class Listing:
+    """The data files of a run's partitions, found by listing (no file is read yet)."""
 
-    objects: list[tuple[str, ObjectInfo]] = []
+    files: list[dict[str, Any]]  # uri, size, etag, key (relative to the source), partition
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.files)
+
+
+def discover(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Listing:
+    """List the data files of the partitions for ``dates``; a partition without any is an error."""
+    # Keys relative to the source root, so the same data has the same fingerprint wherever it is.
+    root = (config.source_uri if is_s3(config.source_uri)
+            else str(local_path(config.source_uri))).rstrip("/")
+    files: list[dict[str, Any]] = []
     missing: list[str] = []
     for day in dates:
         partition = config.partition_template.format(date=day.isoformat())
@@ -70,7 +82,8 @@ def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Inge
         found = [o for o in store.list(prefix) if _is_data_file(o.uri)]
         if not found:
             missing.append(prefix)
-        objects += [(partition, o) for o in found]
+        files += [{**o.as_dict(), "key": o.uri.removeprefix(root).lstrip("/"),
+                   "partition": partition} for o in found]
     if missing:
         available = store.list_prefixes(config.source_uri)
         nearby = ", ".join(available[-5:]) or "none"
@@ -79,23 +92,28 @@ def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Inge
             f"(dataset {config.name!r}). Latest partitions present under {config.source_uri}: "
             f"{nearby}. Wait for the upstream export or run with another date"
         )
+    return Listing(files)
 
-    # Keys relative to the source root, so the same data has the same fingerprint wherever it is.
-    root = (config.source_uri if is_s3(config.source_uri)
-            else str(local_path(config.source_uri))).rstrip("/")
+
+def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date],
+           listing: Listing | None = None) -> IngestResult:
+    """Read and schema-check every data file of the partitions for ``dates``."""
+    import pandas as pd
+
+    listing = listing or discover(config, store, dates)
     frames, files = [], []
-    for partition, obj in objects:
+    for entry in listing.files:
+        obj = ObjectInfo(entry["uri"], entry["size"], entry["etag"])
         frame = read_file(obj.uri, store.read_bytes(obj.uri), config)
         frame = conform(frame, config, obj.uri)
         frame[SOURCE_COLUMN] = obj.uri
         frames.append(frame)
-        files.append({**obj.as_dict(), "key": obj.uri.removeprefix(root).lstrip("/"),
-                      "partition": partition, "rows": len(frame)})
+        files.append({**entry, "rows": len(frame)})
         log.info("Read %s: %d rows, %d bytes", obj.uri, len(frame), obj.size)
 
     frame = pd.concat(frames, ignore_index=True)
     if len(frame) == 0:
-        raise DataError(f"empty partition: {', '.join(o.uri for _, o in objects)} hold no rows "
+        raise DataError(f"empty partition: {', '.join(f['uri'] for f in files)} hold no rows "
                         f"(dataset {config.name!r}); the upstream export wrote empty files",
                         runbook="missing-partition.md")
     frame[SOURCE_COLUMN] = frame[SOURCE_COLUMN].astype("category")
@@ -106,7 +124,7 @@ def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Inge
         "files": files,
         "row_count": int(len(frame)),
         "schema": {c.name: str(frame[c.name].dtype) for c in config.columns},
-        "fingerprint": fingerprint(files),
+        "fingerprint": listing.fingerprint,
     }
     return IngestResult(frame, manifest)
 

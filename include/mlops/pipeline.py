@@ -8,6 +8,7 @@ and returns a small dict for XCom. Airflow operators (plugins/mlops) only wire t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -64,15 +65,30 @@ def run_key(logical_date: datetime) -> str:
 
 # -- ingest -----------------------------------------------------------------------------------------
 def ingest(stage: Stage, dates: list[date]) -> dict[str, Any]:
+    """List, read and schema-check the partitions; write a snapshot and the manifest.
+
+    Snapshots are content-addressed (data fingerprint + declared schema): data already ingested
+    is not read again, its snapshot and manifest are reused (an unchanged re-run costs a listing).
+    """
     started = time.monotonic()
-    result = ingestion.ingest(stage.config, stage.store, dates)
-    manifest = result.manifest
-    # Content-addressed: the same data always lands at the same key, written once.
-    snapshot_uri = join(stage.artifacts_uri, stage.model_name, "snapshots",
-                        f"{manifest['fingerprint']}.parquet")
-    if not stage.store.exists(snapshot_uri):
+    config = stage.config
+    listing = ingestion.discover(config, stage.store, dates)
+    schema = hashlib.sha256(json.dumps([c.model_dump() for c in config.columns],
+                                       sort_keys=True).encode()).hexdigest()
+    snapshot_id = f"{listing.fingerprint[:40]}-{schema[:8]}"
+    snapshot_uri = join(stage.artifacts_uri, stage.model_name, "snapshots", f"{snapshot_id}.parquet")
+    snapshot_manifest_uri = join(stage.artifacts_uri, stage.model_name, "snapshots",
+                                 f"{snapshot_id}.json")
+    if stage.store.exists(snapshot_manifest_uri):
+        manifest = stage.get_json(snapshot_manifest_uri)
+        log.info("Data unchanged since snapshot %s: reusing it (%d rows) instead of re-reading "
+                 "%d file(s)", snapshot_uri, manifest["row_count"], len(listing.files))
+    else:
+        result = ingestion.ingest(config, stage.store, dates, listing)
+        manifest = {**result.manifest, "snapshot_uri": snapshot_uri}
         stage.store.write_bytes(snapshot_uri, ingestion.to_parquet_bytes(result.frame))
-    manifest["snapshot_uri"] = snapshot_uri
+        # Written last: its presence means the snapshot next to it is complete.
+        stage.store.write_bytes(snapshot_manifest_uri, json.dumps(manifest, default=str).encode())
     manifest["dates"] = [d.isoformat() for d in dates]
     manifest_uri = stage.put_json("manifest.json", manifest, mlflow_path="data/manifest.json")
     stage.client.set_tag(stage.mlflow_run_id, "mlops.data_fingerprint", manifest["fingerprint"])
@@ -89,6 +105,13 @@ def check_changed(stage: Stage, fingerprint: str, *, force: bool = False) -> dic
     key = reproducibility.repro_key(fingerprint, stage.config)
     stage.client.set_tag(stage.mlflow_run_id, "mlops.repro_key", key)
     champion = tracking.champion_version(stage.client, stage.model_name)
+    if champion is not None and champion.run_id == stage.mlflow_run_id:
+        # A cleared-and-rerun DAG run that already produced the champion: retraining into the
+        # same MLflow run would compare the champion with itself and relabel its run.
+        reason = (f"this DAG run already produced champion {stage.model_name} "
+                  f"v{champion.version}; trigger a new DAG run to retrain")
+        tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="promoted")
+        return {"changed": False, "reason": reason, "repro_key": key}
     if force:
         return {"changed": True, "reason": "forced by the 'force' param", "repro_key": key}
     if champion is not None and champion.tags.get("mlops.repro_key") == key:

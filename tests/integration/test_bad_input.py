@@ -216,7 +216,7 @@ def test_read_back_snapshot_matches_source(services, established):
     import pandas as pd
 
     store = services.store()
-    [snapshot] = [u for u in established if "/snapshots/" in u]
+    [snapshot] = [u for u in established if "/snapshots/" in u and u.endswith(".parquet")]
     frame = pd.read_parquet(io.BytesIO(store.read_bytes(snapshot)))
     source = pd.read_csv(io.BytesIO(store.read_bytes(_uri(GOOD_DAY))))
     assert len(frame) == len(source) == 1000

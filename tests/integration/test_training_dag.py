@@ -105,6 +105,7 @@ def test_first_run_trains_registers_and_promotes(services, run_dag):
     assert again.tasks["check_changed"] == "success"
     assert all(again.tasks[t] == "skipped" for t in TASKS[2:]), again.tasks
     assert "Skipping training: data fingerprint" in again.log
+    assert "Data unchanged since snapshot" in again.log  # the files were not read again
     assert _versions(client, model) == ["1"]
     assert _mlflow_run(client, again.run_id).data.tags["mlops.outcome"] == "skipped_unchanged"
 
@@ -116,7 +117,7 @@ def test_first_run_trains_registers_and_promotes(services, run_dag):
     assert "Gate REJECTED" in forced.log and "improvement +0.0000" in forced.log
     after = {o.uri: o.etag for o in store.list(f"s3://mlops/{model}")}
     assert set(after) == set(before), "a re-run for the same logical date added objects"
-    snapshot = [u for u in before if "/snapshots/" in u]
+    snapshot = [u for u in before if "/snapshots/" in u and u.endswith(".parquet")]
     assert len(snapshot) == 1 and after[snapshot[0]] == before[snapshot[0]]
     assert _versions(client, model) == ["1"] and len(store.list(f"s3://mlops/audit/{model}")) == 1
 

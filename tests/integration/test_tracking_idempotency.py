@@ -1,0 +1,83 @@
+"""Retries against the real MLflow server: a retried task finds the same MLflow run by tag, a
+retried register reuses its version, a retried promote writes one audit record."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from include.mlops import pipeline, tracking
+from include.mlops.config import resolve_config
+from include.mlops.demo_data import write_partitions
+
+
+def test_retried_task_resumes_the_same_run(services):
+    client = services.mlflow_client()
+    kwargs = {"experiment": "it_resume", "dag_id": "training", "dag_run_id": "manual__retry",
+              "tags": {"airflow.logical_date": "2025-07-01"}, "run_name": "training:retry"}
+    first = tracking.find_or_create_run(client, **kwargs)
+    tracking.finish_run(client, first, outcome="failed:train", failed=True)
+    again = tracking.find_or_create_run(client, **kwargs)  # the retry
+    assert again == first
+    assert client.get_run(first).info.status == "RUNNING"
+    experiment = client.get_experiment_by_name("it_resume").experiment_id
+    assert len(client.search_runs([experiment])) == 1, "a retry created a ghost run"
+    other = tracking.find_or_create_run(client, **{**kwargs, "dag_run_id": "manual__other"})
+    assert other != first
+
+
+def test_register_and_promote_are_idempotent(services):
+    store, client, model = services.store(), services.mlflow_client(), "it_idempotent"
+    source = f"s3://mlops-data/{model}"
+    write_partitions(store, source, datetime(2025, 7, 1).date(), 1, rows=600)
+    config = resolve_config({"model_name": model, "source_uri": source})
+    run_id = tracking.find_or_create_run(client, experiment=model, dag_id="training",
+                                         dag_run_id="manual__idem", tags={}, run_name=model)
+    stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+                           artifacts_uri="s3://mlops", run_key="2025-07-02T000000")
+    context = {"dag_id": "training", "dag_run_id": "manual__idem"}
+    ingested = pipeline.ingest(stage, [datetime(2025, 7, 1, tzinfo=UTC).date()])
+    features = pipeline.build_features(stage, ingested["snapshot_uri"])
+    trained = pipeline.train(stage, train_uri=features["train_uri"],
+                             manifest_uri=ingested["manifest_uri"])
+    retrained = pipeline.train(stage, train_uri=features["train_uri"],
+                               manifest_uri=ingested["manifest_uri"])
+    assert retrained["model_uri"] == trained["model_uri"], "a retried train logged a second model"
+    evaluation = pipeline.evaluate(stage, model_uri=trained["model_uri"],
+                                   test_uri=features["test_uri"])
+    decision = pipeline.gate(stage, evaluation_uri=evaluation["evaluation_uri"], dag_context=context)
+    assert decision["approved"]
+
+    first = pipeline.register(stage, model_uri=trained["model_uri"],
+                              manifest_uri=ingested["manifest_uri"], dag_context=context)
+    second = pipeline.register(stage, model_uri=trained["model_uri"],
+                               manifest_uri=ingested["manifest_uri"], dag_context=context)
+    assert first == second == {"model_name": model, "version": "1"}
+    assert len(client.search_model_versions(f"name = '{model}'")) == 1
+
+    promoted = pipeline.promote(stage, version="1", reasons=decision["reasons"], dag_context=context)
+    retried = pipeline.promote(stage, version="1", reasons=decision["reasons"], dag_context=context)
+    assert promoted["audit_uri"] == retried["audit_uri"]
+    assert retried["previous"] == "none", "a retry forgot where the alias came from"
+    records = store.list(f"s3://mlops/audit/{model}")
+    assert len(records) == 1
+    assert json.loads(store.read_bytes(records[0].uri))["to_version"] == "1"
+    assert client.get_model_version_by_alias(model, "champion").version == "1"
+
+
+def test_promote_refuses_a_model_without_approved_gate(services):
+    import pytest
+
+    from include.mlops.errors import PromotionError
+
+    store, client, model = services.store(), services.mlflow_client(), "it_unapproved"
+    config = resolve_config({"model_name": model, "source_uri": "s3://mlops-data/none"})
+    run_id = tracking.find_or_create_run(client, experiment=model, dag_id="training",
+                                         dag_run_id="manual__unapproved", tags={}, run_name=model)
+    client.create_registered_model(model)
+    client.create_model_version(model, source=f"runs:/{run_id}/model", run_id=run_id)
+    stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+                           artifacts_uri="s3://mlops", run_key="2025-07-03T000000")
+    with pytest.raises(PromotionError, match="no approved gate decision"):
+        pipeline.promote(stage, version="1", reasons=[], dag_context={"dag_run_id": "x"})
+    assert tracking.champion_version(client, model) is None
