@@ -21,12 +21,12 @@ MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-5000}"
 AIRFLOW_PORT="${MLOPS_AIRFLOW_PORT:-8080}"
 # The demo: churn data for the three days up to yesterday (UTC). The run for logical date
 # today 00:00 has the data interval yesterday → today (daily CronDataIntervalTimetable), trains on
-# yesterday's partition, and is the same interval the daily schedule runs once unpaused.
+# yesterday's partition: it is the run the daily schedule creates as soon as the DAG is unpaused.
 TODAY="$(date -u +%Y-%m-%d)"
 DEMO_START="$(date -u -d "$TODAY - 3 days" +%Y-%m-%d)"
 DEMO_DAYS=3
 DEMO_LOGICAL_DATE="${TODAY}T00:00:00Z"
-DEMO_RUN_ID="deploy_local__${TODAY}"
+DEMO_RUN_ID="scheduled__${TODAY}T00:00:00+00:00"
 
 say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -235,7 +235,7 @@ cmd_local() {
     write_passwords_file
     configure_airflow
     stack up-airflow
-    say "Training run $DEMO_RUN_ID (logical date $DEMO_LOGICAL_DATE)"
+    say "Training run for yesterday's partition: $DEMO_RUN_ID"
     local rc=0
     "$VENV/bin/python" "$REPO/scripts/summary.py" run --dag-id training \
         --run-id "$DEMO_RUN_ID" --logical-date "$DEMO_LOGICAL_DATE" \

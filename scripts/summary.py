@@ -113,16 +113,22 @@ def wait_for_dag(api: AirflowApi, dag_id: str, timeout: float) -> dict[str, Any]
         time.sleep(2)
 
 
-def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, rerun: bool) -> None:
+def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, rerun: bool) -> str:
+    """Unpause the DAG so that its daily schedule runs the latest complete interval; return the
+    id of the run to follow.
+
+    ``run_id`` is the scheduler's id for that interval (``scheduled__<logical date>``). When the
+    scheduler has not created it within a minute, the run is triggered through the REST API with
+    the same logical date under ``deploy_local__<date>``. A run that exists is shown, not
+    repeated (``rerun`` clears it first).
+    """
     dag = wait_for_dag(api, dag_id, timeout=300)
+    if dag.get("is_paused"):
+        api.json("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
+        _say(f"  unpaused DAG {dag_id!r}: the scheduler runs the latest complete day")
     path = _run_path(dag_id, run_id)
     existing = api.request("GET", path)
-    if existing.status_code == 404:
-        api.json("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", ok=(200, 201), json={
-            "dag_run_id": run_id, "logical_date": logical_date, "conf": {},
-            "note": "Triggered by ./deploy.sh local"})
-        _say(f"  triggered DAG run {run_id!r}")
-    elif existing.status_code == 200:
+    if existing.status_code == 200:
         state = existing.json().get("state")
         if rerun:
             api.json("POST", f"{path}/clear", json={"dry_run": False})
@@ -130,13 +136,22 @@ def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, reru
         else:
             _say(f"  DAG run {run_id!r} exists already ({state}); not creating another "
                  "(./deploy.sh local --rerun clears and re-runs it)")
-    # Unpause after triggering: the scheduler then also creates the daily run for the same
-    # interval, which runs after ours and finds nothing changed.
-    if dag.get("is_paused"):
-        api.json("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
-        _say(f"  unpaused DAG {dag_id!r} (daily schedule)")
-    else:
-        raise SystemExit(f"GET {path}: HTTP {existing.status_code}: {existing.text[:300]}")
+        return run_id
+    deadline = time.monotonic() + 60
+    while existing.status_code == 404 and time.monotonic() < deadline:
+        time.sleep(2)
+        existing = api.request("GET", path)
+    if existing.status_code == 200:
+        _say(f"  the scheduler created DAG run {run_id!r}")
+        return run_id
+    manual_id = f"deploy_local__{logical_date[:10]}"
+    manual_path = _run_path(dag_id, manual_id)
+    if api.request("GET", manual_path).status_code == 404:
+        api.json("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", ok=(200, 201), json={
+            "dag_run_id": manual_id, "logical_date": logical_date, "conf": {},
+            "note": "Triggered by ./deploy.sh local"})
+        _say(f"  triggered DAG run {manual_id!r} through the REST API")
+    return manual_id
 
 
 def follow(api: AirflowApi, dag_id: str, run_id: str, timeout: float,
@@ -393,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     api = AirflowApi(os.environ.get("MLOPS_AIRFLOW_URL", "http://127.0.0.1:8080"), "admin", password)
     mlflow_url = os.environ.get("MLOPS_MLFLOW_URL", "http://127.0.0.1:5000")
     if args.command == "run":
-        start_run(api, args.dag_id, args.run_id, args.logical_date, args.rerun)
+        args.run_id = start_run(api, args.dag_id, args.run_id, args.logical_date, args.rerun)
         final = follow(api, args.dag_id, args.run_id, args.timeout, quiet_if_finished=True)
         state = summarize(api, mlflow_url, args.dag_id, args.run_id)
         if final.get("state") not in FINISHED:

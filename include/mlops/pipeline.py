@@ -304,7 +304,9 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
     if not decision.approved:
         tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="rejected")
     log.info(decision.log_line(stage.model_name))
-    return {"approved": decision.approved, "reasons": decision.reasons, "card_uri": card_uri}
+    compared_with = (evaluation["champion"] or {}).get("version")
+    return {"approved": decision.approved, "reasons": decision.reasons, "card_uri": card_uri,
+            "champion_version": compared_with}
 
 
 # -- register and promote ---------------------------------------------------------------------------
@@ -335,11 +337,13 @@ def register(stage: Stage, *, model_uri: str, manifest_uri: str,
 
 
 def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict[str, Any],
-            alias: str = tracking.CHAMPION) -> dict[str, Any]:
+            alias: str = tracking.CHAMPION, compared_with: str | None = None) -> dict[str, Any]:
     """Point ``alias`` at ``version``, verify it, then write the audit record (tags + S3).
 
-    The version the alias pointed at before is kept in ``audit.pending_from`` first, so a retry
-    after the alias moved still records where it came from. A failed verification is not retried
+    ``compared_with`` is the champion version the gate compared against (None: there was none).
+    If another run moved the alias since, the decision is stale and nothing is promoted. The
+    version the alias pointed at before is kept in ``audit.pending_from`` first, so a retry after
+    the alias moved still records where it came from. A failed verification is not retried
     (PromotionError): re-pointing the alias could undo a concurrent promotion.
     """
     client, name = stage.client, stage.model_name
@@ -352,6 +356,12 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
         previous = mv.tags.get("audit.pending_from", "none")  # a retry after the alias was set
     else:
         previous = str(current.version) if current is not None else "none"
+        if previous != (compared_with or "none"):
+            raise PromotionError(
+                f"not promoting {name} v{version}: the gate compared it with champion "
+                f"{'v' + compared_with if compared_with else '(none)'}, but @{alias} is now "
+                f"v{previous}, promoted by another run meanwhile. Trigger a new run to compare "
+                "against the current champion")
         client.set_model_version_tag(name, version, "audit.pending_from", previous)
         client.set_registered_model_alias(name, alias, str(version))
     check = tracking.champion_version(client, name, alias)

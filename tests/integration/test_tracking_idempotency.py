@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from include.mlops import pipeline, tracking
 from include.mlops.config import resolve_config
 from include.mlops.demo_data import write_partitions
@@ -64,10 +66,19 @@ def test_register_and_promote_are_idempotent(services):
     assert json.loads(store.read_bytes(records[0].uri))["to_version"] == "1"
     assert client.get_model_version_by_alias(model, "champion").version == "1"
 
+    # A second model whose gate compared it with "no champion" is stale now: not promoted.
+    from include.mlops.errors import PromotionError
+
+    client.set_tag(run_id, "mlops.gate", "approved")
+    second_version = client.create_model_version(model, source=trained["model_uri"], run_id=run_id,
+                                                 model_id=trained["model_uri"].split("/")[-1])
+    with pytest.raises(PromotionError, match="promoted by another run meanwhile"):
+        pipeline.promote(stage, version=second_version.version, reasons=[], dag_context=context,
+                         compared_with=None)
+    assert client.get_model_version_by_alias(model, "champion").version == "1"
+
 
 def test_promote_refuses_a_model_without_approved_gate(services):
-    import pytest
-
     from include.mlops.errors import PromotionError
 
     store, client, model = services.store(), services.mlflow_client(), "it_unapproved"

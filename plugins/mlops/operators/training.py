@@ -344,4 +344,4 @@ class PromoteModelOperator(MlopsStageOperator):
             raise AirflowFailException("refusing to promote: the gate did not approve this model")
         return promote(stage, version=self.registration["version"],
                        reasons=self.decision["reasons"], dag_context=self.dag_context(context),
-                       alias=self.alias)
+                       alias=self.alias, compared_with=self.decision.get("champion_version"))
