@@ -55,9 +55,11 @@ def main() -> None:
         steps[name] = round(time.perf_counter() - t, 3)
         return out
 
-    ingested = step("ingest", pipeline.ingest, stage, [args.date])
-    changed = step("check_changed", pipeline.check_changed, stage, ingested["fingerprint"])
+    champion = tracking.alias_lookup(os.environ["MLFLOW_TRACKING_URI"], args.model)
+    changed = step("check_changed", pipeline.check_changed, config, stage.store, [args.date],
+                   champion, dag_run_id=context["dag_run_id"])
     if changed["changed"]:
+        ingested = step("ingest", pipeline.ingest, stage, [args.date])
         step("validate", pipeline.validate, stage, ingested["snapshot_uri"])
         features = step("build_features", pipeline.build_features, stage, ingested["snapshot_uri"])
         model = step("train", pipeline.train, stage, train_uri=features["train_uri"],

@@ -1,4 +1,4 @@
-"""Training: ingest → check → validate → features → train → evaluate → gate → register → promote.
+"""Training: check → ingest → validate → features → train → evaluate → gate → register → promote.
 
 Trains the dataset named by the ``dataset`` Param (a YAML file in include/datasets/) on the
 partitions of the run's data interval. A model is registered only when every gate passes and
@@ -59,8 +59,8 @@ with DAG(
                        description="Retrain even if data, code and params match the champion"),
     },
 ):
+    changed = SkipIfUnchangedOperator(task_id="check_changed")  # same data+code+params: stop here
     ingested = IngestOperator(task_id="ingest")
-    changed = SkipIfUnchangedOperator(task_id="check_changed", ingest_result=ingested.output)
     validated = ValidateDataOperator(task_id="validate", ingest_result=ingested.output)
     features = BuildFeaturesOperator(task_id="build_features", ingest_result=ingested.output)
     trained = TrainModelOperator(task_id="train", features=features.output,
@@ -73,5 +73,5 @@ with DAG(
     promoted = PromoteModelOperator(task_id="promote", registration=registered.output,
                                     decision=decision.output)
 
-    ingested >> changed >> validated >> features >> trained >> evaluated >> decision
+    changed >> ingested >> validated >> features >> trained >> evaluated >> decision
     decision >> registered >> promoted

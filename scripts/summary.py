@@ -17,6 +17,7 @@ Exit status: 0 when the DAG run succeeded, 1 when it failed, 3 on timeout, 2 on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -229,7 +230,20 @@ def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str
         _say(f"    {task_id:<15} {str(ti.get('state') or 'none'):<16} "
              f"{_duration(ti.get('start_date'), ti.get('end_date')):>8}{tries}")
 
-    mlflow_summary(mlflow_url, dag_id, run_id, tis)
+    if tis.get("check_changed", {}).get("state") == "success" and \
+            tis.get("ingest", {}).get("state") == "skipped":
+        xcom = api.request("GET", f"{_run_path(dag_id, run_id)}/taskInstances/check_changed/"
+                                  "xcomEntries/return_value")
+        reason = xcom.json().get("value", {}) if xcom.status_code == 200 else {}
+        if isinstance(reason, str):
+            try:
+                reason = json.loads(reason)
+            except ValueError:
+                reason = {"reason": reason}
+        _say(f"  training skipped: {reason.get('reason', 'nothing changed since the champion')}")
+        _say("  (trigger with conf {\"force\": true} to retrain; no MLflow run is created)")
+    else:
+        mlflow_summary(mlflow_url, dag_id, run_id, tis)
 
     failed = [t for t in order if tis[t].get("state") == "failed"]
     for task_id in failed[:1]:
@@ -277,9 +291,6 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
     if manifest:
         _say(f"  data: {', '.join(manifest.get('partitions', []))}; "
              f"{manifest.get('row_count')} rows; fingerprint {str(manifest.get('fingerprint'))[:12]}")
-    if tags.get("mlops.outcome") == "skipped_unchanged":
-        _say("  training skipped: data, code and params equal those of the current champion "
-             "(trigger with conf {\"force\": true} to retrain)")
     headline = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
     if headline:
         champion = {k: metrics[f"champion.{k}"] for k in headline if f"champion.{k}" in metrics}

@@ -100,30 +100,38 @@ def ingest(stage: Stage, dates: list[date]) -> dict[str, Any]:
             "fingerprint": manifest["fingerprint"], "rows": manifest["row_count"]}
 
 
-def check_changed(stage: Stage, fingerprint: str, *, force: bool = False) -> dict[str, Any]:
-    """Is there anything new to train? Unchanged data + code + params as the champion → no."""
-    key = reproducibility.repro_key(fingerprint, stage.config)
-    stage.client.set_tag(stage.mlflow_run_id, "mlops.repro_key", key)
-    champion = tracking.champion_version(stage.client, stage.model_name)
-    if champion is not None and champion.run_id == stage.mlflow_run_id:
-        # A cleared-and-rerun DAG run that already produced the champion: retraining into the
-        # same MLflow run would compare the champion with itself and relabel its run.
-        reason = (f"this DAG run already produced champion {stage.model_name} "
-                  f"v{champion.version}; trigger a new DAG run to retrain")
-        tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="promoted")
-        return {"changed": False, "reason": reason, "repro_key": key}
+def check_changed(config: DatasetConfig, store: ObjectStore, dates: list[date],
+                  champion: dict[str, Any] | None, *, dag_run_id: str,
+                  force: bool = False) -> dict[str, Any]:
+    """Is there anything new to train? Same data + ML code + training params as the champion: no.
+
+    Runs first and cheaply: the data fingerprint comes from listing the partitions (no file is
+    read) and ``champion`` from one registry call (:func:`tracking.alias_lookup`), so an unchanged
+    run costs a listing and a lookup, and leaves no MLflow run behind.
+
+    :param champion: ``{"version", "run_id", "tags"}`` of the current champion, or None
+    """
+    listing = ingestion.discover(config, store, dates)
+    key = reproducibility.repro_key(listing.fingerprint, config)
+    name = config.registered_model_name
+    base = {"repro_key": key, "fingerprint": listing.fingerprint, "files": len(listing.files)}
+    if champion is not None and champion["tags"].get("airflow.run_id") == dag_run_id:
+        # A cleared-and-rerun DAG run that already produced the champion: retraining would
+        # compare the champion with itself.
+        return {**base, "changed": False,
+                "reason": f"this DAG run already produced champion {name} v{champion['version']}; "
+                          "trigger a new DAG run to retrain"}
     if force:
-        return {"changed": True, "reason": "forced by the 'force' param", "repro_key": key}
-    if champion is not None and champion.tags.get("mlops.repro_key") == key:
-        reason = (f"data fingerprint {fingerprint[:12]}, ML code (sources "
-                  f"{reproducibility.source_hash()[:12]}) and training params equal those of champion "
-                  f"{stage.model_name} v{champion.version} (run {champion.run_id}); "
-                  "trigger with force=true to retrain anyway")
-        tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="skipped_unchanged")
-        return {"changed": False, "reason": reason, "repro_key": key}
+        return {**base, "changed": True, "reason": "forced by the 'force' param"}
+    if champion is not None and champion["tags"].get("mlops.repro_key") == key:
+        return {**base, "changed": False, "reason": (
+            f"data fingerprint {listing.fingerprint[:12]} ({len(listing.files)} file(s)), ML code "
+            f"(sources {reproducibility.source_hash()[:12]}) and training params equal those of "
+            f"champion {name} v{champion['version']} (MLflow run {champion['run_id']}); trigger "
+            "with force=true to retrain anyway")}
     why = "no champion yet" if champion is None else \
-        f"differs from champion v{champion.version} (data, code or params changed)"
-    return {"changed": True, "reason": why, "repro_key": key}
+        f"differs from champion v{champion['version']} (data, code or params changed)"
+    return {**base, "changed": True, "reason": why}
 
 
 # -- validate ---------------------------------------------------------------------------------------

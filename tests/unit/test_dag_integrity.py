@@ -21,7 +21,7 @@ from mlops.hooks.object_storage import ObjectStorageHook
 from mlops.operators import training as ops
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-CHAIN = ["ingest", "check_changed", "validate", "build_features", "train", "evaluate", "gate",
+CHAIN = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
          "register", "promote"]
 
 
@@ -81,8 +81,8 @@ def test_training_dag_has_exactly_the_pipeline_tasks(training: Any) -> None:
 def test_training_dag_edges(training: Any) -> None:
     """The chain plus the data edges that XCom inputs add (all pointing forward along it)."""
     expected = {
-        "ingest": {"check_changed", "validate", "build_features", "train", "register"},
-        "check_changed": {"validate"},
+        "check_changed": {"ingest"},
+        "ingest": {"validate", "build_features", "train", "register"},
         "validate": {"build_features"},
         "build_features": {"train", "evaluate"},
         "train": {"evaluate", "register"},
@@ -96,7 +96,7 @@ def test_training_dag_edges(training: Any) -> None:
 
 def test_training_dag_reduces_to_the_chain(training: Any) -> None:
     """Every edge points forward and consecutive steps are linked: the only order is the chain
-    ingest → check_changed → validate → build_features → train → evaluate → gate → register →
+    check_changed → ingest → validate → build_features → train → evaluate → gate → register →
     promote, so a skip at check_changed or gate reaches everything after it."""
     position = {task_id: i for i, task_id in enumerate(CHAIN)}
     for task_id in CHAIN:
@@ -110,7 +110,6 @@ def test_training_dag_reduces_to_the_chain(training: Any) -> None:
 @pytest.mark.parametrize(
     ("task_id", "field", "upstream"),
     [
-        pytest.param("check_changed", "ingest_result", "ingest", id="check_changed"),
         pytest.param("validate", "ingest_result", "ingest", id="validate"),
         pytest.param("build_features", "ingest_result", "ingest", id="build_features"),
         pytest.param("train", "features", "build_features", id="train-features"),
@@ -192,8 +191,8 @@ def test_bad_param_value_is_rejected(serialized: Any, training: Any, conf: dict[
 # -- operators --------------------------------------------------------------------------------------
 OPERATORS = [
     pytest.param(ops.IngestOperator, {}, ("artifacts_uri",), id="IngestOperator"),
-    pytest.param(ops.SkipIfUnchangedOperator, {"ingest_result": {"fingerprint": "f"}},
-                 ("artifacts_uri", "ingest_result"), id="SkipIfUnchangedOperator"),
+    pytest.param(ops.SkipIfUnchangedOperator, {}, ("artifacts_uri",),
+                 id="SkipIfUnchangedOperator"),
     pytest.param(ops.ValidateDataOperator, {"ingest_result": {}},
                  ("artifacts_uri", "ingest_result"), id="ValidateDataOperator"),
     pytest.param(ops.BuildFeaturesOperator, {"ingest_result": {}},

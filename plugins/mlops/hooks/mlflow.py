@@ -58,6 +58,17 @@ class MlflowHook(BaseHook):
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
 
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """(login, password) for MLflow basic auth, when the connection has them."""
+        conn = self._conn
+        if conn.login:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(conn.password or "")
+            return conn.login, conn.password or ""
+        return None
+
     def check_available(self) -> None:
         from include.mlops.health import wait_for_http
 

@@ -37,6 +37,16 @@ def data_interval(context: Context) -> tuple[datetime, datetime]:
     return end - timedelta(days=1), end
 
 
+def run_partition_dates(context: Context, config: Any) -> list[date]:
+    """The partition days this run reads (the ``partition_date`` Param overrides the interval)."""
+    from include.mlops.ingest import partition_dates
+
+    override = context["params"].get("partition_date")
+    start, end = data_interval(context)
+    return partition_dates(start, end, config.lookback_days,
+                           date.fromisoformat(override) if override else None)
+
+
 def run_date(context: Context) -> datetime:
     """What names this run's outputs: the logical date, else the end of its data interval."""
     return context.get("logical_date") or data_interval(context)[1]
@@ -53,6 +63,7 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
 
     template_fields: Sequence[str] = ("artifacts_uri",)
     ui_color = "#e8f4fd"
+    uses_mlflow_run = True  # False: run() gets no Stage and no MLflow run is created
 
     def __init__(self, *, artifacts_uri: str = "{{ params.artifacts_uri }}",
                  mlflow_conn_id: str = MlflowHook.default_conn_name,
@@ -102,7 +113,8 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
 
         stage = None
         try:
-            stage = self.stage(context)
+            if self.uses_mlflow_run:
+                stage = self.stage(context)
             return self.run(stage, context)
         except (DownstreamTasksSkipped, AirflowSkipException):
             raise  # an outcome (unchanged data, rejected model), not a failure
@@ -138,10 +150,12 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         raise NotImplementedError
 
     def skip_downstream(self, context: Context, result: Any) -> None:
-        """Skip the direct downstream tasks (the rest follow by trigger rule), keeping our XCom:
-        ``skip`` raises, so the return value would otherwise be lost."""
+        """Skip all downstream tasks, keeping our XCom (``skip`` raises, so the return value
+        would otherwise be lost)."""
         context["ti"].xcom_push(key="return_value", value=result)
-        self.skip(ti=context["ti"], tasks=self.get_direct_relatives(upstream=False))
+        # Every downstream task at once: nothing after a "no" should run, and a cascade through
+        # trigger rules costs a scheduler loop per task.
+        self.skip(ti=context["ti"], tasks=self.get_flat_relatives(upstream=False))
 
 
 class IngestOperator(MlopsStageOperator):
@@ -155,33 +169,30 @@ class IngestOperator(MlopsStageOperator):
     ui_color = "#d4f0d4"
 
     def run(self, stage: Stage, context: Context) -> dict[str, Any]:
-        from include.mlops.ingest import partition_dates
         from include.mlops.pipeline import ingest
 
-        override = context["params"].get("partition_date")
-        start, end = data_interval(context)
-        dates = partition_dates(start, end, stage.config.lookback_days,
-                                date.fromisoformat(override) if override else None)
-        return ingest(stage, dates)
+        return ingest(stage, run_partition_dates(context, stage.config))
 
 
 class SkipIfUnchangedOperator(MlopsStageOperator):
-    """Skip the rest of the run when data fingerprint, code version and training params equal
-    those of the current champion (the ``force`` Param overrides).
-
-    :param ingest_result: the ingest task's XCom (templated; pass ``ingest.output``)
+    """First task: skip the whole run when the partitions' fingerprint (from a listing, no file
+    read), the ML code and the training params equal those of the current champion (the
+    ``force`` Param overrides). A skipped run leaves no MLflow run behind.
     """
 
-    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "ingest_result")
+    uses_mlflow_run = False
 
-    def __init__(self, *, ingest_result: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ingest_result = ingest_result
-
-    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+    def run(self, stage: None, context: Context) -> dict[str, Any]:
+        from include.mlops.config import resolve_config
         from include.mlops.pipeline import check_changed
+        from include.mlops.tracking import alias_lookup
 
-        result = check_changed(stage, self.ingest_result["fingerprint"],
+        config = resolve_config(dict(context["params"]))
+        self.mlflow_hook.check_available()
+        champion = alias_lookup(self.mlflow_hook.tracking_uri, config.registered_model_name,
+                                auth=self.mlflow_hook.auth)
+        result = check_changed(config, self.s3_hook.store, run_partition_dates(context, config),
+                               champion, dag_run_id=context["dag_run"].run_id,
                                force=bool(context["params"].get("force")))
         if result["changed"]:
             self.log.info("Training: %s", result["reason"])
