@@ -30,23 +30,15 @@ def main() -> None:
     parser.add_argument("--artifacts", default="s3://mlops")
     args = parser.parse_args()
 
-    from mlflow import MlflowClient
-
     from include.mlops import pipeline, tracking
     from include.mlops.config import resolve_config
     from include.mlops.storage import ObjectStore
 
     config = resolve_config({"dataset": "churn_demo", "model_name": args.model,
                              "source_uri": args.source})
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    when = datetime.combine(args.date, datetime.min.time(), tzinfo=UTC)
-    run_id = tracking.find_or_create_run(client, experiment=args.model, dag_id="plain_script",
-                                         dag_run_id=f"plain-{args.model}-{time.time_ns()}",
-                                         tags={}, run_name=args.model)
-    stage = pipeline.Stage(config=config, store=ObjectStore.from_env(), client=client,
-                           mlflow_run_id=run_id, artifacts_uri=args.artifacts,
-                           run_key=pipeline.run_key(when))
-    context = {"dag_id": "plain_script", "dag_run_id": run_id}
+    store = ObjectStore.from_env()
+    dag_run_id = f"plain-{args.model}-{time.time_ns()}"
+    context = {"dag_id": "plain_script", "dag_run_id": dag_run_id}
     steps: dict[str, float] = {}
 
     def step(name, fn, *a, **kw):
@@ -56,9 +48,17 @@ def main() -> None:
         return out
 
     champion = tracking.alias_lookup(os.environ["MLFLOW_TRACKING_URI"], args.model)
-    changed = step("check_changed", pipeline.check_changed, config, stage.store, [args.date],
-                   champion, dag_run_id=context["dag_run_id"])
+    changed = step("check_changed", pipeline.check_changed, config, store, [args.date],
+                   champion, dag_run_id=dag_run_id)
     if changed["changed"]:
+        from mlflow import MlflowClient  # as in the DAG: only a run that trains needs mlflow
+
+        client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+        when = datetime.combine(args.date, datetime.min.time(), tzinfo=UTC)
+        run_id = tracking.find_or_create_run(client, experiment=args.model, dag_id="plain_script",
+                                             dag_run_id=dag_run_id, tags={}, run_name=args.model)
+        stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+                               artifacts_uri=args.artifacts, run_key=pipeline.run_key(when))
         ingested = step("ingest", pipeline.ingest, stage, [args.date])
         step("validate", pipeline.validate, stage, ingested["snapshot_uri"])
         features = step("build_features", pipeline.build_features, stage, ingested["snapshot_uri"])
