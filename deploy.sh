@@ -19,9 +19,13 @@ ENV_FILE="$REPO/.env"
 S3_PORT="${MLOPS_S3_PORT:-8333}"
 MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-5000}"
 AIRFLOW_PORT="${MLOPS_AIRFLOW_PORT:-8080}"
-# The demo: churn data for the three days up to yesterday (UTC). The run for logical date
-# today 00:00 has the data interval yesterday → today (daily CronDataIntervalTimetable), trains on
-# yesterday's partition: it is the run the daily schedule creates as soon as the DAG is unpaused.
+# The demo: churn data for the three days up to yesterday (UTC). As soon as the DAG is unpaused,
+# the daily schedule (CronDataIntervalTimetable, Airflow 3) creates the run for yesterday: logical
+# date = data interval start (yesterday 00:00), data interval yesterday → today, run id
+# scheduled__<today>T00:00:00+00:00 (named after its run_after, the end of the interval). It
+# trains on yesterday's partition. DEMO_LOGICAL_DATE is only for the fallback REST trigger
+# (deploy_local__<today>, when the scheduler has not created that run within 60 s): logical_date
+# today 00:00, whose manual data interval is also yesterday → today.
 TODAY="$(date -u +%Y-%m-%d)"
 DEMO_START="$(date -u -d "$TODAY - 3 days" +%Y-%m-%d)"
 DEMO_DAYS=3

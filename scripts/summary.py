@@ -1,12 +1,20 @@
 """Trigger, follow and summarise a training DAG run of the local stack (used by ``deploy.sh``).
 
-    python scripts/summary.py run --run-id deploy_local__2025-01-04 --logical-date 2025-01-04T00:00:00Z
-    python scripts/summary.py show deploy_local__2025-01-04
+    python scripts/summary.py run --run-id 'scheduled__2026-11-23T00:00:00+00:00' \\
+        --logical-date 2026-11-23T00:00:00Z
+    python scripts/summary.py show 'scheduled__2026-11-23T00:00:00+00:00'
 
-``run`` waits until the DAG is parsed, unpauses it, creates the DAG run with that id unless it
-exists already (``--rerun`` clears an existing one), follows it and prints the summary: run and
-task states, the gate decision with every reason, key metrics, the registered model version and
-whether it is ``@champion``, and the UI links. A failed run shows the failed task's last log lines.
+``run`` (see ``start_run``) waits until the DAG is parsed and unpauses it, so that its daily
+schedule creates the run for the latest complete day: ``--run-id`` is that run's id,
+``scheduled__<today>T00:00:00+00:00`` (logical date yesterday 00:00, data interval yesterday →
+today). A run with that id that exists already is shown, not repeated; ``--rerun`` clears it so
+that it runs again. Otherwise ``run`` waits up to 60 s for the scheduler to create it; only if it
+does not appear is ``deploy_local__<date of --logical-date>`` triggered through the REST API with
+``--logical-date`` (today 00:00, whose manual data interval is also yesterday → today). Then it
+follows the run and prints the summary: run and task states, the gate decision with every
+reason, key metrics, the registered model version and whether it is ``@champion``, and the UI
+links. A run that ``check_changed`` skipped shows that task's reason (from its XCom) and has no
+MLflow run. A failed run shows the failed task's last log lines.
 
 Reads ``MLOPS_AIRFLOW_URL``, ``MLOPS_MLFLOW_URL`` and ``MLOPS_AIRFLOW_ADMIN_PASSWORD`` (user
 ``admin``) from the environment; ``deploy.sh`` loads them from ``.env``. The Airflow side uses the
