@@ -126,9 +126,10 @@ def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, reru
     """Unpause the DAG so that its daily schedule runs the latest complete interval; return the
     id of the run to follow.
 
-    ``run_id`` is the scheduler's id for that interval (``scheduled__<logical date>``). When the
-    scheduler has not created it within a minute, the run is triggered through the REST API with
-    the same logical date under ``deploy_local__<date>``. A run that exists is shown, not
+    ``run_id`` is the scheduler's id for that interval (``scheduled__<run after>``, i.e. today
+    00:00; its logical date is yesterday 00:00). When the scheduler has not created it within a
+    minute, the run is triggered through the REST API with ``logical_date`` (today 00:00, whose
+    manual data interval is also yesterday → today) under ``deploy_local__<date>``. A run that exists is shown, not
     repeated (``rerun`` clears it first).
     """
     dag = wait_for_dag(api, dag_id, timeout=300)
@@ -249,7 +250,9 @@ def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str
             except ValueError:
                 reason = {"reason": reason}
         _say(f"  training skipped: {reason.get('reason', 'nothing changed since the champion')}")
-        _say("  (trigger with conf {\"force\": true} to retrain; no MLflow run is created)")
+        if "already produced champion" not in str(reason.get("reason", "")):
+            _say("  (trigger with conf {\"force\": true} to retrain; a skipped run opens no "
+                 "MLflow run)")
     else:
         mlflow_summary(mlflow_url, dag_id, run_id, tis)
 
@@ -282,7 +285,7 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
         _say(f"  MLflow at {mlflow_url}: could not read the run ({type(err).__name__}: {err})")
         return
     if not runs:
-        _say("  MLflow: no run tagged with this DAG run (the first task did not reach MLflow)")
+        _say("  MLflow: no run tagged with this DAG run (none is opened before ingest runs)")
         return
     mlrun = runs[0]
     info, tags, metrics = mlrun.info, mlrun.data.tags, mlrun.data.metrics

@@ -1,9 +1,10 @@
-"""The training pipeline's stages as plain functions: ingest → check → validate → features → train
-→ evaluate → gate → register → promote.
+"""The training pipeline's stages as plain functions: check → ingest → validate → features →
+train → evaluate → gate → register → promote.
 
-Each stage reads its inputs by URI, writes its outputs to a per-run folder keyed by the logical
-date (a re-run overwrites the same keys, never adds new ones), logs to the DAG run's MLflow run,
-and returns a small dict for XCom. Airflow operators (plugins/mlops) only wire these up.
+``check_changed`` is cheap and needs no MLflow run. Every later stage reads its inputs by URI,
+writes its outputs to a per-run folder keyed by the logical date (a re-run overwrites the same
+keys, never adds new ones), logs to the DAG run's MLflow run, and returns a small dict for XCom.
+Airflow operators (plugins/mlops) only wire these up.
 """
 
 from __future__ import annotations

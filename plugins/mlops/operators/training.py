@@ -1,7 +1,8 @@
 """Thin operators for the training pipeline; the work is in :mod:`include.mlops.pipeline`.
 
-Every operator reads the dataset config from the DAG run's Params, finds (or resumes) the DAG
-run's MLflow run by tag, calls one pipeline stage and returns a small dict (URIs, ids, metrics).
+Every operator reads the dataset config from the DAG run's Params, calls one pipeline stage and
+returns a small dict (URIs, ids, metrics). All but the first (check_changed) find or resume the
+DAG run's MLflow run by tag.
 Bad data fails the task at once (retrying cannot fix it); an unreachable service is retried.
 """
 
