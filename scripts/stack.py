@@ -367,6 +367,22 @@ def up_mlflow(stack: LocalStack) -> None:
     _say("mlflow", what, pid, url)
 
 
+def start_airflow_part(part: str, *, port: int, log_path: Path, cwd: Path,
+                       env: dict[str, str] | None = None) -> subprocess.Popen:
+    """One Airflow component (``api-server`` on 127.0.0.1:``port``, or ``scheduler``,
+    ``dag-processor``, ``triggerer``) detached in its own session, output appended to ``log_path``.
+
+    Configuration comes from ``env`` (default: this process's environment).
+    """
+    cmd = [str(BIN / "airflow"), part]
+    if part == "api-server":
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=cwd, env=env, start_new_session=True)
+
+
 def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
     """api-server, scheduler, dag-processor, triggerer as four detached processes.
 
@@ -380,14 +396,8 @@ def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
             continue
         if part == "api-server":
             _check_ports_free(stack, part)
-            cmd = [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1",
-                   "--port", str(stack.airflow_port), "--workers", "1"]
-        else:
-            cmd = [str(BIN / "airflow"), part]
-        log_path = stack.log_file(part)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(cmd, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=stack.state, start_new_session=True)
+        proc = start_airflow_part(part, port=stack.airflow_port, log_path=stack.log_file(part),
+                                  cwd=stack.state)
         _write_pid(stack, part, proc.pid)
         started[part] = proc
         _say(part, "started", proc.pid, stack.url(part))
