@@ -187,9 +187,20 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
         known = sorted(p.stem for p in datasets_dir().glob("*.yaml"))
         raise ConfigError(f"no dataset config {path}; known datasets: {known}. "
                                 "Add a YAML file there (see docs/configuration.md).")
+    from pydantic import ValidationError
+
+    from include.mlops.errors import ConfigError
+
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", name)
-    return DatasetConfig.model_validate(deep_merge(raw, overrides or {}))
+    try:
+        return DatasetConfig.model_validate(deep_merge(raw, overrides or {}))
+    except ValidationError as err:
+        # One line per problem, all on the exception's last line: what the task log ends with.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
+                             for e in err.errors())
+        raise ConfigError(f"dataset config {path} (with the run's Param overrides) is invalid: "
+                          f"{problems}") from None
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
