@@ -28,6 +28,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def registered_versions(client: Any, name: str) -> list[str]:
+    """Version numbers of a registered model, ascending ([] when the model does not exist)."""
+    return sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+
+
+def champion_of(client: Any, name: str) -> str | None:
+    """The version behind @champion, or None."""
+    from include.mlops.tracking import champion_version
+
+    found = champion_version(client, name)
+    return None if found is None else str(found.version)
+
+
 @dataclass
 class Services:
     s3_url: str

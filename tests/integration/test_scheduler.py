@@ -29,7 +29,7 @@ from stack import BIN, free_port, http_ok, start_airflow_part, stop_group, wait_
 from summary import AirflowApi, log_lines, task_instances, wait_for_dag
 
 from include.mlops.demo_data import encode, generate, write_partitions
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, champion_of, registered_versions
 
 DAG_ID = "training"
 TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
@@ -181,17 +181,6 @@ def _stop(found: Airflow) -> None:
             proc.wait(timeout=10)
 
 
-def _versions(client, name: str) -> list[str]:
-    return sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
-
-
-def _champion(client, name: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, "champion").version)
-    except Exception:  # noqa: BLE001 - no model / no alias yet
-        return None
-
-
 def test_rest_triggered_run_trains_and_promotes_through_the_pool(services, airflow):
     model, source = "it_sched_pool", "s3://mlops-data/it_sched_pool"
     write_partitions(services.store(), source, date(2025, 8, 1), 1, rows=1000)
@@ -208,7 +197,7 @@ def test_rest_triggered_run_trains_and_promotes_through_the_pool(services, airfl
     assert tis["promote"]["pool"] == "mlops_promotion"
     assert {ti["pool"] for task, ti in tis.items() if task != "promote"} == {"default_pool"}
     client = services.mlflow_client()
-    assert _versions(client, model) == ["1"] and _champion(client, model) == "1"
+    assert registered_versions(client, model) == ["1"] and champion_of(client, model) == "1"
     log = airflow.task_log(run_id, "promote")
     assert f"Promoted {model} v1 to @champion" in log, log[-3000:]
 
@@ -237,7 +226,7 @@ def test_failed_run_task_log_names_file_and_column(services, airflow):
     on_disk = path.read_text()
     for text in expected:
         assert text in on_disk, f"{text!r} missing from {path}:\n{on_disk[-3000:]}"
-    assert _versions(services.mlflow_client(), model) == []
+    assert registered_versions(services.mlflow_client(), model) == []
 
 
 def test_back_to_back_runs_queue_and_each_promotes(services, airflow):
@@ -254,7 +243,7 @@ def test_back_to_back_runs_queue_and_each_promotes(services, airflow):
 
     for model, run in runs.items():
         assert run["state"] == "success", airflow.failure_report(run_ids[model])
-        assert _versions(client, model) == ["1"] and _champion(client, model) == "1"
+        assert registered_versions(client, model) == ["1"] and champion_of(client, model) == "1"
     # max_active_runs=1: the second run started only after the first had finished.
     first, second = sorted(runs.values(), key=lambda r: datetime.fromisoformat(r["start_date"]))
     assert datetime.fromisoformat(second["start_date"]) >= \

@@ -9,6 +9,7 @@ import json
 from datetime import date
 
 from include.mlops.demo_data import write_partitions
+from tests.integration.conftest import champion_of, registered_versions
 
 TASKS = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
          "register", "promote"]
@@ -18,17 +19,6 @@ def load_dict(uri: str) -> dict:
     from mlflow.artifacts import load_dict as mlflow_load_dict
 
     return mlflow_load_dict(uri)
-
-
-def _versions(client, name: str) -> list[str]:
-    return sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
-
-
-def _champion(client, name: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, "champion").version)
-    except Exception:  # noqa: BLE001 - no model / no alias yet
-        return None
 
 
 def _mlflow_run(client, dag_run_id: str):
@@ -49,8 +39,8 @@ def test_first_run_trains_registers_and_promotes(services, run_dag):
 
     assert result.state == "success", result.error_lines()
     assert all(result.tasks[t] == "success" for t in TASKS), result.tasks
-    assert _versions(client, model) == ["1"]
-    assert _champion(client, model) == "1"
+    assert registered_versions(client, model) == ["1"]
+    assert champion_of(client, model) == "1"
     assert "Gate APPROVED for it_first" in result.log
 
     run = _mlflow_run(client, result.run_id)
@@ -105,7 +95,7 @@ def test_first_run_trains_registers_and_promotes(services, run_dag):
     assert again.tasks["check_changed"] == "success"
     assert all(again.tasks[t] == "skipped" for t in TASKS[1:]), again.tasks
     assert "Skipping training: data fingerprint" in again.log
-    assert _versions(client, model) == ["1"]
+    assert registered_versions(client, model) == ["1"]
     assert not client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.`airflow.run_id` = '{again.run_id}'"), \
         "a skipped run left an MLflow run behind"
@@ -121,7 +111,7 @@ def test_first_run_trains_registers_and_promotes(services, run_dag):
     assert set(after) == set(before), "a re-run for the same logical date added objects"
     snapshot = [u for u in before if "/snapshots/" in u and u.endswith(".parquet")]
     assert len(snapshot) == 1 and after[snapshot[0]] == before[snapshot[0]]
-    assert _versions(client, model) == ["1"] and len(store.list(f"s3://mlops/audit/{model}")) == 1
+    assert registered_versions(client, model) == ["1"] and len(store.list(f"s3://mlops/audit/{model}")) == 1
 
 
 def test_better_data_promotes_and_worse_is_rejected(services, run_dag):
@@ -133,12 +123,12 @@ def test_better_data_promotes_and_worse_is_rejected(services, run_dag):
     write_partitions(store, source, date(2025, 2, 3), 1, rows=3000, seed=12)
 
     weak = run_dag("2025-02-02", model_name=model, source_uri=source, gate=loose_gate)
-    assert weak.state == "success" and _champion(client, model) == "1"
+    assert weak.state == "success" and champion_of(client, model) == "1"
 
     better = run_dag("2025-02-03", model_name=model, source_uri=source, gate=loose_gate)
     assert better.state == "success", better.error_lines()
     assert better.tasks["promote"] == "success"
-    assert _champion(client, model) == "2"
+    assert champion_of(client, model) == "2"
     line = next(x for x in better.log.splitlines() if "Gate APPROVED" in x)
     assert "champion v1" in line and "PASS champion comparison" in line
     records = [json.loads(store.read_bytes(o.uri)) for o in store.list(f"s3://mlops/audit/{model}")]
@@ -152,7 +142,7 @@ def test_better_data_promotes_and_worse_is_rejected(services, run_dag):
     assert worse.tasks["gate"] == "success"
     assert worse.tasks["register"] == "skipped" and worse.tasks["promote"] == "skipped"
     assert "Gate REJECTED for it_lifecycle" in worse.log and "FAIL champion comparison" in worse.log
-    assert _versions(client, model) == ["1", "2"] and _champion(client, model) == "2"
+    assert registered_versions(client, model) == ["1", "2"] and champion_of(client, model) == "2"
     run = _mlflow_run(client, worse.run_id)
     assert run.data.tags["mlops.outcome"] == "rejected" and run.data.tags["mlops.gate"] == "rejected"
     card = load_dict(f"runs:/{run.info.run_id}/promotion_card.json")
@@ -169,7 +159,7 @@ def test_threshold_failure_blocks_first_model(services, run_dag):
     assert result.state == "success"
     assert result.tasks["register"] == "skipped"
     assert "FAIL threshold roc_auc >= 0.99" in result.log
-    assert _versions(client, model) == [] and _champion(client, model) is None
+    assert registered_versions(client, model) == [] and champion_of(client, model) is None
 
 
 def test_local_parquet_source(services, run_dag, tmp_path):
@@ -179,4 +169,4 @@ def test_local_parquet_source(services, run_dag, tmp_path):
     write_partitions(ObjectStore(), source, date(2025, 4, 1), 1, rows=800, fmt="parquet")
     result = run_dag("2025-04-02", model_name="it_local", source_uri=source)
     assert result.state == "success", result.error_lines()
-    assert _champion(services.mlflow_client(), "it_local") == "1"
+    assert champion_of(services.mlflow_client(), "it_local") == "1"
