@@ -1,16 +1,19 @@
 """Training: check → ingest → validate → features → train → evaluate → gate → register → promote.
 
 Trains the dataset named by the ``dataset`` Param (a YAML file in include/datasets/) on the
-partitions of the run's data interval. A model is registered only when every gate passes and
-becomes ``champion`` only after that. See docs/configuration.md for the Params.
+partitions of the run's data interval, or, when started by a ``drift_detected`` or
+``performance_degraded`` event, on the recent days the alert is about. A model is registered
+only when every gate passes and becomes ``champion`` (or ``challenger`` under a shadow/canary
+rollout) only after that. See docs/configuration.md for the Params.
 """
 
 import os
 from datetime import timedelta
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 from pendulum import datetime
 
+from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.operators.training import (
     BuildFeaturesOperator,
     EvaluateModelOperator,
@@ -25,8 +28,12 @@ from mlops.operators.training import (
 
 with DAG(
     dag_id="training",
-    # Data-interval semantics: the run after day D ends trains on partition date=D.
-    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    # Daily, or when monitoring raises an alert. Data-interval semantics: the run after day D
+    # ends trains on partition date=D; an alert-triggered run trains on the days before the
+    # alert's partition (monitoring.retrain_lookback_days), at most once per cooldown window.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        assets=(DRIFT_DETECTED | PERFORMANCE_DEGRADED)),
     start_date=datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -55,6 +62,11 @@ with DAG(
                           description='Overrides, e.g. {"family": "random_forest", "seed": 7}'),
         "gate": Param({}, type="object",
                       description='Overrides, e.g. {"thresholds": ["roc_auc >= 0.8"]}'),
+        "rollout": Param({}, type="object",
+                         description='Overrides, e.g. {"mode": "shadow"}: new models become '
+                                     '@challenger first'),
+        "monitoring": Param({}, type="object",
+                            description='Overrides, e.g. {"retrain_cooldown_hours": 12}'),
         "force": Param(False, type="boolean",
                        description="Retrain even if data, code and params match the champion"),
     },

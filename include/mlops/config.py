@@ -100,6 +100,50 @@ class TrainingConfig(_Frozen):
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
 
+class RolloutConfig(_Frozen):
+    """How an approved model reaches production.
+
+    ``direct``: it becomes ``champion`` at once. ``shadow``: it becomes ``challenger`` and scores
+    every row beside the champion, never served. ``canary``: as shadow, and ``canary_share`` of
+    the rows (chosen by a hash of the id column, so the same entity always gets the same arm)
+    are served by the challenger. In both, the A/B decision (performance_monitor DAG) promotes,
+    keeps or rejects the challenger once labels arrive.
+    """
+
+    mode: Literal["direct", "shadow", "canary"] = "direct"
+    canary_share: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95  # of the bootstrap interval
+    min_labelled_rows: Annotated[int, Field(ge=10)] = 200  # per arm, before any decision
+    bootstrap_resamples: Annotated[int, Field(ge=200, le=100_000)] = 2000
+
+
+class MonitoringConfig(_Frozen):
+    """Scoring inputs, drift thresholds, delayed labels and retraining triggers."""
+
+    # Rows to score, one partition per day (same partition_template); default: source_uri.
+    scoring_uri: str | None = None
+    # Delayed labels: partitions holding id_column + target, arriving after the predictions.
+    labels_uri: str | None = None
+    # Labels of day D are complete this many days later: the daily performance_monitor run for
+    # the interval ending D+delay+1 scores day D.
+    label_delay_days: Annotated[int, Field(ge=0, le=365)] = 1
+    # Dataset drift when at least this share of the checked columns drifted (Evidently's rule).
+    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # Drift-triggered retraining: at most one per window per model, however many events arrive.
+    retrain_cooldown_hours: Annotated[float, Field(ge=0)] = 24
+    # Days of partitions (ending with the drifted day) that a triggered retrain learns from.
+    retrain_lookback_days: Annotated[int, Field(ge=1, le=3660)] = 3
+    # Live metrics on labelled predictions below these floors raise an alert (and an event).
+    performance_floor: list[Threshold] = Field(default_factory=list)
+
+    @field_validator("performance_floor", mode="before")
+    @classmethod
+    def _parse_floor(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Threshold.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
 class DatasetConfig(_Frozen):
     """Everything the pipeline needs to know about one dataset; see docs/configuration.md."""
 
@@ -118,6 +162,8 @@ class DatasetConfig(_Frozen):
     model_name: str | None = None
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
@@ -137,6 +183,12 @@ class DatasetConfig(_Frozen):
             if threshold.metric not in allowed:
                 raise ValueError(f"gate threshold on {threshold.metric!r}: a {self.task} model "
                                  f"reports {', '.join(allowed)}")
+        for threshold in self.monitoring.performance_floor:
+            if threshold.metric not in allowed:
+                raise ValueError(f"performance floor on {threshold.metric!r}: a {self.task} model "
+                                 f"reports {', '.join(allowed)}")
+        if self.rollout.mode == "canary" and self.id_column is None:
+            raise ValueError("rollout mode 'canary' assigns rows to arms by id_column; declare one")
         if self.gate.champion_metric is not None and self.gate.champion_metric not in allowed:
             raise ValueError(f"champion_metric {self.gate.champion_metric!r} is not one of {allowed}")
         family = self.training.family
@@ -162,6 +214,26 @@ class DatasetConfig(_Frozen):
     @property
     def column(self) -> dict[str, Column]:
         return {c.name: c for c in self.columns}
+
+    @property
+    def scoring_uri(self) -> str:
+        return self.monitoring.scoring_uri or self.source_uri
+
+    def scoring_view(self) -> DatasetConfig:
+        """This config as the scoring input: rows under ``scoring_uri``, label not required."""
+        columns = [c for c in self.columns if c.name != self.target]
+        return self.model_copy(update={"source_uri": self.scoring_uri, "columns": columns})
+
+    def labels_view(self) -> DatasetConfig:
+        """This config as the delayed-labels input: ``id_column`` + target under ``labels_uri``."""
+        if not self.monitoring.labels_uri or not self.id_column:
+            from include.mlops.errors import ConfigError
+
+            raise ConfigError(f"dataset {self.name!r}: delayed labels need monitoring.labels_uri "
+                              "and id_column in the dataset config")
+        columns = [self.column[self.id_column], self.column[self.target]]
+        return self.model_copy(update={"source_uri": self.monitoring.labels_uri,
+                                       "columns": columns})
 
     @property
     def comparison_metric(self) -> str:
@@ -228,4 +300,7 @@ def resolve_config(params: dict[str, Any]) -> DatasetConfig:
         overrides["gate"] = params["gate"]
     if params.get("lookback_days"):
         overrides["lookback_days"] = params["lookback_days"]
+    for section in ("rollout", "monitoring"):
+        if params.get(section):
+            overrides[section] = params[section]
     return load_dataset_config(params.get("dataset") or "churn_demo", overrides)

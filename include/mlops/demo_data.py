@@ -110,6 +110,23 @@ def write_partitions(store: ObjectStore, dest: str, start: date, days: int, *, r
     return uris
 
 
+def write_labels(store: ObjectStore, dest: str, start: date, days: int, *, rows: int = 2000,
+                 seed: int = 7, drift: float = 0.0, label_noise: float = 0.0) -> list[str]:
+    """The delayed labels of the same days: ``dest/date=YYYY-MM-DD/labels.parquet`` holding
+    ``customer_id`` and ``churned`` of exactly the rows :func:`write_partitions` wrote."""
+    from include.mlops.storage import join
+
+    store.ensure_bucket(dest)
+    uris = []
+    for offset in range(days):
+        day = start + timedelta(days=offset)
+        frame = generate(day, rows, seed=seed, drift=drift, label_noise=label_noise)
+        uri = join(dest, f"date={day.isoformat()}", "labels.parquet")
+        store.write_bytes(uri, encode(frame[["customer_id", "churned"]], "parquet"))
+        uris.append(uri)
+    return uris
+
+
 def main(argv: list[str] | None = None) -> None:
     from include.mlops.storage import ObjectStore, is_s3
 
@@ -122,11 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=["csv", "parquet"], default="csv")
     parser.add_argument("--drift", type=float, default=0.0)
     parser.add_argument("--label-noise", type=float, default=0.0)
+    parser.add_argument("--labels", metavar="DEST",
+                        help="also write the same rows' labels (customer_id, churned) here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     store = ObjectStore.from_env() if is_s3(args.dest) else ObjectStore()
     write_partitions(store, args.dest, args.start, args.days, rows=args.rows, seed=args.seed,
                      fmt=args.format, drift=args.drift, label_noise=args.label_noise)
+    if args.labels:
+        write_labels(store, args.labels, args.start, args.days, rows=args.rows, seed=args.seed,
+                     drift=args.drift, label_noise=args.label_noise)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,52 @@ def decide(config: DatasetConfig, challenger: dict[str, float],
     return Decision(all(c.passed for c in checks), checks)
 
 
+@dataclass(frozen=True)
+class ABDecision:
+    """``promote`` (every check passed), ``reject`` (a threshold failed or the challenger is
+    significantly worse) or ``keep`` (not enough evidence yet: keep both and collect labels)."""
+
+    verdict: str
+    decision: Decision
+    interval: dict[str, Any] | None
+
+    def log_line(self, model_name: str, challenger_version: str) -> str:
+        return (f"A/B decision for {model_name} challenger v{challenger_version}: "
+                f"{self.verdict.upper()}: " + "; ".join(self.decision.reasons))
+
+
+def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: dict[str, Any],
+              interval: Any | None, rows: dict[str, int]) -> ABDecision:
+    """The training gate (thresholds + champion comparison, :func:`decide`) on each arm's live
+    metrics, plus a significance check on the bootstrap interval (:mod:`include.mlops.abtest`).
+
+    :param champion: ``{"version", "metrics"}`` of the champion arm
+    :param interval: :class:`include.mlops.abtest.Interval` of the comparison metric, or None
+        when an arm has fewer labelled rows than ``rollout.min_labelled_rows``
+    :param rows: labelled rows per arm
+    """
+    base = decide(config, challenger, champion)
+    checks = list(base.checks)
+    need = config.rollout.min_labelled_rows
+    if interval is None:
+        checks.append(Check("significance", False,
+                            f"not enough labelled rows yet: champion {rows.get('champion', 0)}, "
+                            f"challenger {rows.get('challenger', 0)}, need {need} per arm"))
+        return ABDecision("keep", Decision(False, checks), None)
+    margin = config.gate.champion_margin
+    significant = interval.low > 0 and interval.low >= margin - 1e-9
+    checks.append(Check("significance", significant,
+                        interval.describe() + f"; promote needs the lower bound > 0 and >= {margin:g}"))
+    thresholds_ok = all(c.passed for c in base.checks if c.name.startswith("threshold"))
+    if all(c.passed for c in checks):
+        verdict = "promote"
+    elif not thresholds_ok or interval.significant_worse:
+        verdict = "reject"
+    else:
+        verdict = "keep"
+    return ABDecision(verdict, Decision(verdict == "promote", checks), interval.as_dict())
+
+
 def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dict[str, Any],
                    champion: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any]:
     """The promotion card as a JSON-serialisable dict (also rendered to HTML)."""
@@ -88,10 +134,31 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
     }
 
 
+def ab_card(*, config: DatasetConfig, outcome: ABDecision, live: dict[str, dict[str, float]],
+            counts: dict[str, int], champion: str, challenger: str,
+            context: dict[str, Any]) -> dict[str, Any]:
+    """The promotion card of an A/B decision: same shape as the training card, plus the test."""
+    return {
+        "model_name": config.registered_model_name,
+        "task": config.task,
+        "kind": f"A/B ({config.rollout.mode})",
+        "verdict": outcome.verdict,
+        "decision": outcome.decision.as_dict(),
+        "challenger": {"version": challenger, "metrics": live.get("challenger", {}),
+                       "labelled_rows": counts.get("challenger", 0)},
+        "champion": {"version": champion, "metrics": live.get("champion", {}),
+                     "labelled_rows": counts.get("champion", 0)},
+        "statistics": outcome.interval,
+        "gate_config": json.loads(config.gate.model_dump_json()),
+        "rollout_config": json.loads(config.rollout.model_dump_json()),
+        **context,
+    }
+
+
 def render_card_html(card: dict[str, Any]) -> str:
     esc = html.escape
     decision = card["decision"]
-    verdict = "APPROVED" if decision["approved"] else "REJECTED"
+    verdict = str(card.get("verdict") or ("approved" if decision["approved"] else "rejected")).upper()
     color = "#1a7f37" if decision["approved"] else "#cf222e"
     rows = "".join(
         f"<tr><td>{'&#10004;' if c['passed'] else '&#10008;'}</td><td>{esc(c['name'])}</td>"
@@ -103,7 +170,12 @@ def render_card_html(card: dict[str, Any]) -> str:
         f"<tr><td>{esc(k)}</td><td>{v:.4f}</td><td>-</td></tr>" for k, v in metrics.items())
     context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
                       for k, v in card.items()
-                      if k not in {"decision", "challenger", "champion", "gate_config"})
+                      if k not in {"decision", "challenger", "champion", "gate_config"}
+                      and not isinstance(v, dict))
+    stats = card.get("statistics") or {}
+    statistics = ("<h2>Significance test</h2><table>" + "".join(
+        f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in stats.items())
+        + "</table>") if stats else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Promotion card: {esc(card['model_name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
@@ -112,4 +184,4 @@ table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
 <h2>Checks</h2><table><tr><th></th><th>check</th><th>detail</th></tr>{rows}</table>
 <h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
 {metric_rows}</table>
-<h2>Context</h2><table>{context}</table></body></html>"""
+{statistics}<h2>Context</h2><table>{context}</table></body></html>"""

@@ -356,22 +356,27 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
     (PromotionError): re-pointing the alias could undo a concurrent promotion.
     """
     client, name = stage.client, stage.model_name
+    # Tags per alias: a version may become challenger first and champion later.
+    prefix = "audit." if alias == tracking.CHAMPION else f"audit.{alias}."
     mv = client.get_model_version(name, version)
     if client.get_run(mv.run_id).data.tags.get("mlops.gate") != "approved":
         raise PromotionError(f"refusing to promote {name} v{version}: its run "
                              f"{mv.run_id} has no approved gate decision")
     current = tracking.champion_version(client, name, alias)
     if current is not None and str(current.version) == str(version):
-        previous = mv.tags.get("audit.pending_from", "none")  # a retry after the alias was set
+        previous = mv.tags.get(f"{prefix}pending_from", "none")  # a retry after the alias was set
     else:
         previous = str(current.version) if current is not None else "none"
-        if previous != (compared_with or "none"):
+        champion = tracking.champion_version(client, name) if alias != tracking.CHAMPION \
+            else current
+        now = str(champion.version) if champion is not None else "none"
+        if now != (compared_with or "none"):
             raise PromotionError(
-                f"not promoting {name} v{version}: the gate compared it with champion "
-                f"{'v' + compared_with if compared_with else '(none)'}, but @{alias} is now "
-                f"v{previous}, promoted by another run meanwhile. Trigger a new run to compare "
+                f"not promoting {name} v{version} to @{alias}: the gate compared it with champion "
+                f"{'v' + compared_with if compared_with else '(none)'}, but @champion is now "
+                f"v{now}, promoted by another run meanwhile. Trigger a new run to compare "
                 "against the current champion")
-        client.set_model_version_tag(name, version, "audit.pending_from", previous)
+        client.set_model_version_tag(name, version, f"{prefix}pending_from", previous)
         client.set_registered_model_alias(name, alias, str(version))
     check = tracking.champion_version(client, name, alias)
     if check is None or str(check.version) != str(version):
@@ -380,22 +385,27 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
                              "another promotion ran concurrently; check the audit log")
     record = {
         "model_name": name, "alias": alias, "from_version": previous, "to_version": str(version),
-        "promoted_at": mv.tags.get("audit.promoted_at") or datetime.now(UTC).isoformat(),
+        "promoted_at": mv.tags.get(f"{prefix}promoted_at") or datetime.now(UTC).isoformat(),
         "by": f"airflow:{dag_context.get('dag_id')}/{dag_context.get('dag_run_id')}",
         "triggered_by": dag_context.get("triggered_by"),
+        "trigger": dag_context.get("trigger"),
         "mlflow_run_id": stage.mlflow_run_id, "reasons": reasons,
     }
-    for key, value in (("audit.promoted_from", previous), ("audit.promoted_by", record["by"]),
-                       ("audit.promoted_at", record["promoted_at"]),
-                       ("audit.reason", "; ".join(reasons)[:4000]), ("mlops.gate", "approved")):
-        client.set_model_version_tag(name, version, key, value)
+    for key, value in (("promoted_from", previous), ("promoted_by", record["by"]),
+                       ("promoted_at", record["promoted_at"]),
+                       ("reason", "; ".join(reasons)[:4000])):
+        client.set_model_version_tag(name, version, f"{prefix}{key}", value)
+    client.set_model_version_tag(name, version, "mlops.gate", "approved")
+    label = "" if alias == tracking.CHAMPION else f"{alias}-"
     audit_uri = join(stage.artifacts_uri, "audit", name,
-                     f"v{int(version):06d}-from-{previous}-{_safe(str(dag_context.get('dag_run_id')))}.json")
+                     f"{label}v{int(version):06d}-from-{previous}-"
+                     f"{_safe(str(dag_context.get('dag_run_id')))}.json")
     try:
         stage.store.write_bytes(audit_uri, json.dumps(record, indent=2).encode(), create_only=True)
     except ObjectExistsError:
         log.info("Audit record %s already written (task retry)", audit_uri)
-    tracking.finish_run(client, stage.mlflow_run_id, outcome="promoted")
+    tracking.finish_run(client, stage.mlflow_run_id,
+                        outcome="promoted" if alias == tracking.CHAMPION else f"promoted:{alias}")
     log.info("Promoted %s v%s to @%s (was %s); verified; audit %s", name, version, alias,
              previous, audit_uri)
     return {"model_name": name, "version": str(version), "previous": previous,

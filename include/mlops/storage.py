@@ -258,6 +258,14 @@ class ObjectStore:
                          **extra)
         return ObjectInfo(uri, len(data), put["ETag"].strip('"'))
 
+    def delete(self, uri: str) -> None:
+        """Remove one object; no error when it does not exist."""
+        if not is_s3(uri):
+            local_path(uri).unlink(missing_ok=True)
+            return
+        bucket, key = split_s3(uri)
+        self._call(f"delete {uri}", "delete_object", Bucket=bucket, Key=key)
+
     def ensure_bucket(self, uri: str) -> None:
         if not is_s3(uri):
             return

@@ -132,19 +132,38 @@ class RunResult:
 
 
 @pytest.fixture
-def run_dag(training_dag: Any, capfd: pytest.CaptureFixture[str],
-            caplog: pytest.LogCaptureFixture):
-    """Run the training DAG with ``dag.test()``; returns task states and the captured task log
+def dagbag(airflow_db: None) -> Any:
+    """Freshly parsed DAGs (operators cache hooks; each test gets new instances)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+@pytest.fixture
+def run_dag(training_dag: Any, run_any_dag: Any):
+    """Run the training DAG with ``dag.test()`` (see ``run_any_dag``)."""
+
+    def run(logical_date: str, **conf: Any) -> RunResult:
+        return run_any_dag(training_dag, logical_date, **conf)
+
+    return run
+
+
+@pytest.fixture
+def run_any_dag(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
+    """Run a DAG with ``dag.test()``; returns task states and the captured task log
     (dag.test() runs tasks in this process: their log records reach caplog, the rest stdout)."""
     import logging
 
     from pendulum import parse
 
-    def run(logical_date: str, **conf: Any) -> RunResult:
+    def run(dag: Any, logical_date: str, **conf: Any) -> RunResult:
         capfd.readouterr()
         caplog.clear()
         caplog.set_level(logging.INFO)
-        dag_run = training_dag.test(logical_date=parse(logical_date), run_conf=conf)
+        dag_run = dag.test(logical_date=parse(logical_date), run_conf=conf)
         out = capfd.readouterr()
         tasks = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
         log = caplog.text + out.out + out.err

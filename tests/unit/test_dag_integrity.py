@@ -256,4 +256,4 @@ def test_template_fields_are_declared(cls: type, inputs: dict[str, Any],
 def test_promote_operator_defaults() -> None:
     operator = ops.PromoteModelOperator(task_id="promote", registration={}, decision={})
     assert operator.pool == ops.PROMOTION_POOL == "mlops_promotion"
-    assert operator.alias == "champion"
+    assert operator.alias is None  # champion, or challenger under a shadow/canary rollout

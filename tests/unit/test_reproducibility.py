@@ -76,7 +76,8 @@ def _key(config: DatasetConfig, fingerprint: str = FINGERPRINT) -> str:
         pytest.param({"training": {"hyperparameters": {"max_iter": 151}}}, False, id="hyperparameter"),
         pytest.param({"training": {"test_size": 0.3}}, False, id="test-size"),
         pytest.param({"task": "regression", "target": "monthly_charges",
-                      "gate": {"thresholds": [], "champion_metric": "rmse"}}, False, id="target"),
+                      "gate": {"thresholds": [], "champion_metric": "rmse"},
+                      "monitoring": {"performance_floor": []}}, False, id="target"),
     ],
 )
 def test_repro_key_changes_exactly_with_what_changes_the_model(overrides: dict[str, Any],

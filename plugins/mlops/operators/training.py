@@ -38,19 +38,84 @@ def data_interval(context: Context) -> tuple[datetime, datetime]:
     return end - timedelta(days=1), end
 
 
+def retrain_trigger(context: Context) -> dict[str, Any] | None:
+    """The alert that started this run (a ``drift_detected`` or ``performance_degraded`` Asset
+    event): ``{"asset", "extra", ...}`` of the latest such event, or None for other runs."""
+    from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+
+    events = context.get("triggering_asset_events") or {}
+    found = []
+    for asset in (DRIFT_DETECTED, PERFORMANCE_DEGRADED):
+        try:
+            found += [(asset.name, e) for e in events[asset]]
+        except (KeyError, LookupError):
+            continue
+    if not found:
+        return None
+    name, event = max(found, key=lambda item: str(getattr(item[1], "timestamp", "")))
+    return {"asset": name, "extra": dict(event.extra or {}),
+            "source": f"{getattr(event, 'source_dag_id', None)}/"
+                      f"{getattr(event, 'source_run_id', None)}",
+            "events": len(found)}
+
+
+def run_params(context: Context) -> dict[str, Any]:
+    """The run's Params; a run started by an alert trains the dataset and model the alert names."""
+    params = dict(context["params"])
+    trigger = retrain_trigger(context)
+    if trigger:
+        for key in ("dataset", "model_name"):
+            if trigger["extra"].get(key):
+                params[key] = trigger["extra"][key]
+    return params
+
+
 def run_partition_dates(context: Context, config: Any) -> list[date]:
-    """The partition days this run reads (the ``partition_date`` Param overrides the interval)."""
+    """The partition days this run reads (the ``partition_date`` Param overrides the interval).
+
+    A run started by a drift or performance alert reads ``monitoring.retrain_lookback_days``
+    ending with the day the alert is about: the recent data the champion is failing on.
+    """
     from include.mlops.ingest import partition_dates
 
     override = context["params"].get("partition_date")
+    trigger = retrain_trigger(context)
+    if not override and trigger and trigger["extra"].get("partition_date"):
+        day = date.fromisoformat(trigger["extra"]["partition_date"])
+        return partition_dates(datetime.min, datetime.min,
+                               config.monitoring.retrain_lookback_days, day)
     start, end = data_interval(context)
     return partition_dates(start, end, config.lookback_days,
                            date.fromisoformat(override) if override else None)
 
 
 def run_date(context: Context) -> datetime:
-    """What names this run's outputs: the logical date, else the end of its data interval."""
-    return context.get("logical_date") or data_interval(context)[1]
+    """What names this run's outputs: the logical date; runs without one (asset-triggered, or
+    triggered with none) are named by when they were created, so no two share a folder."""
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
+def trigger_summary(trigger: dict[str, Any]) -> str:
+    extra = trigger["extra"]
+    what = "drift" if trigger["asset"] == "drift_detected" else "performance below floor"
+    detail = (f"columns {', '.join(extra.get('columns') or [])} (share {extra.get('share')})"
+              if trigger["asset"] == "drift_detected" else f"{extra.get('failed')}")
+    return (f"{what} on partition {extra.get('partition_date')} of {extra.get('model_name')} "
+            f"v{extra.get('model_version')}: {detail}; report {extra.get('report_uri')}; "
+            f"event from {trigger['source']}")
+
+
+def trigger_tags(trigger: dict[str, Any]) -> dict[str, str]:
+    extra = trigger["extra"]
+    tags = {"mlops.trigger": trigger["asset"], "mlops.trigger.reason": trigger_summary(trigger),
+            "mlops.trigger.partition_date": str(extra.get("partition_date")),
+            "mlops.trigger.source": trigger["source"]}
+    for key in ("columns", "share", "report_uri", "failed"):
+        if extra.get(key) is not None:
+            value = extra[key]
+            tags[f"mlops.trigger.{key}"] = (",".join(value) if isinstance(value, list)
+                                            else str(value))[:4000]
+    return tags
 
 
 class MlopsStageOperator(BaseOperator, SkipMixin):
@@ -84,26 +149,34 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
 
     def dag_context(self, context: Context) -> dict[str, Any]:
         dag_run = context["dag_run"]
-        return {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id,
-                "logical_date": str(context.get("logical_date")),
-                "triggered_by": str(getattr(dag_run, "triggering_user_name", None) or
-                                    getattr(dag_run, "run_type", "")),
-                "data_interval": f"{context.get('data_interval_start')} - "
-                                 f"{context.get('data_interval_end')}"}
+        out = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id,
+               "logical_date": str(context.get("logical_date")),
+               "triggered_by": str(getattr(dag_run, "triggering_user_name", None) or
+                                   getattr(dag_run, "run_type", "")),
+               "data_interval": f"{context.get('data_interval_start')} - "
+                                f"{context.get('data_interval_end')}"}
+        trigger = retrain_trigger(context)
+        if trigger:
+            out["trigger"] = trigger_summary(trigger)
+        return out
 
     def stage(self, context: Context) -> Stage:
         from include.mlops import tracking
         from include.mlops.config import resolve_config
         from include.mlops.pipeline import Stage, run_key
 
-        config = resolve_config(dict(context["params"]))
+        config = resolve_config(run_params(context))
         dag_run = context["dag_run"]
         when = run_date(context)
         client = self.mlflow_hook.client
+        tags = {"airflow.logical_date": str(when), "mlops.dataset": config.name,
+                "mlops.trigger": str(getattr(dag_run, "run_type", "") or "")}
+        trigger = retrain_trigger(context)
+        if trigger:  # why this retrain happened, searchable in MLflow
+            tags.update(trigger_tags(trigger))
         mlflow_run_id = tracking.find_or_create_run(
             client, experiment=config.registered_model_name, dag_id=dag_run.dag_id,
-            dag_run_id=dag_run.run_id, run_name=f"{dag_run.dag_id}:{run_key(when)}",
-            tags={"airflow.logical_date": str(when), "mlops.dataset": config.name})
+            dag_run_id=dag_run.run_id, run_name=f"{dag_run.dag_id}:{run_key(when)}", tags=tags)
         client.set_tag(mlflow_run_id, f"airflow.try.{self.task_id}", str(context["ti"].try_number))
         return Stage(config=config, store=self.s3_hook.store, client=client,
                      mlflow_run_id=mlflow_run_id, artifacts_uri=self.artifacts_uri,
@@ -188,13 +261,29 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
         from include.mlops.pipeline import check_changed
         from include.mlops.tracking import alias_lookup
 
-        config = resolve_config(dict(context["params"]))
+        params = run_params(context)
+        config = resolve_config(params)
         self.mlflow_hook.check_available()
         champion = alias_lookup(self.mlflow_hook.tracking_uri, config.registered_model_name,
                                 auth=self.mlflow_hook.auth)
+        dag_run = context["dag_run"]
         result = check_changed(config, self.s3_hook.store, run_partition_dates(context, config),
-                               champion, dag_run_id=context["dag_run"].run_id,
-                               force=bool(context["params"].get("force")))
+                               champion, dag_run_id=dag_run.run_id,
+                               force=bool(params.get("force")))
+        trigger = retrain_trigger(context)
+        if trigger is not None:
+            result["trigger"] = trigger_summary(trigger)
+            self.log.info("Started by %s event(s): %s", trigger["events"], result["trigger"])
+            if result["changed"]:
+                from include.mlops.retrain import claim
+
+                granted, why = claim(
+                    self.s3_hook.store, self.artifacts_uri, config.registered_model_name,
+                    at=dag_run.run_after, dag_run_id=dag_run.run_id,
+                    cooldown_hours=config.monitoring.retrain_cooldown_hours,
+                    trigger={"asset": trigger["asset"], **trigger["extra"]})
+                result["changed"] = granted
+                result["reason"] = f"{result['reason']}; {why}" if granted else why
         if result["changed"]:
             self.log.info("Training: %s", result["reason"])
         else:
@@ -336,13 +425,14 @@ class PromoteModelOperator(MlopsStageOperator):
 
     :param registration: the register task's XCom (templated)
     :param decision: the gate task's XCom (templated)
-    :param alias: registry alias to move (default ``champion``)
+    :param alias: registry alias to move; default: ``champion``, or ``challenger`` when the
+        dataset's rollout mode is ``shadow`` or ``canary`` and a champion exists
     """
 
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "registration",
                                       "decision", "alias")
 
-    def __init__(self, *, registration: Any, decision: Any, alias: str = "champion",
+    def __init__(self, *, registration: Any, decision: Any, alias: str | None = None,
                  pool: str = PROMOTION_POOL, **kwargs: Any) -> None:
         super().__init__(pool=pool, **kwargs)
         self.registration = registration
@@ -354,6 +444,13 @@ class PromoteModelOperator(MlopsStageOperator):
 
         if not self.decision.get("approved"):
             raise AirflowFailException("refusing to promote: the gate did not approve this model")
+        alias = self.alias
+        if alias is None:
+            # Shadow / canary rollout: an approved model beside an existing champion becomes the
+            # challenger; the A/B decision on live labels promotes it later.
+            has_champion = self.decision.get("champion_version") is not None
+            alias = "challenger" if stage.config.rollout.mode != "direct" and has_champion \
+                else "champion"
         return promote(stage, version=self.registration["version"],
                        reasons=self.decision["reasons"], dag_context=self.dag_context(context),
-                       alias=self.alias, compared_with=self.decision.get("champion_version"))
+                       alias=alias, compared_with=self.decision.get("champion_version"))

@@ -1,0 +1,349 @@
+"""Monitoring stages: data and prediction drift of a scored day, live metrics once labels arrive,
+and the A/B decision between champion and challenger.
+
+Like :mod:`include.mlops.pipeline`, every stage reads by URI, writes to keys that a re-run
+overwrites (never adds), logs to MLflow and returns a small dict for XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from include.mlops import ingest as ingestion
+from include.mlops import scoring, tracking
+from include.mlops.errors import DataError, SchemaError
+from include.mlops.storage import join
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.mlops.pipeline import Stage
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMN = "prediction"
+
+
+def drift_dir(stage: Stage, day: date) -> str:
+    return join(stage.artifacts_uri, stage.model_name, "drift", f"date={day.isoformat()}")
+
+
+def live_dir(stage: Stage, day: date) -> str:
+    return join(stage.artifacts_uri, stage.model_name, "live", f"date={day.isoformat()}")
+
+
+# -- drift ------------------------------------------------------------------------------------------
+def reference_snapshot(stage: Stage, version: str) -> str:
+    """The training snapshot of a model version (its ``mlops.data_snapshot`` tag)."""
+    mv = stage.client.get_model_version(stage.model_name, version)
+    uri = mv.tags.get("mlops.data_snapshot")
+    if not uri:
+        raise DataError(f"missing reference: {stage.model_name} v{version} has no "
+                        "mlops.data_snapshot tag (registered outside the training DAG?); retrain "
+                        "it with the training DAG to get a drift reference",
+                        runbook="drift-detected.md")
+    if not stage.store.exists(uri):
+        raise DataError(f"missing reference partition: the training snapshot {uri} of "
+                        f"{stage.model_name} v{version} is gone; restore it or retrain",
+                        runbook="drift-detected.md")
+    return uri
+
+
+def check_drift(stage: Stage, day: date) -> dict[str, Any]:
+    """Drift of one scored day against the scoring champion's training snapshot.
+
+    Features and the model's output (``prediction``: the positive-class score for classifiers)
+    are compared column by column with Evidently's default tests on all rows
+    (:mod:`include.mlops.drift`); the HTML report and the JSON result go to S3 and to the
+    scoring run in MLflow. Columns that cannot be checked (all missing) fail the task after the
+    report is written, and never count as drift: a broken check must not trigger a retrain.
+    """
+    import mlflow.sklearn
+
+    from include.mlops import drift
+
+    config, store = stage.config, stage.store
+    manifest, served = scoring.read_committed(store, stage.artifacts_uri, stage.model_name, day)
+    version = manifest["champion_version"]
+    reference_uri = reference_snapshot(stage, version)
+    reference = stage.read_frame(reference_uri)
+    view = config.scoring_view()
+    current = ingestion.ingest(view, store, [day]).frame
+    if len(current) != len(served):
+        raise DataError(f"the scoring input for {day} changed since it was scored: "
+                        f"{len(current)} rows now, {len(served)} predictions in "
+                        f"{manifest['predictions_uri']}; re-run batch_scoring for {day}",
+                        runbook="drift-detected.md")
+
+    model = mlflow.sklearn.load_model(f"models:/{stage.model_name}/{version}")
+    features = [c.name for c in config.feature_columns]
+    missing = [c for c in features if c not in reference.columns]
+    if missing:
+        raise SchemaError(f"schema change between reference and current: column(s) {missing} "
+                          f"are declared now but missing from the reference snapshot "
+                          f"{reference_uri} of {stage.model_name} v{version}; retrain so the "
+                          "reference has them", runbook="schema-mismatch.md")
+    ref_pred, ref_score = scoring.predict(model, reference[features], view)
+    reference = reference[features].assign(**{PREDICTION_COLUMN: _output(ref_pred, ref_score)})
+    current = current[features].assign(**{PREDICTION_COLUMN: _output(
+        served["prediction"].to_numpy(), served["score"].to_numpy())})
+    numeric = [c.name for c in config.feature_columns
+               if c.type in ("numeric", "integer", "boolean")] + [PREDICTION_COLUMN]
+    categorical = [c.name for c in config.feature_columns if c.type == "categorical"]
+    try:
+        result = drift.detect_drift(reference, current, numeric=numeric, categorical=categorical,
+                                    drift_share=config.monitoring.drift_share)
+    except DataError as err:
+        raise type(err)(f"drift check of {stage.model_name} on {day} (current: "
+                        f"{', '.join(manifest['input']['files'])}; reference: {reference_uri}): "
+                        f"{err.args[0]}", runbook=err.runbook) from None
+    html, payload = drift.render_report(reference, current, result, numeric=numeric,
+                                        categorical=categorical)
+    folder = drift_dir(stage, day)
+    report_uri = join(folder, "report.html")
+    result_uri = join(folder, "result.json")
+    payload = {**payload, "partition_date": day.isoformat(), "model_version": version,
+               "reference_uri": reference_uri, "predictions_uri": manifest["predictions_uri"],
+               "report_uri": report_uri}
+    store.write_bytes(report_uri, html.encode())
+    store.write_bytes(result_uri, json.dumps(payload, indent=2, default=str).encode())
+
+    run_id = manifest["scoring_run_id"]  # the scoring run of this day: one place to look
+    client = stage.client
+    client.log_text(run_id, html, "drift/report.html")
+    client.log_dict(run_id, payload, "drift/result.json")
+    from include.mlops.pipeline import _log_metrics
+
+    _log_metrics(stage.__class__(**{**stage.__dict__, "mlflow_run_id": run_id}), {
+        "drift.share": result.share, "drift.columns_drifted": len(result.drifted_columns),
+        "drift.columns_checked": len(result.columns)})
+    client.set_tag(run_id, "mlops.drift", "detected" if result.dataset_drift else "none")
+    client.set_tag(run_id, "mlops.drift_report", report_uri)
+    if result.broken:
+        for line in result.broken:
+            log.error("Drift check of %s on %s: %s", stage.model_name, day, line)
+        raise DataError(f"drift check of {stage.model_name} on {day} could not check "
+                        f"{len(result.broken)} column(s): {'; '.join(result.broken)}. The other "
+                        f"columns are in {report_uri}; no retrain was triggered",
+                        runbook="drift-detected.md")
+    outcome = {
+        "dataset": config.name, "model_name": stage.model_name, "model_version": version,
+        "partition_date": day.isoformat(), "drifted": result.dataset_drift,
+        "columns": result.drifted_columns, "share": round(result.share, 4),
+        "threshold": config.monitoring.drift_share, "report_uri": report_uri,
+        "result_uri": result_uri,
+    }
+    log.info(result.summary_line(report_uri))
+    return outcome
+
+
+def _output(prediction: Any, score: Any) -> Any:
+    """The model output that drifts: the score when there is one (classifiers), else the value."""
+    import numpy as np
+
+    score = np.asarray(score, dtype=float)
+    return score if not np.isnan(score).all() else np.asarray(prediction, dtype=float)
+
+
+# -- live performance -------------------------------------------------------------------------------
+def join_labels(stage: Stage, day: date) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Labels of ``day`` joined to that day's served (and shadow) predictions by id."""
+    config, store = stage.config, stage.store
+    labels_config = config.labels_view()
+    manifest, served = scoring.read_committed(store, stage.artifacts_uri, stage.model_name, day)
+    labels = ingestion.ingest(labels_config, store, [day])
+    frame = labels.frame.drop(columns=[ingestion.SOURCE_COLUMN])
+    key, target = config.id_column, config.target
+    where = ", ".join(f["uri"] for f in labels.manifest["files"])
+    duplicated = int(frame[key].duplicated().sum())
+    if duplicated:
+        log.warning("%d duplicate ids in %s; keeping the last label of each", duplicated, where)
+        frame = frame.drop_duplicates(key, keep="last")
+    joined = served.merge(frame.rename(columns={target: "label"}), on=key, how="inner")
+    unknown = len(frame) - len(joined)
+    stats = {"label_rows": len(frame), "matched": len(joined), "unknown_ids": unknown,
+             "labels_uri": where}
+    if len(joined) == 0:
+        examples = frame[key].astype(str).head(3).tolist()
+        raise DataError(f"labels for unknown ids: none of the {len(frame)} label rows in {where} "
+                        f"match a prediction in {manifest['predictions_uri']} (column {key!r}, "
+                        f"e.g. {examples}); check that the labels belong to this date and model",
+                        runbook="bad-data.md")
+    if unknown:
+        examples = sorted(set(frame[key].astype(str)) - set(joined[key].astype(str)))[:3]
+        log.warning("Labels for unknown ids: %d of %d label rows in %s match no prediction in %s "
+                    "(column %r, e.g. %s); they are left out of the live metrics", unknown,
+                    len(frame), where, manifest["predictions_uri"], key, examples)
+    if manifest.get("shadow_uri"):
+        shadow = ingestion.read_parquet_bytes(store.read_bytes(manifest["shadow_uri"]))
+        joined = joined.merge(shadow[[key, "prediction", "score", "model_version"]].rename(
+            columns={"prediction": "shadow_prediction", "score": "shadow_score",
+                     "model_version": "shadow_version"}), on=key, how="left")
+    return manifest, joined, stats
+
+
+def live_performance(stage: Stage, day: date) -> dict[str, Any]:
+    """Live metrics of every model version that served ``day``, once its labels are in.
+
+    Logged as a time series (step = days since 1970-01-01, timestamp = the day) on one
+    monitoring run per model version (``live-v<version>`` in the model's experiment). A re-run
+    logs no second point for the same day. Metrics of the champion's rows below
+    ``monitoring.performance_floor`` are an alert.
+    """
+    from include.mlops.abtest import metric_values
+
+    config = stage.config
+    manifest, joined, stats = join_labels(stage, day)
+    folder = live_dir(stage, day)
+    store = stage.store
+    store.write_bytes(join(folder, "joined.parquet"), ingestion.to_parquet_bytes(joined))
+    by_version: dict[str, dict[str, float]] = {}
+    for version, rows in joined.groupby("model_version"):
+        by_version[str(version)] = {**metric_values(config.task, rows["label"], rows["prediction"],
+                                                    rows["score"]), "rows": float(len(rows))}
+    if "shadow_prediction" in joined:
+        rows = joined.dropna(subset=["shadow_prediction"])
+        if len(rows):
+            version = str(rows["shadow_version"].iloc[0])
+            shadow = metric_values(config.task, rows["label"], rows["shadow_prediction"],
+                                   rows["shadow_score"])
+            by_version.setdefault(version, {}).update(
+                {f"shadow.{k}": v for k, v in shadow.items()} | {"shadow.rows": float(len(rows))})
+    step = (day - date(1970, 1, 1)).days
+    timestamp = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    run_ids = {}
+    for version, values in by_version.items():
+        run_ids[version] = _log_live(stage, version, values, step=step, timestamp=timestamp,
+                                     extra={"live.unknown_label_ids": float(stats["unknown_ids"])})
+    champion = by_version.get(str(manifest["champion_version"]), {})
+    failed = [str(t) + f" (observed {champion.get(t.metric, float('nan')):.4f})"
+              for t in config.monitoring.performance_floor
+              if not _holds(t, champion.get(t.metric, float("nan")))]
+    result = {"dataset": config.name, "model_name": stage.model_name,
+              "model_version": manifest["champion_version"], "partition_date": day.isoformat(),
+              "metrics": {v: {k: round(x, 6) for k, x in m.items()} for v, m in by_version.items()},
+              "label_rows": stats["label_rows"], "matched": stats["matched"],
+              "unknown_ids": stats["unknown_ids"], "below_floor": bool(failed), "failed": failed,
+              "floor": [str(t) for t in config.monitoring.performance_floor],
+              "monitor_runs": run_ids}
+    stage.store.write_bytes(join(folder, "metrics.json"), json.dumps(result, indent=2).encode())
+    summary = "; ".join(f"v{v}: " + ", ".join(f"{k}={x:.4f}" for k, x in m.items() if k != "rows")
+                        + f" ({int(m.get('rows', 0))} rows)" for v, m in by_version.items())
+    if failed:
+        log.error("ALERT: live performance of %s v%s on %s is below the floor: %s. Retraining is "
+                  "triggered through the performance_degraded Asset (runbook: "
+                  "docs/runbooks/performance-degraded.md)", stage.model_name,
+                  manifest["champion_version"], day, "; ".join(failed))
+    log.info("Live metrics for %s on %s from %d labelled rows: %s", stage.model_name, day,
+             stats["matched"], summary)
+    return result
+
+
+def _holds(threshold: Any, observed: float) -> bool:
+    return observed == observed and threshold.holds(observed)
+
+
+def _log_live(stage: Stage, version: str, values: dict[str, float], *, step: int, timestamp: int,
+              extra: dict[str, float]) -> str:
+    """Log one day's point of each live metric on the version's monitoring run, once."""
+    import math
+
+    from mlflow.entities import Metric
+
+    client = stage.client
+    run_id = tracking.find_or_create_run(
+        client, experiment=stage.model_name, dag_id="live", dag_run_id=f"v{version}",
+        run_name=f"live-v{version}", tags={"mlops.monitor": "live",
+                                          "mlops.model_version": str(version)})
+    logged = {m.step for m in client.get_metric_history(run_id, "live.rows")}
+    if step in logged:
+        log.info("Live metrics of v%s for step %d are already logged (re-run)", version, step)
+        return run_id
+    metrics = [Metric(f"live.{k}", float(v), timestamp, step)
+               for k, v in {**values, **extra}.items() if not math.isnan(v)]
+    metrics.sort(key=lambda m: m.key != "live.rows")  # rows last: it marks the step as done
+    client.log_batch(run_id, metrics=[m for m in metrics if m.key != "live.rows"])
+    client.log_batch(run_id, metrics=[m for m in metrics if m.key == "live.rows"])
+    return run_id
+
+
+# -- A/B decision -----------------------------------------------------------------------------------
+def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict[str, Any]:
+    """Promote, keep or reject the challenger from all labelled rows it has served (canary) or
+    shadow-scored (shadow) so far, through the training gate plus a significance check."""
+    import pandas as pd
+
+    from include.mlops import abtest
+    from include.mlops.gate import ab_card, decide_ab
+    from include.mlops.pipeline import promote
+
+    config, client, name = stage.config, stage.client, stage.model_name
+    champion = tracking.champion_version(client, name)
+    challenger = tracking.champion_version(client, name, scoring.CHALLENGER)
+    if config.rollout.mode == "direct" or challenger is None or champion is None or \
+            str(challenger.version) == str(champion.version):
+        return {"verdict": "none", "reason": f"no challenger of {name} to decide on "
+                                             f"(rollout {config.rollout.mode})"}
+    cv, hv = str(challenger.version), str(champion.version)
+    frames = []
+    root = join(stage.artifacts_uri, name, "live")
+    for prefix in stage.store.list_prefixes(root):
+        uri = join(root, prefix, "joined.parquet")
+        if prefix <= f"date={day.isoformat()}" and stage.store.exists(uri):
+            frames.append(stage.read_frame(uri))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    metric = config.comparison_metric
+    paired = config.rollout.mode == "shadow"
+    if paired:
+        rows = rows[(rows.get("shadow_version") == cv) & (rows["model_version"] == hv)] \
+            if "shadow_version" in rows else rows.iloc[0:0]
+        arms = {"champion": {"y": rows["label"], "prediction": rows.get("prediction"),
+                             "score": rows.get("score")},
+                "challenger": {"y": rows["label"], "prediction": rows.get("shadow_prediction"),
+                               "score": rows.get("shadow_score")}}
+    else:
+        champ_rows = rows[rows["model_version"] == hv] if len(rows) else rows
+        chal_rows = rows[rows["model_version"] == cv] if len(rows) else rows
+        arms = {arm: {"y": r["label"], "prediction": r["prediction"], "score": r["score"]}
+                for arm, r in (("champion", champ_rows), ("challenger", chal_rows))}
+    counts = {arm: int(len(a["y"])) for arm, a in arms.items()}
+    live = {arm: abtest.metric_values(config.task, a["y"], a["prediction"], a["score"])
+            if counts[arm] else {} for arm, a in arms.items()}
+    interval = None
+    if min(counts.values()) >= config.rollout.min_labelled_rows:
+        interval = abtest.bootstrap_difference(
+            config.task, metric, *({k: v.to_numpy() for k, v in arms[a].items()}
+                                   for a in ("champion", "challenger")),
+            paired=paired, confidence=config.rollout.confidence,
+            resamples=config.rollout.bootstrap_resamples, seed=config.training.seed)
+    outcome = decide_ab(config, challenger=live["challenger"],
+                        champion={"version": hv, "metrics": live["champion"]},
+                        interval=interval, rows=counts)
+    card = ab_card(config=config, outcome=outcome, live=live, counts=counts,
+                      champion=hv, challenger=cv, context=dag_context)
+    folder = join(stage.artifacts_uri, name, "ab", f"v{cv}", f"date={day.isoformat()}")
+    card_uri = join(folder, "promotion_card.json")
+    stage.store.write_bytes(card_uri, json.dumps(card, indent=2, default=str).encode())
+    from include.mlops.gate import render_card_html
+
+    html = render_card_html(card)
+    stage.store.write_bytes(join(folder, "promotion_card.html"), html.encode())
+    client.log_dict(stage.mlflow_run_id, card, f"ab/v{cv}/promotion_card.json")
+    client.log_text(stage.mlflow_run_id, html, f"ab/v{cv}/promotion_card.html")
+    log.info(outcome.log_line(name, cv))
+    result = {"verdict": outcome.verdict, "challenger_version": cv, "champion_version": hv,
+              "reasons": outcome.decision.reasons, "card_uri": card_uri, "rows": counts,
+              "interval": outcome.interval}
+    if outcome.verdict == "promote":
+        result["promotion"] = promote(stage, version=cv, reasons=outcome.decision.reasons,
+                                      dag_context=dag_context, compared_with=hv)
+        client.delete_registered_model_alias(name, scoring.CHALLENGER)
+    elif outcome.verdict == "reject":
+        client.set_model_version_tag(name, cv, "mlops.ab", "rejected")
+        client.set_model_version_tag(name, cv, "mlops.ab_reason",
+                                     "; ".join(outcome.decision.reasons)[:4000])
+        client.delete_registered_model_alias(name, scoring.CHALLENGER)
+    return result

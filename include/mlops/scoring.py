@@ -1,0 +1,251 @@
+"""Batch scoring with shadow and canary arms.
+
+One day's rows are scored by the model behind ``@champion``. When ``@challenger`` exists it scores
+the same rows too: in ``shadow`` rollout its predictions are stored beside the champion's and
+never served; in ``canary`` rollout a fixed share of entities (a hash of the id column, so an
+entity always lands in the same arm) is served by the challenger, and every row records its arm.
+
+Output layout below ``<artifacts_uri>/<model>/``::
+
+    predictions/date=YYYY-MM-DD/predictions.parquet   served predictions, one row per input row
+    predictions/date=YYYY-MM-DD/_SUCCESS.json         commit marker + manifest, written last
+    shadow/date=YYYY-MM-DD/shadow.parquet             challenger's predictions for every row
+
+A re-run for the same day replaces these objects (same keys): no duplicates. Readers start from
+``_SUCCESS.json``; it is removed before a re-run writes and put back last, so a reader never
+takes a half-written partition for a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from include.mlops import ingest as ingestion
+from include.mlops.config import DatasetConfig
+from include.mlops.errors import DataError
+from include.mlops.storage import ObjectStore, join
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from include.mlops.pipeline import Stage
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+ROW_COLUMN = "row"  # entity key when the dataset declares no id_column
+MARKER = "_SUCCESS.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version, loaded once."""
+
+    name: str
+    version: str
+    run_id: str
+    model: Any
+
+
+def predictions_dir(artifacts_uri: str, model_name: str, day: date) -> str:
+    return join(artifacts_uri, model_name, "predictions", f"date={day.isoformat()}")
+
+
+def shadow_uri(artifacts_uri: str, model_name: str, day: date) -> str:
+    return join(artifacts_uri, model_name, "shadow", f"date={day.isoformat()}", "shadow.parquet")
+
+
+def canary_mask(keys: pd.Series, share: float, salt: str) -> np.ndarray:
+    """True for the rows whose entity falls in the canary: ``sha256(salt:key)`` as a number in
+    [0, 1) below ``share``. Stable across runs, days and challengers of the same model."""
+    import numpy as np
+
+    if share <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    digests = [hashlib.sha256(f"{salt}:{k}".encode()).digest()[:8] for k in keys.astype(str)]
+    values = np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
+    return values < share
+
+
+def predict(model: Any, features: pd.DataFrame, config: DatasetConfig) -> tuple[Any, Any]:
+    """Predictions and, for classification, the positive-class probability (else NaN)."""
+    import numpy as np
+
+    prediction = model.predict(features)
+    score = np.full(len(features), np.nan)
+    if config.task == "classification" and hasattr(model, "predict_proba"):
+        proba = model.predict_proba(features)
+        if proba.shape[1] == 2:
+            score = proba[:, 1]
+    return prediction, score
+
+
+def score_frame(frame: pd.DataFrame, config: DatasetConfig, champion: ModelRef,
+                challenger: ModelRef | None, *, day: date,
+                scoring_run_id: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Score ``frame``: (served predictions, challenger's shadow predictions or None)."""
+    import numpy as np
+    import pandas as pd
+
+    key_column = config.id_column or ROW_COLUMN
+    keys = frame[config.id_column] if config.id_column else pd.Series(np.arange(len(frame)))
+    features = frame[[c.name for c in config.feature_columns]]
+    champ_pred, champ_score = predict(champion.model, features, config)
+    served = pd.DataFrame({key_column: keys.to_numpy(), "prediction": champ_pred,
+                           "score": champ_score})
+    served["arm"] = CHAMPION
+    served["model_version"] = champion.version
+    served["model_run_id"] = champion.run_id
+    shadow = None
+    if challenger is not None:
+        chal_pred, chal_score = predict(challenger.model, features, config)
+        shadow = pd.DataFrame({key_column: keys.to_numpy(), "prediction": chal_pred,
+                               "score": chal_score, "champion_prediction": champ_pred,
+                               "champion_score": champ_score})
+        shadow["model_version"] = challenger.version
+        shadow["model_run_id"] = challenger.run_id
+        shadow["partition_date"] = day.isoformat()
+        if config.rollout.mode == "canary":
+            canary = canary_mask(keys, config.rollout.canary_share, config.registered_model_name)
+            served.loc[canary, "prediction"] = chal_pred[canary]
+            served.loc[canary, "score"] = chal_score[canary]
+            served.loc[canary, "arm"] = CHALLENGER
+            served.loc[canary, "model_version"] = challenger.version
+            served.loc[canary, "model_run_id"] = challenger.run_id
+    served["model_name"] = champion.name
+    served["partition_date"] = day.isoformat()
+    served["scoring_run_id"] = scoring_run_id
+    return served, shadow
+
+
+def agreement(shadow: pd.DataFrame, config: DatasetConfig) -> float:
+    """Share of rows where challenger and champion predict the same (classification) or within
+    1 % of the champion's value (regression)."""
+    import numpy as np
+
+    if config.task == "classification":
+        same = shadow["prediction"].to_numpy() == shadow["champion_prediction"].to_numpy()
+    else:
+        champion = shadow["champion_prediction"].to_numpy(dtype=float)
+        same = np.isclose(shadow["prediction"].to_numpy(dtype=float), champion, rtol=0.01)
+    return float(same.mean()) if len(shadow) else float("nan")
+
+
+# -- reading a committed partition -----------------------------------------------------------------
+def read_committed(store: ObjectStore, artifacts_uri: str, model_name: str,
+                   day: date) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The manifest and served predictions of one day; a clear error when it was never written."""
+    import json
+
+    folder = predictions_dir(artifacts_uri, model_name, day)
+    marker = join(folder, MARKER)
+    if not store.exists(marker):
+        raise DataError(
+            f"missing predictions partition: {folder} has no {MARKER} (model {model_name!r}, "
+            f"date {day}). Run batch_scoring for {day} first (or wait for it to finish)",
+            runbook="missing-partition.md")
+    manifest = json.loads(store.read_bytes(marker))
+    frame = ingestion.read_parquet_bytes(store.read_bytes(manifest["predictions_uri"]))
+    if len(frame) != manifest["rows"]:
+        raise DataError(f"predictions partition {folder} is inconsistent: {MARKER} says "
+                        f"{manifest['rows']} rows, {manifest['predictions_uri']} holds {len(frame)}; "
+                        "re-run batch_scoring for that date", runbook="missing-partition.md")
+    return manifest, frame
+
+
+# -- the stage --------------------------------------------------------------------------------------
+def load_alias(client: Any, model_name: str, alias: str) -> ModelRef | None:
+    """Resolve ``alias`` to a version first, then load that version: the alias may move meanwhile,
+    and the rows must say which version really scored them."""
+    import mlflow.sklearn
+
+    from include.mlops.tracking import champion_version
+
+    mv = champion_version(client, model_name, alias)
+    if mv is None:
+        return None
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{mv.version}")
+    return ModelRef(model_name, str(mv.version), mv.run_id, model)
+
+
+def score(stage: Stage, day: date) -> dict[str, Any]:
+    """Score one day's partition and commit the predictions (and shadow) partition."""
+    import json
+    import time
+
+    from include.mlops.errors import PromotionError
+
+    started = time.monotonic()
+    config, store, name = stage.config, stage.store, stage.model_name
+    champion = load_alias(stage.client, name, CHAMPION)
+    if champion is None:
+        raise PromotionError(f"no model {name}@champion to score with: run the training DAG for "
+                             f"dataset {config.name!r} first", runbook="promotion-failed.md")
+    challenger = None
+    if config.rollout.mode != "direct":
+        challenger = load_alias(stage.client, name, CHALLENGER)
+        if challenger is not None and challenger.version == champion.version:
+            challenger = None  # promoted already; nothing to compare
+    view = config.scoring_view()
+    result = ingestion.ingest(view, store, [day])
+    frame = result.frame
+    served, shadow = score_frame(frame, view, champion, challenger, day=day,
+                                 scoring_run_id=stage.mlflow_run_id)
+
+    folder = predictions_dir(stage.artifacts_uri, name, day)
+    marker = join(folder, MARKER)
+    predictions = join(folder, "predictions.parquet")
+    shadow_path = shadow_uri(stage.artifacts_uri, name, day)
+    store.ensure_bucket(folder)
+    store.delete(marker)  # uncommitted until the new marker is written
+    store.write_bytes(predictions, ingestion.to_parquet_bytes(served))
+    if shadow is not None:
+        store.write_bytes(shadow_path, ingestion.to_parquet_bytes(shadow))
+    else:
+        store.delete(shadow_path)  # a re-run without a challenger leaves no stale shadow rows
+    canary_rows = int((served["arm"] == CHALLENGER).sum())
+    manifest = {
+        "model_name": name, "partition_date": day.isoformat(), "rows": int(len(served)),
+        "predictions_uri": predictions, "shadow_uri": shadow_path if shadow is not None else None,
+        "champion_version": champion.version, "champion_run_id": champion.run_id,
+        "challenger_version": challenger.version if challenger else None,
+        "rollout": config.rollout.mode, "canary_rows": canary_rows,
+        "input": {"fingerprint": result.manifest["fingerprint"],
+                  "files": [f["uri"] for f in result.manifest["files"]]},
+        "scoring_run_id": stage.mlflow_run_id,
+        "scored_at": datetime.now(UTC).isoformat(),
+    }
+    metrics: dict[str, float] = {"scoring.rows": len(served), "scoring.canary_rows": canary_rows,
+                                 "scoring.seconds": time.monotonic() - started}
+    if config.task == "classification":
+        metrics["scoring.positive_rate"] = float((served["prediction"] == 1).mean())
+    if shadow is not None:
+        metrics["shadow.agreement"] = agreement(shadow, view)
+        manifest["shadow_agreement"] = metrics["shadow.agreement"]
+    store.write_bytes(marker, json.dumps(manifest, indent=2).encode())  # the commit
+
+    client, run_id = stage.client, stage.mlflow_run_id
+    for key, value in (("mlops.champion_version", champion.version),
+                       ("mlops.challenger_version", challenger.version if challenger else "none"),
+                       ("mlops.partition_date", day.isoformat()),
+                       ("mlops.predictions_uri", predictions)):
+        client.set_tag(run_id, key, value)
+    from include.mlops.pipeline import _log_metrics
+
+    _log_metrics(stage, metrics)
+    client.log_dict(run_id, manifest, "scoring/manifest.json")
+    log.info("Scored %d rows of %s with %s v%s%s in %.1fs; predictions %s", len(served), day,
+             name, champion.version,
+             (f"; challenger v{challenger.version}: {config.rollout.mode}, "
+              f"{canary_rows} rows served by it, agreement {metrics['shadow.agreement']:.3f}")
+             if challenger else "", metrics["scoring.seconds"], predictions)
+    return {"model_name": name, "partition_date": day.isoformat(), "partition_uri": folder,
+            "predictions_uri": predictions, "model_version": champion.version,
+            "challenger_version": challenger.version if challenger else None,
+            "rows": int(len(served)), "canary_rows": canary_rows,
+            "scoring_run_id": run_id, "dataset": config.name}

@@ -1,0 +1,181 @@
+"""Scoring, shadow/canary, drift, delayed labels and the A/B decision with dag.test() against a
+real MLflow server and a real S3 store. The Asset schedules themselves are proven through a real
+scheduler in test_monitoring_scheduler.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+
+from include.mlops.demo_data import write_labels, write_partitions
+from include.mlops.scoring import canary_mask
+from tests.integration.conftest import champion_of
+
+STUMP = {"family": "hist_gradient_boosting",
+         "hyperparameters": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.1}}
+
+
+def _keys(store, prefix: str) -> list[str]:
+    return sorted(o.uri.removeprefix(prefix).lstrip("/") for o in store.list(prefix))
+
+
+def _asset_events(asset_name: str, source_run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                               .where(AssetModel.name == asset_name,
+                                      AssetEvent.source_run_id == source_run_id)).all()
+        return [dict(e.extra or {}) for e in rows]
+
+
+@pytest.fixture
+def monitored(services, run_dag, request):
+    """A model ``it_<first word of the test name>`` whose champion v1 is a deliberately weak stump trained on 2025-01-01,
+    with scoring input and delayed labels for 2025-01-01..05 (2025-01-05 strongly drifted)."""
+    store, model = services.store(), f"it_{request.node.name.split('_')[1]}"
+    source, labels = f"s3://mlops-data/{model}", f"s3://mlops-data/{model}-labels"
+    write_partitions(store, source, date(2025, 1, 1), 4, rows=1500)
+    write_labels(store, labels, date(2025, 1, 1), 4, rows=1500)
+    write_partitions(store, source, date(2025, 1, 5), 1, rows=1500, drift=1.0)
+    write_labels(store, labels, date(2025, 1, 5), 1, rows=1500, drift=1.0)
+    first = run_dag("2025-01-02", model_name=model, source_uri=source, training=STUMP,
+                    gate={"thresholds": []})
+    assert first.state == "success", first.error_lines()
+    assert champion_of(services.mlflow_client(), model) == "1"
+    monitoring = {"scoring_uri": source, "labels_uri": labels}
+    return {"model": model, "source": source, "labels": labels, "monitoring": monitoring,
+            "store": store}
+
+
+def test_scoring_writes_one_partition_per_rerun_and_emits_predictions(services, monitored,
+                                                                      dagbag, run_any_dag):
+    store, model = monitored["store"], monitored["model"]
+    conf = {"model_name": model, "monitoring": monitored["monitoring"],
+            "partition_date": "2025-01-03"}
+    first = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-04", **conf)
+    assert first.state == "success", first.error_lines()
+    folder = f"s3://mlops/{model}/predictions/date=2025-01-03"
+    assert _keys(store, folder) == ["_SUCCESS.json", "predictions.parquet"]
+    before = {o.uri: o.size for o in store.list(folder)}
+
+    again = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-04", **conf)
+    assert again.state == "success", again.error_lines()
+    assert _keys(store, folder) == ["_SUCCESS.json", "predictions.parquet"]  # replaced, not added
+    assert {o.uri: o.size for o in store.list(folder)} == before
+
+    manifest = json.loads(store.read_bytes(f"{folder}/_SUCCESS.json"))
+    from include.mlops.ingest import read_parquet_bytes
+
+    rows = read_parquet_bytes(store.read_bytes(manifest["predictions_uri"]))
+    assert len(rows) == manifest["rows"] == 1500
+    assert set(rows["model_version"]) == {"1"} and set(rows["arm"]) == {"champion"}
+    assert set(rows["model_name"]) == {model}
+    assert rows["scoring_run_id"].nunique() == 1 and rows["customer_id"].is_unique
+    assert rows["score"].between(0, 1).all() and set(rows["prediction"]) <= {0, 1}
+    events = _asset_events("predictions", again.run_id)
+    assert events and events[-1]["partition_uri"] == folder
+    assert events[-1]["model_version"] == "1" and events[-1]["partition_date"] == "2025-01-03"
+
+
+def test_canary_and_shadow_rows_then_ab_decision_promotes(services, monitored, run_dag, dagbag,
+                                                          run_any_dag):
+    store, model, client = monitored["store"], monitored["model"], services.mlflow_client()
+    rollout = {"mode": "canary", "canary_share": 0.5, "min_labelled_rows": 200,
+               "bootstrap_resamples": 400}
+    # A full model on 2025-01-02..03 beats the stump: approved, but only as @challenger.
+    second = run_dag("2025-01-04", model_name=model, source_uri=monitored["source"],
+                     lookback_days=2, rollout=rollout,
+                     training={"hyperparameters": {"max_iter": 150, "max_leaf_nodes": 31}},
+                     gate={"thresholds": ["roc_auc >= 0.7"]})
+    assert second.state == "success", second.error_lines()
+    assert champion_of(client, model) == "1"
+    assert client.get_model_version_by_alias(model, "challenger").version == "2"
+
+    conf = {"model_name": model, "rollout": rollout, "partition_date": "2025-01-04",
+            "monitoring": {**monitored["monitoring"], "performance_floor": ["roc_auc >= 0.6"]}}
+    scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-05", **conf)
+    assert scored.state == "success", scored.error_lines()
+    from include.mlops.ingest import read_parquet_bytes
+
+    served = read_parquet_bytes(store.read_bytes(
+        f"s3://mlops/{model}/predictions/date=2025-01-04/predictions.parquet"))
+    shadow = read_parquet_bytes(store.read_bytes(f"s3://mlops/{model}/shadow/date=2025-01-04/shadow.parquet"))
+    expected = canary_mask(served["customer_id"], 0.5, model)
+    assert (served["arm"] == "challenger").to_numpy().tolist() == expected.tolist()
+    assert 0.4 < expected.mean() < 0.6
+    assert set(served.loc[expected, "model_version"]) == {"2"}
+    assert set(served.loc[~expected, "model_version"]) == {"1"}
+    # The shadow file: the challenger's prediction for every row; served rows of the canary
+    # arm are exactly the challenger's, the rest the champion's.
+    assert len(shadow) == len(served) and set(shadow["model_version"]) == {"2"}
+    merged = served.merge(shadow, on="customer_id", suffixes=("", "_shadow"))
+    canary = merged["arm"] == "challenger"
+    assert (merged.loc[canary, "prediction"] == merged.loc[canary, "prediction_shadow"]).all()
+    assert (merged.loc[~canary, "prediction"] == merged.loc[~canary, "champion_prediction"]).all()
+    manifest = json.loads(store.read_bytes(f"s3://mlops/{model}/predictions/date=2025-01-04/_SUCCESS.json"))
+    assert 0 < manifest["shadow_agreement"] < 1 and manifest["challenger_version"] == "2"
+
+    perf = dagbag.get_dag("performance_monitor")
+    decided = run_any_dag(perf, "2025-01-06", **conf)
+    assert decided.state == "success", decided.error_lines()
+    assert decided.tasks["performance_degraded"] == "skipped"
+    assert f"A/B decision for {model} challenger v2: PROMOTE" in decided.log
+    assert champion_of(client, model) == "2"
+    from include.mlops.tracking import champion_version
+
+    assert champion_version(client, model, "challenger") is None
+    card = json.loads(store.read_bytes(f"s3://mlops/{model}/ab/v2/date=2025-01-04/promotion_card.json"))
+    assert card["verdict"] == "promote" and card["statistics"]["low"] > 0
+    assert card["statistics"]["champion_rows"] + card["statistics"]["challenger_rows"] == 1500
+
+    # Live metrics: one point per day per version, step = days since 1970-01-01.
+    runs = {r.data.tags["mlops.model_version"]: r for r in client.search_runs(
+        [client.get_experiment_by_name(model).experiment_id],
+        filter_string="tags.`mlops.monitor` = 'live'")}
+    assert set(runs) == {"1", "2"}
+    step = (date(2025, 1, 4) - date(1970, 1, 1)).days
+    history = client.get_metric_history(runs["2"].info.run_id, "live.roc_auc")
+    assert [m.step for m in history] == [step]
+    again = run_any_dag(perf, "2025-01-06", **conf)
+    assert again.state == "success", again.error_lines()
+    assert len(client.get_metric_history(runs["2"].info.run_id, "live.roc_auc")) == 1
+
+
+def test_live_metrics_below_the_floor_raise_an_alert_event(services, monitored, dagbag,
+                                                           run_any_dag):
+    model = monitored["model"]
+    conf = {"model_name": model, "partition_date": "2025-01-03",
+            "monitoring": {**monitored["monitoring"], "performance_floor": ["roc_auc >= 0.9"]}}
+    scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-04", **conf)
+    assert scored.state == "success", scored.error_lines()
+    checked = run_any_dag(dagbag.get_dag("performance_monitor"), "2025-01-05", **conf)
+    assert checked.state == "success", checked.error_lines()
+    assert checked.tasks["performance_degraded"] == "success"
+    assert f"ALERT: live performance of {model} v1 on 2025-01-03 is below the floor: " \
+           "roc_auc >= 0.9 (observed 0." in checked.log
+    events = _asset_events("performance_degraded", checked.run_id)
+    assert len(events) == 1 and events[0]["model_name"] == model
+    assert events[0]["partition_date"] == "2025-01-03" and events[0]["below_floor"] is True
+    assert checked.tasks["ab_decision"] == "success"  # direct rollout: nothing to decide
+
+    # Labels for ids that were never scored: a clear error naming the partition and column.
+    write_labels(monitored["store"], f"{monitored['labels']}-other", date(2025, 1, 3), 1,
+                 rows=50, seed=99)
+    store = monitored["store"]
+    from include.mlops.ingest import read_parquet_bytes, to_parquet_bytes
+
+    uri = f"{monitored['labels']}-other/date=2025-01-03/labels.parquet"
+    frame = read_parquet_bytes(store.read_bytes(uri))
+    frame["customer_id"] = "X" + frame["customer_id"]
+    store.write_bytes(uri, to_parquet_bytes(frame))
+    conf["monitoring"] = {**conf["monitoring"], "labels_uri": f"{monitored['labels']}-other"}
+    failed = run_any_dag(dagbag.get_dag("performance_monitor"), "2025-01-05", **conf)
+    assert failed.state == "failed"
+    assert "labels for unknown ids: none of the 50 label rows in " in failed.final_error()
+    assert "column 'customer_id'" in failed.final_error()
