@@ -71,7 +71,7 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     reference_uri = reference_snapshot(stage, version)
     reference = stage.read_frame(reference_uri)
     view = config.scoring_view()
-    current = ingestion.ingest(view, store, [day]).frame
+    current = _scored_rows(store, view, manifest)
     if len(current) != len(served):
         raise DataError(f"the scoring input for {day} changed since it was scored: "
                         f"{len(current)} rows now, {len(served)} predictions in "
@@ -134,10 +134,38 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
         "partition_date": day.isoformat(), "drifted": result.dataset_drift,
         "columns": result.drifted_columns, "share": round(result.share, 4),
         "threshold": config.monitoring.drift_share, "report_uri": report_uri,
-        "result_uri": result_uri,
+        "result_uri": result_uri, "source_uri": training_source(stage, reference_uri),
     }
     log.info(result.summary_line(report_uri))
     return outcome
+
+
+def _scored_rows(store: Any, view: Any, manifest: dict[str, Any]) -> pd.DataFrame:
+    """The very rows that were scored: the input files the predictions manifest lists."""
+    import pandas as pd
+
+    frames = []
+    for uri in manifest["input"]["files"]:
+        try:
+            payload = store.read_bytes(uri)
+        except Exception as err:
+            raise DataError(f"missing scoring input {uri} of the predictions partition for "
+                            f"{manifest['partition_date']}: {err}", runbook="missing-partition.md"
+                            ) from err
+        frames.append(ingestion.conform(ingestion.read_file(uri, payload, view), view, uri))
+    return pd.concat(frames, ignore_index=True)
+
+
+def training_source(stage: Stage, snapshot_uri: str) -> str | None:
+    """Where the champion's training data came from (its snapshot manifest), so an alert-
+    triggered retrain reads the same source."""
+    manifest_uri = snapshot_uri.removesuffix(".parquet") + ".json"
+    try:
+        return json.loads(stage.store.read_bytes(manifest_uri)).get("source_uri")
+    except Exception as err:  # noqa: BLE001 - optional: the retrain falls back to the config
+        log.warning("Cannot read %s (%s); a triggered retrain uses the dataset's source_uri",
+                    manifest_uri, err)
+        return None
 
 
 def _output(prediction: Any, score: Any) -> Any:
@@ -219,6 +247,8 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
         run_ids[version] = _log_live(stage, version, values, step=step, timestamp=timestamp,
                                      extra={"live.unknown_label_ids": float(stats["unknown_ids"])})
     champion = by_version.get(str(manifest["champion_version"]), {})
+    mv = stage.client.get_model_version(stage.model_name, manifest["champion_version"])
+    snapshot = mv.tags.get("mlops.data_snapshot")
     failed = [str(t) + f" (observed {champion.get(t.metric, float('nan')):.4f})"
               for t in config.monitoring.performance_floor
               if not _holds(t, champion.get(t.metric, float("nan")))]
@@ -228,7 +258,8 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
               "label_rows": stats["label_rows"], "matched": stats["matched"],
               "unknown_ids": stats["unknown_ids"], "below_floor": bool(failed), "failed": failed,
               "floor": [str(t) for t in config.monitoring.performance_floor],
-              "monitor_runs": run_ids}
+              "monitor_runs": run_ids,
+              "source_uri": training_source(stage, snapshot) if snapshot else None}
     stage.store.write_bytes(join(folder, "metrics.json"), json.dumps(result, indent=2).encode())
     summary = "; ".join(f"v{v}: " + ", ".join(f"{k}={x:.4f}" for k, x in m.items() if k != "rows")
                         + f" ({int(m.get('rows', 0))} rows)" for v, m in by_version.items())

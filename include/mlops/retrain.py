@@ -30,6 +30,38 @@ def claims_dir(artifacts_uri: str, model_name: str) -> str:
     return join(artifacts_uri, model_name, "retrain-claims")
 
 
+def _claims(store: ObjectStore, folder: str) -> list[tuple[datetime, str, str]]:
+    found = []
+    for obj in store.list(folder):
+        name = obj.uri.rsplit("/", 1)[-1]
+        stamp, _, run = name.removesuffix(".json").partition("--")
+        try:
+            found.append((datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC), run, obj.uri))
+        except ValueError:
+            log.warning("Ignoring unexpected object %s in %s", obj.uri, folder)
+    return found
+
+
+def blocked(store: ObjectStore, artifacts_uri: str, model_name: str, *, at: datetime,
+            dag_run_id: str, cooldown_hours: float) -> str | None:
+    """Why an alert-triggered retrain may not start now (None: it may). Reads only."""
+    at = at.astimezone(UTC)
+    claims = _claims(store, claims_dir(artifacts_uri, model_name))
+    if any(run == _safe(dag_run_id) for _, run, _ in claims):
+        return None  # a retry of the run that holds the slot
+    earlier = [c for c in claims if c[0] <= at]
+    if not earlier:
+        return None
+    last_at, last_run, last_uri = max(earlier)
+    until = last_at + timedelta(hours=cooldown_hours)
+    if at >= until:
+        return None
+    return (f"cooldown: an alert-triggered retrain of {model_name} already started at "
+            f"{last_at:%Y-%m-%d %H:%M} UTC (run {last_run}, claim {last_uri}); the next one may "
+            f"start after {until:%Y-%m-%d %H:%M} UTC (monitoring.retrain_cooldown_hours="
+            f"{cooldown_hours:g}). Trigger the training DAG by hand with force=true to retrain now")
+
+
 def claim(store: ObjectStore, artifacts_uri: str, model_name: str, *, at: datetime,
           dag_run_id: str, cooldown_hours: float, trigger: dict[str, Any]) -> tuple[bool, str]:
     """Claim the retrain slot: ``(granted, reason)``.
@@ -37,35 +69,17 @@ def claim(store: ObjectStore, artifacts_uri: str, model_name: str, *, at: dateti
     :param at: when the triggered run was created (its ``run_after``), so a retry decides the same
     :param trigger: the alert (asset name and event extra), stored in the claim
     """
+    reason = blocked(store, artifacts_uri, model_name, at=at, dag_run_id=dag_run_id,
+                     cooldown_hours=cooldown_hours)
+    if reason:
+        return False, reason
     at = at.astimezone(UTC)
-    folder = claims_dir(artifacts_uri, model_name)
-    claims = []
-    for obj in store.list(folder):
-        name = obj.uri.rsplit("/", 1)[-1]
-        stamp, _, run = name.removesuffix(".json").partition("--")
-        try:
-            claims.append((datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC), run, obj.uri))
-        except ValueError:
-            log.warning("Ignoring unexpected object %s in %s", obj.uri, folder)
-    mine = [c for c in claims if c[1] == _safe(dag_run_id)]
-    if mine:
-        return True, f"this run claimed the retrain slot at {mine[0][0]:%Y-%m-%d %H:%M} UTC (retry)"
-    earlier = [c for c in claims if c[0] <= at]
-    if earlier:
-        last_at, last_run, last_uri = max(earlier)
-        until = last_at + timedelta(hours=cooldown_hours)
-        if at < until:
-            return False, (
-                f"cooldown: an alert-triggered retrain of {model_name} already started at "
-                f"{last_at:%Y-%m-%d %H:%M} UTC (run {last_run}, claim {last_uri}); the next one "
-                f"may start after {until:%Y-%m-%d %H:%M} UTC (monitoring.retrain_cooldown_hours="
-                f"{cooldown_hours:g}). Trigger the training DAG by hand with force=true to retrain now")
-    uri = join(folder, f"{at.strftime(_STAMP)}--{_safe(dag_run_id)}.json")
+    uri = join(claims_dir(artifacts_uri, model_name), f"{at.strftime(_STAMP)}--{_safe(dag_run_id)}.json")
     record = {"model_name": model_name, "at": at.isoformat(), "dag_run_id": dag_run_id,
               "cooldown_hours": cooldown_hours, "trigger": trigger}
     try:
         store.write_bytes(uri, json.dumps(record, indent=2, default=str).encode(), create_only=True)
     except ObjectExistsError:
-        pass  # the same run wrote it (a retry racing itself); the slot is ours
-    return True, f"claimed the retrain slot ({uri}); the next alert-triggered retrain may start " \
-                 f"after {at + timedelta(hours=cooldown_hours):%Y-%m-%d %H:%M} UTC"
+        pass  # this run wrote it on an earlier try
+    return True, (f"claimed the retrain slot ({uri}); the next alert-triggered retrain may start "
+                  f"after {at + timedelta(hours=cooldown_hours):%Y-%m-%d %H:%M} UTC")

@@ -179,3 +179,70 @@ def test_live_metrics_below_the_floor_raise_an_alert_event(services, monitored, 
     assert failed.state == "failed"
     assert "labels for unknown ids: none of the 50 label rows in " in failed.final_error()
     assert "column 'customer_id'" in failed.final_error()
+
+
+def test_planted_drift_emits_drift_detected_and_a_normal_day_does_not(services, monitored,
+                                                                      dagbag, run_any_dag):
+    store, model, client = monitored["store"], monitored["model"], services.mlflow_client()
+    scoring, drift = dagbag.get_dag("batch_scoring"), dagbag.get_dag("drift_monitor")
+    conf = {"model_name": model, "monitoring": monitored["monitoring"]}
+    for day in ("2025-01-03", "2025-01-05"):
+        scored = run_any_dag(scoring, "2025-01-06", partition_date=day, **conf)
+        assert scored.state == "success", scored.error_lines()
+
+    normal = run_any_dag(drift, "2025-01-06", partition_date="2025-01-03", **conf)
+    assert normal.state == "success", normal.error_lines()
+    assert normal.tasks == {"check_drift": "success", "drift_detected": "skipped"}
+    assert _asset_events("drift_detected", normal.run_id) == []
+    result = json.loads(store.read_bytes(f"s3://mlops/{model}/drift/date=2025-01-03/result.json"))
+    assert result["mlops"]["dataset_drift"] is False
+
+    drifted = run_any_dag(drift, "2025-01-06", partition_date="2025-01-05", **conf)
+    assert drifted.state == "success", drifted.error_lines()
+    assert drifted.tasks == {"check_drift": "success", "drift_detected": "success"}
+    report = f"s3://mlops/{model}/drift/date=2025-01-05/report.html"
+    summary = [line for line in drifted.log.splitlines() if "Drift: " in line]
+    assert summary and report in summary[-1], summary
+    events = _asset_events("drift_detected", drifted.run_id)
+    assert len(events) == 1
+    event = events[0]
+    # The generator's drift switch shifts charges, tenure, contract mix and support calls.
+    assert {"monthly_charges", "tenure_months", "support_calls", "contract"} <= set(event["columns"])
+    assert not {"age", "region", "payment_method"} & set(event["columns"])
+    assert event["share"] >= 0.3 and event["report_uri"] == report
+    assert event["model_version"] == "1" and event["source_uri"] == monitored["source"]
+    assert store.read_bytes(report).lstrip().startswith(b"<!DOCTYPE html>")
+    # Also on the scoring run of that day in MLflow.
+    manifest = json.loads(store.read_bytes(f"s3://mlops/{model}/predictions/date=2025-01-05/_SUCCESS.json"))
+    run = client.get_run(manifest["scoring_run_id"])
+    assert run.data.tags["mlops.drift"] == "detected" and run.data.metrics["drift.share"] >= 0.3
+    assert {"drift"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_broken_inputs_get_clear_errors_and_no_event(services, monitored, dagbag, run_any_dag):
+    store, model = monitored["store"], monitored["model"]
+    drift = dagbag.get_dag("drift_monitor")
+    conf = {"model_name": model, "monitoring": monitored["monitoring"]}
+    # No predictions for that day yet.
+    missing = run_any_dag(drift, "2025-01-06", partition_date="2025-01-04", **conf)
+    assert missing.state == "failed"
+    assert "missing predictions partition: s3://mlops/it_broken/predictions/date=2025-01-04 " \
+           "has no _SUCCESS.json" in missing.final_error()
+    assert _asset_events("drift_detected", missing.run_id) == []
+
+    # A column that is all missing in the scored day: reported, the task fails, no event.
+    from include.mlops.demo_data import encode, generate
+
+    frame = generate(date(2025, 1, 4), 1500)
+    frame["support_calls"] = None
+    store.write_bytes(f"{monitored['source']}-nan/date=2025-01-04/part-0.csv", encode(frame, "csv"))
+    nan_conf = {**conf, "monitoring": {"scoring_uri": f"{monitored['source']}-nan"}}
+    scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-06",
+                         partition_date="2025-01-04", **nan_conf)
+    assert scored.state == "success", scored.error_lines()  # the model imputes missing values
+    broken = run_any_dag(drift, "2025-01-06", partition_date="2025-01-04", **nan_conf)
+    assert broken.state == "failed"
+    assert "support_calls" in broken.final_error() and "no retrain was triggered" in \
+        broken.final_error()
+    assert store.exists(f"s3://mlops/{model}/drift/date=2025-01-04/report.html")
+    assert _asset_events("drift_detected", broken.run_id) == []

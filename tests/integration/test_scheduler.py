@@ -37,6 +37,7 @@ TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "eval
 PARTS = ("api-server", "dag-processor", "scheduler")
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
+LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -53,42 +54,59 @@ class Airflow:
     def log_tails(self) -> str:
         return "\n".join(f"--- {name} ({path}) ---\n{_tail(path)}" for name, path in self.logs.items())
 
-    def trigger(self, logical_date: str, **conf: Any) -> str:
+    def trigger(self, logical_date: str, dag_id: str = DAG_ID, **conf: Any) -> str:
         run_id = f"it_scheduler__{logical_date}__{uuid.uuid4().hex[:6]}"
-        self.api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", ok=(200, 201), json={
+        self.api.json("POST", f"/api/v2/dags/{dag_id}/dagRuns", ok=(200, 201), json={
             "dag_run_id": run_id, "logical_date": f"{logical_date}T00:00:00Z", "conf": conf})
         return run_id
 
-    def wait(self, run_id: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.api.json("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+
+    def new_run(self, dag_id: str, known: set[str], run_type: str = "asset_triggered",
+                timeout: float = 90) -> str:
+        """The id of a run of ``dag_id`` not in ``known``, created by the scheduler."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id)
+                     if r["dag_run_id"] not in known and r["run_type"] == run_type]
+            if fresh:
+                return fresh[0]
+            time.sleep(1)
+        raise AssertionError(f"no new {run_type} run of {dag_id} within {timeout:.0f}s; runs "
+                             f"{[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}\n"
+                             f"{self.log_tails()}")
+
+    def wait(self, run_id: str, timeout: float = RUN_TIMEOUT, dag_id: str = DAG_ID) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api.json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
             if run["state"] in ("success", "failed"):
                 return run
             dead = [name for name, proc in self.procs.items() if proc.poll() is not None]
             assert not dead, f"{dead} exited while {run_id} ran\n{self.log_tails()}"
             time.sleep(2)
         raise AssertionError(f"{run_id} still {run['state']} after {timeout:.0f}s; tasks "
-                             f"{self.states(run_id)}\n{self.log_tails()}")
+                             f"{self.states(run_id, dag_id)}\n{self.log_tails()}")
 
-    def task_instances(self, run_id: str) -> dict[str, dict[str, Any]]:
-        return {ti["task_id"]: ti for ti in task_instances(self.api, DAG_ID, run_id)}
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, dict[str, Any]]:
+        return {ti["task_id"]: ti for ti in task_instances(self.api, dag_id, run_id)}
 
-    def states(self, run_id: str) -> dict[str, str | None]:
-        return {task: ti["state"] for task, ti in self.task_instances(run_id).items()}
+    def states(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, str | None]:
+        return {task: ti["state"] for task, ti in self.task_instances(run_id, dag_id).items()}
 
-    def task_log(self, run_id: str, task_id: str, attempt: int = 1) -> str:
+    def task_log(self, run_id: str, task_id: str, attempt: int = 1, dag_id: str = DAG_ID) -> str:
         """The task log of one try through ``GET …/taskInstances/{task}/logs/{try}`` (JSON)."""
-        lines = log_lines(self.api, DAG_ID, run_id, {"task_id": task_id, "try_number": attempt})
+        lines = log_lines(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt})
         assert lines is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
         return "\n".join(lines)
 
-    def failure_report(self, run_id: str) -> str:
-        tis = self.task_instances(run_id)
+    def failure_report(self, run_id: str, dag_id: str = DAG_ID) -> str:
+        tis = self.task_instances(run_id, dag_id)
         failed = [task for task, ti in tis.items() if ti["state"] == "failed"]
-        logs = "".join(f"\n--- task log of {task} ---\n{self.task_log(run_id, task)[-4000:]}"
-                       for task in failed)
-        return f"tasks {self.states(run_id)}{logs}"
+        logs = "".join(f"\n--- task log of {task} ---\n"
+                       f"{self.task_log(run_id, task, dag_id=dag_id)[-4000:]}" for task in failed)
+        return f"tasks {self.states(run_id, dag_id)}{logs}"
 
 
 def _airflow_env(home: Path, port: int, services: Any, password_file: Path) -> dict[str, str]:
@@ -162,9 +180,10 @@ def airflow(services, tmp_path_factory: pytest.TempPathFactory):
                    "Airflow api-server", found.procs["api-server"], logs["api-server"])
         dead = {part: proc.returncode for part, proc in found.procs.items() if proc.poll() is not None}
         assert not dead, f"exited while starting: {dead}"
-        dag = wait_for_dag(found.api, DAG_ID, timeout=120)
-        assert dag["is_paused"], "DAGS_ARE_PAUSED_AT_CREATION=True did not apply"
-        found.api.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
+        for dag_id in (DAG_ID, *LOOP_DAGS):
+            dag = wait_for_dag(found.api, dag_id, timeout=120)
+            assert dag["is_paused"], "DAGS_ARE_PAUSED_AT_CREATION=True did not apply"
+            found.api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
     except (Exception, SystemExit) as err:  # summary.AirflowApi reports with SystemExit
         _stop(found)
         pytest.fail(f"Airflow did not start: {err}\n{found.log_tails()}", pytrace=False)
@@ -248,3 +267,78 @@ def test_back_to_back_runs_queue_and_each_promotes(services, airflow):
     first, second = sorted(runs.values(), key=lambda r: datetime.fromisoformat(r["start_date"]))
     assert datetime.fromisoformat(second["start_date"]) >= \
         datetime.fromisoformat(first["end_date"]), (first, second)
+
+
+def _asset_id(api: AirflowApi, name: str) -> int:
+    assets = api.json("GET", f"/api/v2/assets?name_pattern={name}&limit=50")["assets"]
+    found = [a["id"] for a in assets if a["name"] == name]
+    assert found, f"asset {name!r} is not registered: {assets}"
+    return found[0]
+
+
+def test_drifted_day_closes_the_loop_through_asset_schedules(services, airflow):
+    """score (REST) → predictions Asset → drift_monitor → drift_detected Asset → training, all
+    started by the scheduler; then repeated drift events inside the cooldown retrain nothing."""
+    store, client = services.store(), services.mlflow_client()
+    model, source = "it_sched_loop", "s3://mlops-data/it_sched_loop"
+    write_partitions(store, source, date(2025, 9, 1), 2, rows=1500)
+    write_partitions(store, source, date(2025, 9, 3), 1, rows=1500, drift=1.0)
+    trained = airflow.trigger("2025-09-02", model_name=model, source_uri=source)
+    assert airflow.wait(trained)["state"] == "success", airflow.failure_report(trained)
+    assert champion_of(client, model) == "1"
+
+    drift_runs = {r["dag_run_id"] for r in airflow.runs("drift_monitor")}
+    training_runs = {r["dag_run_id"] for r in airflow.runs(DAG_ID)}
+    scored = airflow.trigger("2025-09-04", dag_id="batch_scoring", model_name=model,
+                             partition_date="2025-09-03", monitoring={"scoring_uri": source})
+    run = airflow.wait(scored, dag_id="batch_scoring")
+    assert run["state"] == "success", airflow.failure_report(scored, "batch_scoring")
+
+    # predictions → drift_monitor, created by the scheduler from the Asset event.
+    drift_run = airflow.new_run("drift_monitor", drift_runs)
+    run = airflow.wait(drift_run, dag_id="drift_monitor")
+    assert run["state"] == "success", airflow.failure_report(drift_run, "drift_monitor")
+    assert airflow.states(drift_run, "drift_monitor") == {"check_drift": "success",
+                                                          "drift_detected": "success"}
+    log = airflow.task_log(drift_run, "check_drift", dag_id="drift_monitor")
+    assert "Drift: " in log and "s3://mlops/it_sched_loop/drift/date=2025-09-03/report.html" in log
+    assert store.exists("s3://mlops/it_sched_loop/drift/date=2025-09-03/report.html")
+
+    # drift_detected → training (AssetOrTimeSchedule), on the days before the drifted one.
+    retrain = airflow.new_run(DAG_ID, training_runs)
+    run = airflow.wait(retrain)
+    assert run["state"] == "success", airflow.failure_report(retrain)
+    check = airflow.task_log(retrain, "check_changed")
+    assert "Started by 1 event(s): drift on partition 2025-09-03 of it_sched_loop v1" in check
+    assert "claimed the retrain slot" in check
+    mlflow_run = client.search_runs(
+        [client.get_experiment_by_name(model).experiment_id],
+        filter_string=f"tags.`airflow.run_id` = '{retrain}'")[0]
+    assert mlflow_run.data.tags["mlops.trigger"] == "drift_detected"
+    assert "monthly_charges" in mlflow_run.data.tags["mlops.trigger.columns"]
+    states = airflow.states(retrain)
+    promoted = states["promote"] == "success"
+    assert promoted or states["register"] == "skipped", states  # new champion or refusal
+    assert champion_of(client, model) == ("2" if promoted else "1")
+    versions = registered_versions(client, model)
+
+    # A storm of drift events for the same model inside the cooldown: runs start, none retrains.
+    asset_id = _asset_id(airflow.api, "drift_detected")
+    known = {r["dag_run_id"] for r in airflow.runs(DAG_ID)}
+    extra = {"dataset": "churn_demo", "model_name": model, "partition_date": "2025-09-03",
+             "source_uri": source, "columns": ["monthly_charges"], "share": 0.5}
+    for _ in range(3):
+        airflow.api.json("POST", "/api/v2/assets/events", ok=(200, 201),
+                         json={"asset_id": asset_id, "extra": extra})
+    storm = airflow.new_run(DAG_ID, known)
+    run = airflow.wait(storm)
+    assert run["state"] == "success", airflow.failure_report(storm)
+    assert airflow.states(storm)["check_changed"] == "success"
+    assert airflow.states(storm)["train"] == "skipped"
+    assert "cooldown: an alert-triggered retrain of it_sched_loop already started" in \
+        airflow.task_log(storm, "check_changed")
+    time.sleep(5)  # any further runs the events created
+    for other in {r["dag_run_id"] for r in airflow.runs(DAG_ID)} - known - {storm}:
+        airflow.wait(other)
+        assert airflow.states(other)["train"] == "skipped", airflow.states(other)
+    assert registered_versions(client, model) == versions

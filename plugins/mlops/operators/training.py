@@ -67,6 +67,8 @@ def run_params(context: Context) -> dict[str, Any]:
         for key in ("dataset", "model_name"):
             if trigger["extra"].get(key):
                 params[key] = trigger["extra"][key]
+        if trigger["extra"].get("source_uri") and not params.get("source_uri"):
+            params["source_uri"] = trigger["extra"]["source_uri"]  # the champion's source
     return params
 
 
@@ -267,13 +269,24 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
         champion = alias_lookup(self.mlflow_hook.tracking_uri, config.registered_model_name,
                                 auth=self.mlflow_hook.auth)
         dag_run = context["dag_run"]
+        trigger = retrain_trigger(context)
+        if trigger is not None:
+            from include.mlops.retrain import blocked
+
+            self.log.info("Started by %s event(s): %s", trigger["events"], trigger_summary(trigger))
+            why = blocked(self.s3_hook.store, self.artifacts_uri, config.registered_model_name,
+                          at=dag_run.run_after, dag_run_id=dag_run.run_id,
+                          cooldown_hours=config.monitoring.retrain_cooldown_hours)
+            if why:  # checked first: however many alerts arrive, one retrain per window
+                result = {"changed": False, "reason": why, "trigger": trigger_summary(trigger)}
+                self.log.info("Skipping training: %s", why)
+                self.skip_downstream(context, result)
+                return result
         result = check_changed(config, self.s3_hook.store, run_partition_dates(context, config),
                                champion, dag_run_id=dag_run.run_id,
                                force=bool(params.get("force")))
-        trigger = retrain_trigger(context)
         if trigger is not None:
             result["trigger"] = trigger_summary(trigger)
-            self.log.info("Started by %s event(s): %s", trigger["events"], result["trigger"])
             if result["changed"]:
                 from include.mlops.retrain import claim
 
