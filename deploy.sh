@@ -2,6 +2,7 @@
 # Local stack for the Airflow MLOps package: SeaweedFS (S3), MLflow, Airflow 3 (four processes).
 #
 #   ./deploy.sh local [--rerun]   venv, .env secrets, services, demo data, one training run + summary
+#   ./deploy.sh demo              local, then the monitoring loop: score → drift → retrain
 #   ./deploy.sh status            one line per service
 #   ./deploy.sh stop              stop every service (data in .local/ is kept)
 #   ./deploy.sh test [ARGS...]    venv, then pytest (tests start the services they need)
@@ -36,7 +37,7 @@ say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------
@@ -250,6 +251,15 @@ cmd_local() {
     return $rc
 }
 
+cmd_demo() {
+    cmd_local || die "./deploy.sh local failed; the demo needs its champion"
+    trap - EXIT
+    say "Monitoring loop (docs/monitoring.md): scoring, drift, delayed labels, retraining"
+    MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ACCESS_KEY" \
+        AWS_SECRET_ACCESS_KEY="$MLOPS_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+        "$VENV/bin/python" "$REPO/scripts/demo.py"
+}
+
 cmd_stop() {
     airflow_env
     say "Stopping the local stack (data stays in $STATE)"
@@ -285,6 +295,7 @@ main() {
     (($#)) && shift
     case "$command" in
         local) cmd_local "$@" ;;
+        demo) cmd_demo "$@" ;;
         stop) cmd_stop "$@" ;;
         status) cmd_status "$@" ;;
         test) cmd_test "$@" ;;
