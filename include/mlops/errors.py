@@ -46,6 +46,12 @@ class ValidationFailedError(DataError):
     runbook = "validation-failed.md"
 
 
+class DriftCheckError(DataError):
+    """The drift check cannot run on these frames (empty, nothing to compare)."""
+
+    runbook = "drift-detected.md"
+
+
 class ConfigError(PipelineError):
     """The dataset config or a Param is wrong (unknown dataset, bad hyperparameters)."""
 

@@ -63,14 +63,19 @@ def decide(config: DatasetConfig, challenger: dict[str, float],
                             f"champion v{champion['version']} could not be evaluated on the same "
                             f"held-out rows: {champion['error']}"))
     else:
-        new, old = challenger.get(metric, float("nan")), champion["metrics"].get(metric, float("nan"))
+        # On rows the champion never trained on, when the evaluation left some out.
+        mine = champion.get("challenger_metrics") or challenger
+        new, old = mine.get(metric, float("nan")), champion["metrics"].get(metric, float("nan"))
         delta = (new - old) if HIGHER_IS_BETTER[metric] else (old - new)
         # Tolerance: 0.06 - 0.05 is 0.00999... in floating point, yet clearly meets a 0.01 margin.
         ok = not math.isnan(delta) and delta > 1e-12 and delta >= margin - 1e-9
         checks.append(Check(
             "champion comparison", ok,
-            f"{metric} challenger {new:.4f} vs champion v{champion['version']} {old:.4f}: "
-            f"improvement {delta:+.4f}, required > 0 and >= {margin:g}"))
+            f"{metric} challenger {new:.4f} vs champion v{champion['version']} {old:.4f}"
+            + (f" on {champion['rows']} held-out rows outside its training partitions "
+               f"({', '.join(champion['excluded_partitions'])} left out)"
+               if champion.get("excluded_partitions") else "")
+            + f": improvement {delta:+.4f}, required > 0 and >= {margin:g}"))
     return Decision(all(c.passed for c in checks), checks)
 
 

@@ -27,7 +27,10 @@ def split(frame: pd.DataFrame, config: DatasetConfig) -> tuple[pd.DataFrame, pd.
     """Deterministic train/test split (stratified for classification when every class allows)."""
     from sklearn.model_selection import train_test_split
 
-    frame = frame.drop(columns=[SOURCE_COLUMN], errors="ignore").reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    # Which file each held-out row came from stays with the test rows (never a feature): the
+    # champion comparison leaves out rows from partitions the champion was trained on.
+    source = frame.pop(SOURCE_COLUMN).astype(str) if SOURCE_COLUMN in frame else None
     stratify = None
     if config.task == "classification":
         counts = frame[config.target].value_counts()
@@ -39,6 +42,8 @@ def split(frame: pd.DataFrame, config: DatasetConfig) -> tuple[pd.DataFrame, pd.
         raise DataError(f"target {config.target!r} has a single class in the training rows "
                         f"({train[config.target].unique().tolist()}); a classifier needs two or more",
                         runbook="validation-failed.md")
+    if source is not None:
+        test = test.assign(**{SOURCE_COLUMN: source.loc[test.index].to_numpy()})
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 

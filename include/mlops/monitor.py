@@ -86,10 +86,21 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
                           f"are declared now but missing from the reference snapshot "
                           f"{reference_uri} of {stage.model_name} v{version}; retrain so the "
                           "reference has them", runbook="schema-mismatch.md")
-    ref_pred, ref_score = scoring.predict(model, reference[features], view)
-    reference = reference[features].assign(**{PREDICTION_COLUMN: _output(ref_pred, ref_score)})
-    current = current[features].assign(**{PREDICTION_COLUMN: _output(
-        served["prediction"].to_numpy(), served["score"].to_numpy())})
+    # The output's reference: the champion on its own held-out rows (on its training rows it is
+    # over-confident, which would read as drift on a normal day). Other rows stay NaN (ignored).
+    import numpy as np
+
+    from include.mlops import modeling
+
+    _, held_out = modeling.split(reference, config)
+    ref_pred, ref_score = scoring.predict(model, held_out[features], view)
+    reference_output = np.full(len(reference), np.nan)
+    reference_output[:len(held_out)] = _output(ref_pred, ref_score)
+    reference = reference[features].assign(**{PREDICTION_COLUMN: reference_output})
+    # Only the champion's rows: canary rows come from another model.
+    current_output = _output(served["prediction"].to_numpy(), served["score"].to_numpy())
+    current_output = np.where(served["arm"].to_numpy() == scoring.CHAMPION, current_output, np.nan)
+    current = current[features].assign(**{PREDICTION_COLUMN: current_output})
     numeric = [c.name for c in config.feature_columns
                if c.type in ("numeric", "integer", "boolean")] + [PREDICTION_COLUMN]
     categorical = [c.name for c in config.feature_columns if c.type == "categorical"]
@@ -150,8 +161,8 @@ def _scored_rows(store: Any, view: Any, manifest: dict[str, Any]) -> pd.DataFram
             payload = store.read_bytes(uri)
         except Exception as err:
             raise DataError(f"missing scoring input {uri} of the predictions partition for "
-                            f"{manifest['partition_date']}: {err}", runbook="missing-partition.md"
-                            ) from err
+                            f"{manifest['partition_date']}: {getattr(err, 'args', [err])[0]}",
+                            runbook="missing-partition.md") from err
         frames.append(ingestion.conform(ingestion.read_file(uri, payload, view), view, uri))
     return pd.concat(frames, ignore_index=True)
 
@@ -207,7 +218,8 @@ def join_labels(stage: Stage, day: date) -> tuple[dict[str, Any], pd.DataFrame, 
                     len(frame), where, manifest["predictions_uri"], key, examples)
     if manifest.get("shadow_uri"):
         shadow = ingestion.read_parquet_bytes(store.read_bytes(manifest["shadow_uri"]))
-        joined = joined.merge(shadow[[key, "prediction", "score", "model_version"]].rename(
+        joined = joined.merge(shadow[[key, "prediction", "score", "model_version",
+                                      "champion_prediction", "champion_score"]].rename(
             columns={"prediction": "shadow_prediction", "score": "shadow_score",
                      "model_version": "shadow_version"}), on=key, how="left")
     return manifest, joined, stats
@@ -238,8 +250,14 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
             version = str(rows["shadow_version"].iloc[0])
             shadow = metric_values(config.task, rows["label"], rows["shadow_prediction"],
                                    rows["shadow_score"])
+            # The champion on exactly the same rows: the delta is paired, not arm against arm.
+            same_rows = metric_values(config.task, rows["label"], rows["champion_prediction"],
+                                      rows["champion_score"])
             by_version.setdefault(version, {}).update(
-                {f"shadow.{k}": v for k, v in shadow.items()} | {"shadow.rows": float(len(rows))})
+                {f"shadow.{k}": v for k, v in shadow.items()}
+                | {f"shadow.delta.{k}": v - same_rows[k] for k, v in shadow.items()
+                   if k in same_rows}
+                | {"shadow.rows": float(len(rows))})
     step = (day - date(1970, 1, 1)).days
     timestamp = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
     run_ids = {}
@@ -289,15 +307,17 @@ def _log_live(stage: Stage, version: str, values: dict[str, float], *, step: int
         client, experiment=stage.model_name, dag_id="live", dag_run_id=f"v{version}",
         run_name=f"live-v{version}", tags={"mlops.monitor": "live",
                                           "mlops.model_version": str(version)})
-    logged = {m.step for m in client.get_metric_history(run_id, "live.rows")}
+    # A row count is logged last: its point for this step means the day is done (a shadow-only
+    # version has no served rows, only shadow.rows).
+    marker = "live.rows" if "rows" in values else "live.shadow.rows"
+    logged = {m.step for m in client.get_metric_history(run_id, marker)}
     if step in logged:
         log.info("Live metrics of v%s for step %d are already logged (re-run)", version, step)
         return run_id
     metrics = [Metric(f"live.{k}", float(v), timestamp, step)
                for k, v in {**values, **extra}.items() if not math.isnan(v)]
-    metrics.sort(key=lambda m: m.key != "live.rows")  # rows last: it marks the step as done
-    client.log_batch(run_id, metrics=[m for m in metrics if m.key != "live.rows"])
-    client.log_batch(run_id, metrics=[m for m in metrics if m.key == "live.rows"])
+    client.log_batch(run_id, metrics=[m for m in metrics if m.key != marker])
+    client.log_batch(run_id, metrics=[m for m in metrics if m.key == marker])
     return run_id
 
 
@@ -336,6 +356,9 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
                 "challenger": {"y": rows["label"], "prediction": rows.get("shadow_prediction"),
                                "score": rows.get("shadow_score")}}
     else:
+        if len(rows):  # only days on which the challenger served: the same period for both arms
+            days = set(rows.loc[rows["model_version"] == cv, "partition_date"])
+            rows = rows[rows["partition_date"].isin(days)]
         champ_rows = rows[rows["model_version"] == hv] if len(rows) else rows
         chal_rows = rows[rows["model_version"] == cv] if len(rows) else rows
         arms = {arm: {"y": r["label"], "prediction": r["prediction"], "score": r["score"]}

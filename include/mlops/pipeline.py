@@ -253,7 +253,15 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
         try:
             champion_model = mlflow.sklearn.load_model(
                 f"models:/{stage.model_name}/{current.version}")
-            champion["metrics"] = modeling.metrics(champion_model, test, config)
+            rows, excluded = unseen_by(test, current.tags.get("mlops.data_partitions", ""))
+            champion["metrics"] = modeling.metrics(champion_model, rows, config)
+            if excluded:
+                # Both models on the rows the champion never trained on: a fair comparison.
+                champion.update(rows=len(rows), excluded_partitions=excluded,
+                                challenger_metrics=modeling.metrics(model, rows, config))
+                log.info("Champion comparison on %d of %d held-out rows: %s were in champion "
+                         "v%s's training data", len(rows), len(test), ", ".join(excluded),
+                         current.version)
             _log_metrics(stage, {f"champion.{k}": v for k, v in champion["metrics"].items()})
         except Exception as err:  # noqa: BLE001 - the gate reports it as a failed check
             log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
@@ -265,6 +273,26 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
              f"; champion v{champion['version']}: {_fmt(champion.get('metrics', {}))}"
              if champion else "; no champion yet")
     return {"evaluation_uri": uri, "metrics": held_out}
+
+
+def unseen_by(test: Any, champion_partitions: str) -> tuple[Any, list[str]]:
+    """Held-out rows from partitions the champion was not trained on, and the partitions left
+    out. All rows when that would leave fewer than 50 (or none overlap)."""
+    from include.mlops.ingest import SOURCE_COLUMN
+
+    seen = [p for p in champion_partitions.split(",") if p]
+    if not seen or SOURCE_COLUMN not in test:
+        return test, []
+    source = test[SOURCE_COLUMN].astype(str)
+    overlap = [p for p in seen if source.str.contains(f"/{p}/", regex=False).any()]
+    if not overlap:
+        return test, []
+    keep = ~source.apply(lambda uri: any(f"/{p}/" in uri for p in overlap))
+    if keep.sum() < 50:
+        log.warning("Only %d held-out rows are outside champion's training partitions %s; "
+                    "comparing on all %d rows", int(keep.sum()), overlap, len(test))
+        return test, []
+    return test[keep], overlap
 
 
 def _log_metrics(stage: Stage, values: dict[str, float]) -> None:

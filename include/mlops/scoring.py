@@ -239,6 +239,9 @@ def score(stage: Stage, day: date) -> dict[str, Any]:
 
     _log_metrics(stage, metrics)
     client.log_dict(run_id, manifest, "scoring/manifest.json")
+    from include.mlops.tracking import finish_run
+
+    finish_run(client, run_id, outcome="scored")  # drift results are added to it later
     log.info("Scored %d rows of %s with %s v%s%s in %.1fs; predictions %s", len(served), day,
              name, champion.version,
              (f"; challenger v{challenger.version}: {config.rollout.mode}, "
@@ -248,4 +251,5 @@ def score(stage: Stage, day: date) -> dict[str, Any]:
             "predictions_uri": predictions, "model_version": champion.version,
             "challenger_version": challenger.version if challenger else None,
             "rows": int(len(served)), "canary_rows": canary_rows,
-            "scoring_run_id": run_id, "dataset": config.name}
+            "scoring_run_id": run_id, "dataset": config.name,
+            "artifacts_uri": stage.artifacts_uri}

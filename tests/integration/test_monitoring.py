@@ -142,6 +142,10 @@ def test_canary_and_shadow_rows_then_ab_decision_promotes(services, monitored, r
     step = (date(2025, 1, 4) - date(1970, 1, 1)).days
     history = client.get_metric_history(runs["2"].info.run_id, "live.roc_auc")
     assert [m.step for m in history] == [step]
+    # Shadow: the challenger on every labelled row, and its paired delta to the champion.
+    shadow = client.get_run(runs["2"].info.run_id).data.metrics
+    assert shadow["live.shadow.rows"] == 1500 and "live.shadow.delta.roc_auc" in shadow
+    assert shadow["live.shadow.delta.roc_auc"] > 0  # the full model beats the stump
     again = run_any_dag(perf, "2025-01-06", **conf)
     assert again.state == "success", again.error_lines()
     assert len(client.get_metric_history(runs["2"].info.run_id, "live.roc_auc")) == 1
@@ -246,3 +250,16 @@ def test_broken_inputs_get_clear_errors_and_no_event(services, monitored, dagbag
         broken.final_error()
     assert store.exists(f"s3://mlops/{model}/drift/date=2025-01-04/report.html")
     assert _asset_events("drift_detected", broken.run_id) == []
+
+    # The champion's training snapshot (the drift reference) is gone: a clear error.
+    scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-06",
+                         partition_date="2025-01-03", **conf)
+    assert scored.state == "success", scored.error_lines()
+    client = services.mlflow_client()
+    snapshot = client.get_model_version(model, "1").tags["mlops.data_snapshot"]
+    store.delete(snapshot)
+    gone = run_any_dag(drift, "2025-01-06", partition_date="2025-01-03", **conf)
+    assert gone.state == "failed"
+    assert f"missing reference partition: the training snapshot {snapshot} of {model} v1 is " \
+           "gone" in gone.final_error()
+    assert _asset_events("drift_detected", gone.run_id) == []

@@ -316,6 +316,10 @@ def test_drifted_day_closes_the_loop_through_asset_schedules(services, airflow):
         filter_string=f"tags.`airflow.run_id` = '{retrain}'")[0]
     assert mlflow_run.data.tags["mlops.trigger"] == "drift_detected"
     assert "monthly_charges" in mlflow_run.data.tags["mlops.trigger.columns"]
+    from mlflow.artifacts import load_dict
+
+    card = load_dict(f"runs:/{mlflow_run.info.run_id}/promotion_card.json")
+    assert card["trigger"].startswith("drift on partition 2025-09-03 of it_sched_loop v1")
     states = airflow.states(retrain)
     promoted = states["promote"] == "success"
     assert promoted or states["register"] == "skipped", states  # new champion or refusal

@@ -214,3 +214,17 @@ def test_card_html_for_first_model_shows_no_champion_values() -> None:
     assert "REJECTED" in html
     assert "<td>roc_auc</td><td>0.8500</td><td>-</td>" in html
     assert not math.isnan(card["challenger"]["metrics"]["roc_auc"])
+
+
+def test_champion_comparison_uses_rows_outside_the_champions_training_data() -> None:
+    """All held-out rows favour the champion (it trained on some of them); on the rows it never
+    saw, the challenger is better: the gate compares there and says so."""
+    config = churn_config(gate={"thresholds": [], "champion_metric": "roc_auc"})
+    champion = {"version": "1", "metrics": {"roc_auc": 0.80}, "rows": 400,
+                "excluded_partitions": ["date=2025-01-01"],
+                "challenger_metrics": {"roc_auc": 0.82}}
+    decision = decide(config, {"roc_auc": 0.78}, champion)
+    assert decision.approved
+    assert "on 400 held-out rows outside its training partitions (date=2025-01-01 left out)" \
+        in decision.reasons[-1]
+    assert "challenger 0.8200 vs champion v1 0.8000" in decision.reasons[-1]

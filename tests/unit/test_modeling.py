@@ -56,7 +56,8 @@ def features(config: DatasetConfig) -> list[str]:
 
 
 # -- split ------------------------------------------------------------------------------------------
-def test_split_is_deterministic_stratified_and_drops_the_source_column(frame: pd.DataFrame) -> None:
+def test_split_is_deterministic_stratified_and_keeps_the_source_only_on_test_rows(
+        frame: pd.DataFrame) -> None:
     config = classifier_config()
     train, test = modeling.split(frame, config)
     again_train, again_test = modeling.split(frame, config)
@@ -64,7 +65,10 @@ def test_split_is_deterministic_stratified_and_drops_the_source_column(frame: pd
     pd.testing.assert_frame_equal(train, again_train)
     pd.testing.assert_frame_equal(test, again_test)
     assert (len(train), len(test)) == (450, 150)  # test_size 0.25
-    assert SOURCE_COLUMN not in train.columns and SOURCE_COLUMN not in test.columns
+    # The source file stays with the held-out rows only (for the champion comparison).
+    assert SOURCE_COLUMN not in train.columns and SOURCE_COLUMN in test.columns
+    by_id = dict(zip(frame["customer_id"], frame[SOURCE_COLUMN].astype(str), strict=True))
+    assert [by_id[c] for c in test["customer_id"]] == test[SOURCE_COLUMN].tolist()
     assert set(train["customer_id"]).isdisjoint(test["customer_id"])
     rate = frame["churned"].mean()
     assert abs(train["churned"].mean() - rate) < 0.01
@@ -261,3 +265,17 @@ def test_untrusted_types_name_the_boosting_predictor(fitted: Any) -> None:
     types = modeling.untrusted_types(fitted)
     assert "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor" in types
     assert types == sorted(types)
+
+
+def test_unseen_by_leaves_out_the_champions_training_partitions(frame: pd.DataFrame) -> None:
+    from include.mlops.pipeline import unseen_by
+
+    test = pd.DataFrame({"x": range(200), SOURCE_COLUMN: ["s3://b/src/date=2025-01-01/part-0.csv"] * 100
+                         + ["s3://b/src/date=2025-01-02/part-0.csv"] * 100})
+    rows, left_out = unseen_by(test, "date=2025-01-01")
+    assert left_out == ["date=2025-01-01"] and rows["x"].tolist() == list(range(100, 200))
+    assert unseen_by(test, "date=2024-12-31")[1] == []  # no overlap: every row
+    assert unseen_by(test, "")[1] == []
+    # Fewer than 50 rows would remain: compare on all rows rather than on noise.
+    rows, left_out = unseen_by(test.iloc[:140], "date=2025-01-01")
+    assert left_out == [] and len(rows) == 140

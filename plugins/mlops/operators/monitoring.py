@@ -84,6 +84,8 @@ class MonitorOperator(MlopsStageOperator):
         if latest:
             extra = dict(latest[-1].extra or {})
             params.update({k: extra[k] for k in ("dataset", "model_name") if extra.get(k)})
+            if extra.get("artifacts_uri"):
+                self.artifacts_uri = extra["artifacts_uri"]  # where that scoring run wrote
             day = date.fromisoformat(extra["partition_date"])
             if len(latest) > 1:
                 self.log.warning("%d predictions events arrived together; checking the latest "
@@ -175,6 +177,12 @@ class ABDecisionOperator(MonitorOperator):
             self.log.info("Rollout mode of %s is direct: no challenger, no A/B decision",
                           config.name)
             return {"verdict": "none", "reason": "rollout mode direct"}
+        name = config.registered_model_name
+        client = self.mlflow_hook.client
+        challenger = tracking.champion_version(client, name, "challenger")
+        if challenger is None:
+            self.log.info("%s has no @challenger: no A/B decision", name)
+            return {"verdict": "none", "reason": f"{name} has no challenger"}
         dag_run = context["dag_run"]
         run_id = tracking.find_or_create_run(
             self.mlflow_hook.client, experiment=config.registered_model_name,

@@ -102,9 +102,9 @@ def trigger_summary(trigger: dict[str, Any]) -> str:
     what = "drift" if trigger["asset"] == "drift_detected" else "performance below floor"
     detail = (f"columns {', '.join(extra.get('columns') or [])} (share {extra.get('share')})"
               if trigger["asset"] == "drift_detected" else f"{extra.get('failed')}")
+    report = f"; report {extra['report_uri']}" if extra.get("report_uri") else ""
     return (f"{what} on partition {extra.get('partition_date')} of {extra.get('model_name')} "
-            f"v{extra.get('model_version')}: {detail}; report {extra.get('report_uri')}; "
-            f"event from {trigger['source']}")
+            f"v{extra.get('model_version')}: {detail}{report}; event from {trigger['source']}")
 
 
 def trigger_tags(trigger: dict[str, Any]) -> dict[str, str]:
