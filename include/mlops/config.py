@@ -115,6 +115,9 @@ class RolloutConfig(_Frozen):
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95  # of the bootstrap interval
     min_labelled_rows: Annotated[int, Field(ge=10)] = 200  # per arm, before any decision
     bootstrap_resamples: Annotated[int, Field(ge=200, le=100_000)] = 2000
+    # A challenger still undecided (neither significantly better nor worse) after this many days
+    # is rejected: a trial has an end.
+    max_trial_days: Annotated[int, Field(ge=1, le=365)] = 14
 
 
 class MonitoringConfig(_Frozen):

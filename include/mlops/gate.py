@@ -94,7 +94,8 @@ class ABDecision:
 
 
 def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: dict[str, Any],
-              interval: Any | None, rows: dict[str, int]) -> ABDecision:
+              interval: Any | None, rows: dict[str, int],
+              trial_days: int | None = None) -> ABDecision:
     """The training gate (thresholds + champion comparison, :func:`decide`) on each arm's live
     metrics, plus a significance check on the bootstrap interval (:mod:`include.mlops.abtest`).
 
@@ -102,14 +103,22 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
     :param interval: :class:`include.mlops.abtest.Interval` of the comparison metric, or None
         when an arm has fewer labelled rows than ``rollout.min_labelled_rows``
     :param rows: labelled rows per arm
+    :param trial_days: days since the challenger got its alias; past ``rollout.max_trial_days``
+        an undecided trial ends in a rejection
     """
     base = decide(config, challenger, champion)
     checks = list(base.checks)
     need = config.rollout.min_labelled_rows
+    limit = config.rollout.max_trial_days
+    expired = trial_days is not None and trial_days > limit
     if interval is None:
         checks.append(Check("significance", False,
                             f"not enough labelled rows yet: champion {rows.get('champion', 0)}, "
                             f"challenger {rows.get('challenger', 0)}, need {need} per arm"))
+        if expired:
+            checks.append(Check("trial length", False, f"{trial_days} days on trial, more than "
+                                f"rollout.max_trial_days={limit}"))
+            return ABDecision("reject", Decision(False, checks), None)
         return ABDecision("keep", Decision(False, checks), None)
     margin = config.gate.champion_margin
     significant = interval.low > 0 and interval.low >= margin - 1e-9
@@ -122,6 +131,10 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
         verdict = "reject"
     else:
         verdict = "keep"
+    if verdict == "keep" and expired:
+        checks.append(Check("trial length", False, f"{trial_days} days on trial without a "
+                            f"significant result, more than rollout.max_trial_days={limit}"))
+        verdict = "reject"
     return ABDecision(verdict, Decision(verdict == "promote", checks), interval.as_dict())
 
 

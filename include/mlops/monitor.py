@@ -373,9 +373,11 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
                                    for a in ("champion", "challenger")),
             paired=paired, confidence=config.rollout.confidence,
             resamples=config.rollout.bootstrap_resamples, seed=config.training.seed)
+    started = challenger.tags.get("audit.challenger.promoted_at")
+    trial_days = (day - datetime.fromisoformat(started).date()).days if started else None
     outcome = decide_ab(config, challenger=live["challenger"],
                         champion={"version": hv, "metrics": live["champion"]},
-                        interval=interval, rows=counts)
+                        interval=interval, rows=counts, trial_days=trial_days)
     card = ab_card(config=config, outcome=outcome, live=live, counts=counts,
                       champion=hv, challenger=cv, context=dag_context)
     folder = join(stage.artifacts_uri, name, "ab", f"v{cv}", f"date={day.isoformat()}")

@@ -427,3 +427,20 @@ def test_fast_regression_metrics_equal_sklearn(metric: str) -> None:
     expected = metric_values("regression", y, pred)[metric]
     assert _metric("regression", metric, y, pred, np.full(300, np.nan)) == \
         pytest.approx(expected, abs=1e-9)
+
+
+def test_an_undecided_trial_ends_in_a_rejection_after_max_trial_days() -> None:
+    config = churn_config(rollout={"mode": "canary", "max_trial_days": 14})
+    live = {"roc_auc": 0.80, "accuracy": 0.75}
+    undecided = Interval(metric="roc_auc", paired=False, champion_value=0.80,
+                         challenger_value=0.80, difference=0.0, low=-0.02, high=0.02,
+                         confidence=0.95, resamples=400, champion_rows=500, challenger_rows=500)
+    kwargs = {"challenger": live, "champion": {"version": "1", "metrics": live},
+              "interval": undecided, "rows": {"champion": 500, "challenger": 500}}
+    assert decide_ab(config, **kwargs, trial_days=14).verdict == "keep"
+    late = decide_ab(config, **kwargs, trial_days=15)
+    assert late.verdict == "reject"
+    assert "FAIL trial length: 15 days on trial without a significant result, more than " \
+           "rollout.max_trial_days=14" in late.decision.reasons
+    too_few = decide_ab(config, **{**kwargs, "interval": None}, trial_days=30)
+    assert too_few.verdict == "reject"
