@@ -6,13 +6,11 @@ S3 and on the scoring run in MLflow. Run it by hand with ``partition_date`` to r
 See docs/monitoring.md.
 """
 
-import os
-from datetime import timedelta
-
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PREDICTIONS
+from mlops.dag_defaults import common_params, default_args, overrides
 from mlops.operators.monitoring import DriftCheckOperator, PublishAlertOperator
 
 with DAG(
@@ -22,23 +20,12 @@ with DAG(
     catchup=False,
     doc_md=__doc__,
     tags=["mlops", "monitoring"],
-    default_args={
-        "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=int(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "60"))),
-        "retry_exponential_backoff": True,
-    },
-    params={
-        "dataset": Param("churn_demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                         description="Dataset config (an event's extra overrides it)"),
-        "artifacts_uri": Param(os.environ.get("MLOPS_ARTIFACTS_URI", "s3://mlops"), type="string",
-                               description="Where predictions and reports are"),
-        "partition_date": Param(None, type=["null", "string"], format="date",
-                                description="Check this scored day (YYYY-MM-DD)"),
-        "model_name": Param(None, type=["null", "string"],
-                            description="Registered model name (default: the dataset name)"),
-        "monitoring": Param({}, type="object",
-                            description='Overrides, e.g. {"drift_share": 0.3}'),
-    },
+    default_args=default_args(),
+    # A predictions event's extra overrides dataset, model_name, artifacts_uri and the day.
+    params=common_params(
+        partition_date="Check this scored day (YYYY-MM-DD)",
+        artifacts="Where predictions and reports are",
+        monitoring=overrides('{"drift_share": 0.3}')),
 ):
     drift = DriftCheckOperator(task_id="check_drift")
     PublishAlertOperator(task_id="drift_detected", result=drift.output, asset=DRIFT_DETECTED)

@@ -5,13 +5,11 @@ Each run handles the day ``monitoring.label_delay_days`` before the end of its d
 the ``partition_date`` Param). See docs/monitoring.md.
 """
 
-import os
-from datetime import timedelta
-
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable
 from pendulum import datetime
 
 from mlops.assets import PERFORMANCE_DEGRADED
+from mlops.dag_defaults import common_params, default_args, overrides
 from mlops.operators.monitoring import (
     ABDecisionOperator,
     LivePerformanceOperator,
@@ -26,26 +24,13 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["mlops", "monitoring"],
-    default_args={
-        "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=int(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "60"))),
-        "retry_exponential_backoff": True,
-    },
-    params={
-        "dataset": Param("churn_demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                         description="Dataset config: include/datasets/<dataset>.yaml"),
-        "artifacts_uri": Param(os.environ.get("MLOPS_ARTIFACTS_URI", "s3://mlops"), type="string",
-                               description="Where predictions, live metrics and cards go"),
-        "partition_date": Param(None, type=["null", "string"], format="date",
-                                description="Join the labels of this day (YYYY-MM-DD)"),
-        "model_name": Param(None, type=["null", "string"],
-                            description="Registered model name (default: the dataset name)"),
-        "monitoring": Param({}, type="object",
-                            description='Overrides, e.g. {"labels_uri": "s3://bucket/labels"}'),
-        "rollout": Param({}, type="object",
-                         description='Overrides, e.g. {"min_labelled_rows": 500}'),
-        "gate": Param({}, type="object", description="Gate overrides for the A/B decision"),
-    },
+    default_args=default_args(),
+    params=common_params(
+        partition_date="Join the labels of this day (YYYY-MM-DD)",
+        artifacts="Where predictions, live metrics and cards go",
+        monitoring=overrides('{"labels_uri": "s3://bucket/labels"}'),
+        rollout=overrides('{"min_labelled_rows": 500}'),
+        gate=overrides('{"champion_margin": 0.01}')),
 ):
     live = LivePerformanceOperator(task_id="live_performance")
     PublishAlertOperator(task_id="performance_degraded", result=live.output,

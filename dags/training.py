@@ -7,13 +7,11 @@ only when every gate passes and becomes ``champion`` (or ``challenger`` under a 
 rollout) only after that. See docs/configuration.md for the Params.
 """
 
-import os
-from datetime import timedelta
-
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from mlops.dag_defaults import common_params, default_args, overrides
 from mlops.operators.training import (
     BuildFeaturesOperator,
     EvaluateModelOperator,
@@ -39,37 +37,20 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["mlops", "training"],
-    default_args={
-        "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
-        "retry_delay": timedelta(seconds=int(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "60"))),
-        "retry_exponential_backoff": True,
-    },
-    params={
-        "dataset": Param("churn_demo", type="string", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                         description="Dataset config: include/datasets/<dataset>.yaml"),
-        "artifacts_uri": Param(os.environ.get("MLOPS_ARTIFACTS_URI", "s3://mlops"), type="string",
-                               description="Where run outputs, snapshots and audit records go"),
-        "source_uri": Param(None, type=["null", "string"],
-                            description="Override the dataset's source_uri (s3://… or a path)"),
-        "partition_date": Param(None, type=["null", "string"], format="date",
-                                description="Train on this day (YYYY-MM-DD) instead of the "
-                                            "data interval"),
-        "lookback_days": Param(None, type=["null", "integer"], minimum=1,
-                               description="Days of partitions to train on, ending at the interval"),
-        "model_name": Param(None, type=["null", "string"],
-                            description="Registered model name (default: the dataset name)"),
-        "training": Param({}, type="object",
-                          description='Overrides, e.g. {"family": "random_forest", "seed": 7}'),
-        "gate": Param({}, type="object",
-                      description='Overrides, e.g. {"thresholds": ["roc_auc >= 0.8"]}'),
-        "rollout": Param({}, type="object",
-                         description='Overrides, e.g. {"mode": "shadow"}: new models become '
-                                     '@challenger first'),
-        "monitoring": Param({}, type="object",
-                            description='Overrides, e.g. {"retrain_cooldown_hours": 12}'),
-        "force": Param(False, type="boolean",
-                       description="Retrain even if data, code and params match the champion"),
-    },
+    default_args=default_args(),
+    params=common_params(
+        partition_date="Train on this day (YYYY-MM-DD) instead of the data interval",
+        artifacts="Where run outputs, snapshots and audit records go",
+        source_uri=Param(None, type=["null", "string"],
+                         description="Override the dataset's source_uri (s3://… or a path)"),
+        lookback_days=Param(None, type=["null", "integer"], minimum=1,
+                            description="Days of partitions to train on, ending at the interval"),
+        training=overrides('{"family": "random_forest", "seed": 7}'),
+        gate=overrides('{"thresholds": ["roc_auc >= 0.8"]}'),
+        rollout=overrides('{"mode": "shadow"}: new models become @challenger first'),
+        monitoring=overrides('{"retrain_cooldown_hours": 12}'),
+        force=Param(False, type="boolean",
+                    description="Retrain even if data, code and params match the champion")),
 ):
     changed = SkipIfUnchangedOperator(task_id="check_changed")  # same data+code+params: stop here
     ingested = IngestOperator(task_id="ingest")

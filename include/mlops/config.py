@@ -78,6 +78,13 @@ class Threshold(_Frozen):
         return f"{self.metric} {self.op} {self.value:g}"
 
 
+def _parse_thresholds(value: Any) -> Any:
+    """``["roc_auc >= 0.8", ...]`` in YAML or Params → Threshold models."""
+    if isinstance(value, list):
+        return [Threshold.parse(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
 class GateConfig(_Frozen):
     """Absolute thresholds plus champion-vs-challenger on the same held-out rows."""
 
@@ -88,9 +95,7 @@ class GateConfig(_Frozen):
     @field_validator("thresholds", mode="before")
     @classmethod
     def _parse_thresholds(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [Threshold.parse(v) if isinstance(v, str) else v for v in value]
-        return value
+        return _parse_thresholds(value)
 
 
 class TrainingConfig(_Frozen):
@@ -142,9 +147,7 @@ class MonitoringConfig(_Frozen):
     @field_validator("performance_floor", mode="before")
     @classmethod
     def _parse_floor(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [Threshold.parse(v) if isinstance(v, str) else v for v in value]
-        return value
+        return _parse_thresholds(value)
 
 
 class DatasetConfig(_Frozen):
