@@ -1,0 +1,74 @@
+"""The trainer entrypoint (include/mlops/trainer.py) in-process, against a real local MLflow
+store (SQLite) and local files: the same code the trainer container runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from include.mlops import trainer
+from include.mlops.errors import CorruptFileError, PipelineError
+
+
+@pytest.mark.parametrize(("err", "expected"), [
+    (CorruptFileError("bad file"), ("data", trainer.EXIT_DATA)),
+    (ValueError("bad hyperparameter"), ("data", trainer.EXIT_DATA)),
+    (RuntimeError("CUDA error: no CUDA-capable device is detected"), ("cuda", trainer.EXIT_CUDA)),
+    (OSError("NVML: Driver/library version mismatch"), ("cuda", trainer.EXIT_CUDA)),
+    (MemoryError(), ("oom", trainer.EXIT_OTHER)),
+    (KeyError("x"), ("error", trainer.EXIT_OTHER)),
+    (PipelineError("S3 refused"), ("data", trainer.EXIT_DATA)),
+])
+def test_failures_are_classified(err: BaseException, expected: tuple[str, int]) -> None:
+    assert trainer.classify(err) == expected
+
+
+def test_missing_config_writes_an_error_result_and_exits_2(tmp_path: Path) -> None:
+    code = trainer.main(["--work-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == 2 and result["status"] == "error" and result["error_class"] == "data"
+    assert f"cannot read the trainer config {tmp_path / 'config.json'}" in result["error"]
+    assert result["resources"]["peak_rss_mb"] > 0 and result["timings"]["wall_seconds"] >= 0
+
+
+def test_trains_from_a_work_dir_like_the_in_process_path(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    from include.mlops.demo_data import write_partitions
+    from include.mlops.pipeline import Stage, build_features, ingest
+    from include.mlops.storage import ObjectStore
+    from tests.unit.helpers import churn_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) for logged models
+    store, source = ObjectStore(), str(tmp_path / "source")
+    write_partitions(store, source, date(2025, 1, 1), 1, rows=400)
+    config = churn_config(source_uri=source, min_rows=50,
+                          training={"hyperparameters": {"max_iter": 20}})
+    client = MlflowClient()
+    experiment = client.create_experiment("trainer", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    stage = Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+                  artifacts_uri=str(tmp_path / "out"), run_key="2025-01-02T000000")
+    ingested = ingest(stage, [date(2025, 1, 1)])
+    features = build_features(stage, ingested["snapshot_uri"])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({
+        "dataset_config": json.loads(config.model_dump_json()), "train_uri": features["train_uri"],
+        "manifest_uri": ingested["manifest_uri"], "mlflow_run_id": run_id,
+        "artifacts_uri": stage.artifacts_uri, "run_key": stage.run_key}))
+
+    assert trainer.main(["--work-dir", str(work)]) == 0
+    result = json.loads((work / "result.json").read_text())
+    assert result["status"] == "ok" and result["model_uri"].startswith("models:/")
+    tags = client.get_run(run_id).data.tags
+    assert tags["mlops.model_uri"] == result["model_uri"]  # logged to the DAG run's MLflow run
+    assert result["resources"]["cpu_seconds"] > 0
+    # A second start (an Airflow retry) reuses the logged model instead of logging another.
+    assert trainer.main(["--work-dir", str(work)]) == 0
+    assert json.loads((work / "result.json").read_text())["model_uri"] == result["model_uri"]
