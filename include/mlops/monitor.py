@@ -126,11 +126,9 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     client = stage.client
     client.log_text(run_id, html, "drift/report.html")
     client.log_dict(run_id, payload, "drift/result.json")
-    from include.mlops.pipeline import _log_metrics
-
-    _log_metrics(stage.__class__(**{**stage.__dict__, "mlflow_run_id": run_id}), {
-        "drift.share": result.share, "drift.columns_drifted": len(result.drifted_columns),
-        "drift.columns_checked": len(result.columns)})
+    stage.log_metrics({"drift.share": result.share,
+                       "drift.columns_drifted": len(result.drifted_columns),
+                       "drift.columns_checked": len(result.columns)}, run_id=run_id)
     client.set_tag(run_id, "mlops.drift", "detected" if result.dataset_drift else "none")
     client.set_tag(run_id, "mlops.drift_report", report_uri)
     if result.broken:

@@ -22,7 +22,7 @@ from include.mlops import ingest as ingestion
 from include.mlops import modeling, reproducibility, tracking, validation
 from include.mlops.config import DatasetConfig
 from include.mlops.errors import PromotionError, ValidationFailedError
-from include.mlops.storage import ObjectExistsError, ObjectStore, join
+from include.mlops.storage import ObjectExistsError, ObjectStore, join, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,17 @@ class Stage:
 
     def read_frame(self, uri: str) -> Any:
         return ingestion.read_parquet_bytes(self.store.read_bytes(uri))
+
+    def log_metrics(self, values: dict[str, float], *, run_id: str | None = None) -> None:
+        """Log ``values`` (NaN left out) to this DAG run's MLflow run, or to ``run_id``."""
+        import math
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(v)]
+        for i in range(0, len(metrics), 1000):  # log_batch takes 1000 metrics per request
+            self.client.log_batch(run_id or self.mlflow_run_id, metrics=metrics[i:i + 1000])
 
 
 def run_key(logical_date: datetime) -> str:
@@ -238,9 +249,9 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
     held_out = modeling.metrics(model, test, config)
     slices = modeling.slice_metrics(model, test, config)
     run_id = stage.mlflow_run_id
-    _log_metrics(stage, held_out)
+    stage.log_metrics(held_out)
     for value, values in slices.items():
-        _log_metrics(stage, {f"slice.{config.slice_column}.{_safe(value)}.{k}": v
+        stage.log_metrics({f"slice.{config.slice_column}.{safe_name(value)}.{k}": v
                              for k, v in values.items()})
     stage.client.log_image(run_id, _png(modeling.plot(model, test, config)),
                            "plots/confusion_matrix.png" if config.task == "classification"
@@ -262,7 +273,7 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
                 log.info("Champion comparison on %d of %d held-out rows: %s were in champion "
                          "v%s's training data", len(rows), len(test), ", ".join(excluded),
                          current.version)
-            _log_metrics(stage, {f"champion.{k}": v for k, v in champion["metrics"].items()})
+            stage.log_metrics({f"champion.{k}": v for k, v in champion["metrics"].items()})
         except Exception as err:  # noqa: BLE001 - the gate reports it as a failed check
             log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
             champion["error"] = f"{type(err).__name__}: {err}"
@@ -293,21 +304,6 @@ def unseen_by(test: Any, champion_partitions: str) -> tuple[Any, list[str]]:
                     "comparing on all %d rows", int(keep.sum()), overlap, len(test))
         return test, []
     return test[keep], overlap
-
-
-def _log_metrics(stage: Stage, values: dict[str, float]) -> None:
-    import math
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if not math.isnan(v)]
-    for i in range(0, len(metrics), 1000):
-        stage.client.log_batch(stage.mlflow_run_id, metrics=metrics[i:i + 1000])
-
-
-def _safe(value: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
 
 
 def _fmt(values: dict[str, float]) -> str:
@@ -427,7 +423,7 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
     label = "" if alias == tracking.CHAMPION else f"{alias}-"
     audit_uri = join(stage.artifacts_uri, "audit", name,
                      f"{label}v{int(version):06d}-from-{previous}-"
-                     f"{_safe(str(dag_context.get('dag_run_id')))}.json")
+                     f"{safe_name(str(dag_context.get('dag_run_id')))}.json")
     try:
         stage.store.write_bytes(audit_uri, json.dumps(record, indent=2).encode(), create_only=True)
     except ObjectExistsError:

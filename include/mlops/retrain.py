@@ -15,15 +15,11 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.mlops.storage import ObjectExistsError, ObjectStore, join
+from include.mlops.storage import ObjectExistsError, ObjectStore, join, safe_name
 
 log = logging.getLogger(__name__)
 
 _STAMP = "%Y%m%dT%H%M%SZ"
-
-
-def _safe(value: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
 
 
 def claims_dir(artifacts_uri: str, model_name: str) -> str:
@@ -47,7 +43,7 @@ def blocked(store: ObjectStore, artifacts_uri: str, model_name: str, *, at: date
     """Why an alert-triggered retrain may not start now (None: it may). Reads only."""
     at = at.astimezone(UTC)
     claims = _claims(store, claims_dir(artifacts_uri, model_name))
-    if any(run == _safe(dag_run_id) for _, run, _ in claims):
+    if any(run == safe_name(dag_run_id) for _, run, _ in claims):
         return None  # a retry of the run that holds the slot
     earlier = [c for c in claims if c[0] <= at]
     if not earlier:
@@ -74,7 +70,7 @@ def claim(store: ObjectStore, artifacts_uri: str, model_name: str, *, at: dateti
     if reason:
         return False, reason
     at = at.astimezone(UTC)
-    uri = join(claims_dir(artifacts_uri, model_name), f"{at.strftime(_STAMP)}--{_safe(dag_run_id)}.json")
+    uri = join(claims_dir(artifacts_uri, model_name), f"{at.strftime(_STAMP)}--{safe_name(dag_run_id)}.json")
     record = {"model_name": model_name, "at": at.isoformat(), "dag_run_id": dag_run_id,
               "cooldown_hours": cooldown_hours, "trigger": trigger}
     try:

@@ -235,9 +235,7 @@ def score(stage: Stage, day: date) -> dict[str, Any]:
                        ("mlops.partition_date", day.isoformat()),
                        ("mlops.predictions_uri", predictions)):
         client.set_tag(run_id, key, value)
-    from include.mlops.pipeline import _log_metrics
-
-    _log_metrics(stage, metrics)
+    stage.log_metrics(metrics)
     client.log_dict(run_id, manifest, "scoring/manifest.json")
     from include.mlops.tracking import finish_run
 

@@ -63,6 +63,11 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def safe_name(value: str) -> str:
+    """``value`` usable in an object key, file name or MLflow metric name."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from mlops.assets import PREDICTIONS
-from mlops.operators.training import PROMOTION_POOL, MlopsStageOperator, data_interval
+from mlops.operators.training import (
+    PROMOTION_POOL,
+    MlopsStageOperator,
+    asset_events,
+    data_interval,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -76,11 +81,7 @@ class MonitorOperator(MlopsStageOperator):
         day = run_day(context)
         if self.waits_for_labels and not params.get("partition_date"):
             day -= timedelta(days=resolve_config(params).monitoring.label_delay_days)
-        events = context.get("triggering_asset_events") or {}
-        try:
-            latest = list(events[PREDICTIONS])
-        except (KeyError, LookupError):
-            latest = []
+        latest = asset_events(context, PREDICTIONS)
         if latest:
             extra = dict(latest[-1].extra or {})
             params.update({k: extra[k] for k in ("dataset", "model_name") if extra.get(k)})
@@ -145,11 +146,7 @@ class LivePerformanceOperator(MonitorOperator):
         params, day = self.target(context)
         result = live_performance(self.monitor_stage(context, params), day)
         if not result["below_floor"]:
-            context["ti"].xcom_push(key="return_value", value=result)
-            skip = [t for t in self.get_flat_relatives(upstream=False)
-                    if t.task_id in self.alert_task_ids]
-            if skip:
-                self.skip(ti=context["ti"], tasks=skip)
+            self.skip_downstream(context, result, task_ids=self.alert_task_ids)
         return result
 
 

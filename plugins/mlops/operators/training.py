@@ -38,18 +38,22 @@ def data_interval(context: Context) -> tuple[datetime, datetime]:
     return end - timedelta(days=1), end
 
 
+def asset_events(context: Context, asset: Any) -> list[Any]:
+    """The events of ``asset`` that started this run ([] for runs it did not start)."""
+    events = context.get("triggering_asset_events") or {}
+    try:
+        return list(events[asset])
+    except (KeyError, LookupError):
+        return []
+
+
 def retrain_trigger(context: Context) -> dict[str, Any] | None:
     """The alert that started this run (a ``drift_detected`` or ``performance_degraded`` Asset
     event): ``{"asset", "extra", ...}`` of the latest such event, or None for other runs."""
     from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 
-    events = context.get("triggering_asset_events") or {}
-    found = []
-    for asset in (DRIFT_DETECTED, PERFORMANCE_DEGRADED):
-        try:
-            found += [(asset.name, e) for e in events[asset]]
-        except (KeyError, LookupError):
-            continue
+    found = [(asset.name, event) for asset in (DRIFT_DETECTED, PERFORMANCE_DEGRADED)
+             for event in asset_events(context, asset)]
     if not found:
         return None
     name, event = max(found, key=lambda item: str(getattr(item[1], "timestamp", "")))
@@ -225,13 +229,17 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     def run(self, stage: Stage, context: Context) -> Any:
         raise NotImplementedError
 
-    def skip_downstream(self, context: Context, result: Any) -> None:
-        """Skip all downstream tasks, keeping our XCom (``skip`` raises, so the return value
-        would otherwise be lost)."""
+    def skip_downstream(self, context: Context, result: Any,
+                        task_ids: Sequence[str] | None = None) -> None:
+        """Skip all downstream tasks (or those of ``task_ids``), keeping our XCom (``skip``
+        raises, so the return value would otherwise be lost)."""
         context["ti"].xcom_push(key="return_value", value=result)
         # Every downstream task at once: nothing after a "no" should run, and a cascade through
         # trigger rules costs a scheduler loop per task.
-        self.skip(ti=context["ti"], tasks=self.get_flat_relatives(upstream=False))
+        tasks = [t for t in self.get_flat_relatives(upstream=False)
+                 if task_ids is None or t.task_id in task_ids]
+        if tasks:
+            self.skip(ti=context["ti"], tasks=tasks)
 
 
 class IngestOperator(MlopsStageOperator):
