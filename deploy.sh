@@ -9,7 +9,8 @@
 #   ./deploy.sh airflow ARGS...   the airflow CLI against the local stack (e.g. `dags list`)
 #
 # Environment: MLOPS_S3_PORT (8333), MLOPS_MLFLOW_PORT (5000), MLOPS_AIRFLOW_PORT (8080),
-# MLOPS_DEPLOY_TIMEOUT (seconds to wait for the training run, 900).
+# MLOPS_DEPLOY_TIMEOUT (seconds to wait for the training run, 900), MLOPS_TRAINER (inprocess;
+# docker: start a Docker engine, build the trainer image and train in a container).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +38,7 @@ say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------
@@ -212,6 +213,44 @@ PY
 
 stack() { "$VENV/bin/python" "$REPO/scripts/stack.py" "$@"; }
 
+# -- Docker engine and the trainer image (trainer=docker; docs/gpu-training.md) -------------------
+# A running engine is used as it is. Otherwise Debian's docker.io (and debootstrap, which builds the
+# offline base image) is installed when missing, and dockerd is started in the background.
+ensure_docker() {
+    docker info >/dev/null 2>&1 && return
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 || die "no Docker engine is running and installing one needs root: start dockerd, or run as root"
+        sudo=(sudo)
+    fi
+    mkdir -p "$STATE/logs"
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || die "no Docker engine: install Docker (and debootstrap) with your package manager"
+        say "Installing the Docker engine (Debian docker.io) and debootstrap"
+        { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq docker.io debootstrap; } >"$STATE/logs/apt-docker.log" 2>&1 \
+            || { tail -n 20 "$STATE/logs/apt-docker.log" >&2; die "installing docker.io failed"; }
+    fi
+    say "Starting dockerd (log: $STATE/logs/dockerd.log)"
+    "${sudo[@]}" nohup dockerd >"$STATE/logs/dockerd.log" 2>&1 &
+    local i
+    for i in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    tail -n 20 "$STATE/logs/dockerd.log" >&2
+    die "dockerd did not become ready in 30 s (log: $STATE/logs/dockerd.log)"
+}
+
+# Base image offline (debootstrap + docker import), then the trainer; a no-op when current.
+build_images() {
+    say "Trainer image (scripts/build_images.py; log: $STATE/logs/build-images.log)"
+    local tag
+    tag="$("$VENV/bin/python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log" | tail -n 1)" \
+        || { tail -n 30 "$STATE/logs/build-images.log" >&2; die "building the trainer image failed"; }
+    say "Trainer image $tag is ready"
+}
+
 cmd_local() {
     local rerun=()
     while (($#)); do
@@ -234,6 +273,10 @@ cmd_local() {
         --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 \
         | sed '/Found credentials in environment variables/d; s/^/  /'
     stack up-mlflow
+    if [[ "${MLOPS_TRAINER:-inprocess}" == "docker" ]]; then
+        ensure_docker
+        build_images
+    fi
     say "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
     airflow db migrate >"$STATE/logs/db-migrate.log" 2>&1 \
         || { tail -n 30 "$STATE/logs/db-migrate.log"; die "airflow db migrate failed"; }
@@ -275,6 +318,9 @@ cmd_status() {
 
 cmd_test() {
     ensure_venv
+    # The docker trainer's tests run real containers (tests/integration/test_docker_trainer.py).
+    ensure_docker
+    build_images
     local args=("$@")
     # Default to the whole suite; `./deploy.sh test tests/unit -x` picks paths and options.
     if ((${#args[@]} == 0)) || [[ "${args[0]}" == -* ]]; then

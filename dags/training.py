@@ -7,6 +7,11 @@ only when every gate passes and becomes ``champion`` (or ``challenger`` under a 
 rollout) only after that. See docs/configuration.md for the Params.
 """
 
+import os
+
+# The train task subclasses DockerOperator. Named here so the dag-processor imports the docker
+# client once before it forks each parse (parsing_pre_import_modules), not on every parse.
+import airflow.providers.docker.operators.docker  # noqa: F401
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 from pendulum import datetime
 
@@ -20,9 +25,9 @@ from mlops.operators.training import (
     QualityGateOperator,
     RegisterModelOperator,
     SkipIfUnchangedOperator,
-    TrainModelOperator,
     ValidateDataOperator,
 )
+from mlops.operators.trainer import TrainModelOperator
 
 with DAG(
     dag_id="training",
@@ -49,6 +54,10 @@ with DAG(
         gate=overrides('{"thresholds": ["roc_auc >= 0.8"]}'),
         rollout=overrides('{"mode": "shadow"}: new models become @challenger first'),
         monitoring=overrides('{"retrain_cooldown_hours": 12}'),
+        trainer=Param(os.environ.get("MLOPS_TRAINER", "inprocess"), enum=["inprocess", "docker"],
+                      description="Train in the worker process or in the trainer container "
+                                  "(docs/gpu-training.md)"),
+        container=overrides('{"gpus": "all", "memory_limit": "16g"}: the docker trainer'),
         force=Param(False, type="boolean",
                     description="Retrain even if data, code and params match the champion")),
 ):

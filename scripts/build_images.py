@@ -58,6 +58,7 @@ def build_base() -> str:
     tag = f"{BASE_REPO}:{DEBIAN_SUITE}-{sha(recipe.encode())}"
     if image_exists(tag):
         log(f"base image {tag} exists")
+        subprocess.run(["docker", "tag", tag, f"{BASE_REPO}:{DEBIAN_SUITE}"], check=True)
         return tag
     if shutil.which("debootstrap") is None:
         raise SystemExit("debootstrap is not installed (apt-get install debootstrap), or pass "
@@ -71,8 +72,17 @@ def build_base() -> str:
                        stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
             raise SystemExit("tar of the debootstrap root failed")
+    subprocess.run(["docker", "tag", tag, f"{BASE_REPO}:{DEBIAN_SUITE}"], check=True)
     log(f"built base image {tag} in {time.monotonic() - started:.0f}s")
     return tag
+
+
+def ml_source_hash() -> str:
+    """The hash that enters every model's repro key (include/mlops/reproducibility.py)."""
+    sys.path.insert(0, str(REPO))
+    from include.mlops.reproducibility import source_hash
+
+    return source_hash()
 
 
 def trainer_inputs(base: str, extra_ca: Path | None) -> tuple[str, dict[str, bytes]]:
@@ -92,6 +102,8 @@ def build_trainer(base: str, extra_ca: Path | None) -> str:
     tag = f"{TRAINER_REPO}:{digest}"
     if image_exists(tag):
         log(f"trainer image {tag} exists (inputs unchanged)")
+        # :latest follows the checkout (after a branch switch it may point at another build).
+        subprocess.run(["docker", "tag", tag, f"{TRAINER_REPO}:latest"], check=True)
         return tag
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="trainer-context-") as context:
@@ -99,9 +111,11 @@ def build_trainer(base: str, extra_ca: Path | None) -> str:
             target = Path(context) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+        # The operator compares this label with the worker's code (a stale image retrains daily).
         subprocess.run(["docker", "build", "--network", "host", "--build-arg",
-                        f"BASE_IMAGE={base}", "-t", tag, "-t", f"{TRAINER_REPO}:latest",
-                        context], check=True, stdout=sys.stderr)
+                        f"BASE_IMAGE={base}", "--label", f"mlops.source_hash={ml_source_hash()}",
+                        "-t", tag, "-t", f"{TRAINER_REPO}:latest", context],
+                       check=True, stdout=sys.stderr)
     log(f"built trainer image {tag} in {time.monotonic() - started:.0f}s")
     return tag
 

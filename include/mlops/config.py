@@ -19,7 +19,7 @@ DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 TaskType = Literal["classification", "regression"]
 ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
 ModelFamily = Literal[
-    "hist_gradient_boosting", "random_forest", "logistic_regression", "ridge", "linear"
+    "hist_gradient_boosting", "random_forest", "logistic_regression", "ridge", "linear", "xgboost"
 ]
 
 # Which metric direction is "better"; used by the gate and champion comparison.
@@ -105,6 +105,40 @@ class TrainingConfig(_Frozen):
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
 
 
+def _default_trainer_image() -> str:
+    return os.environ.get("MLOPS_TRAINER_IMAGE") or "mlops-trainer:latest"
+
+
+class ContainerConfig(_Frozen):
+    """How the training DAG's ``trainer=docker`` path runs its container (docs/gpu-training.md).
+
+    ``gpus``: 0 trains on CPU; a count or ``"all"`` asks the engine for NVIDIA GPUs. When none
+    is visible, ``gpu_fallback`` ``cpu`` trains on CPU and says so loudly, ``fail`` fails the
+    task. Memory and CPU are hard limits (the kernel kills the container above
+    ``memory_limit``); a container still running after ``timeout_minutes`` is stopped.
+    """
+
+    image: str = Field(default_factory=_default_trainer_image, min_length=1)
+    gpus: Annotated[int, Field(ge=0)] | Literal["all"] = 0
+    gpu_fallback: Literal["cpu", "fail"] = "cpu"
+    memory_limit: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$")] = "4g"
+    cpus: Annotated[float, Field(gt=0, le=1024)] = 2.0
+    timeout_minutes: Annotated[float, Field(gt=0)] = 120
+    # missing: pull from the image's registry when the engine lacks it; never: fail at once.
+    pull: Literal["missing", "never"] = "missing"
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpus != 0
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+        text = self.memory_limit.lower()
+        unit = units.get(text[-1], 1)
+        return int(float(text.rstrip("bkmg")) * unit)
+
+
 class RolloutConfig(_Frozen):
     """How an approved model reaches production.
 
@@ -169,6 +203,7 @@ class DatasetConfig(_Frozen):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    container: ContainerConfig = Field(default_factory=ContainerConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
@@ -200,10 +235,10 @@ class DatasetConfig(_Frozen):
         family = self.training.family
         if self.task == "classification" and family in ("ridge", "linear"):
             raise ValueError(f"model family {family!r} is for regression; use logistic_regression, "
-                             "random_forest or hist_gradient_boosting for classification")
+                             "random_forest, hist_gradient_boosting or xgboost for classification")
         if self.task == "regression" and family == "logistic_regression":
             raise ValueError("model family 'logistic_regression' is for classification; use "
-                             "ridge, linear, random_forest or hist_gradient_boosting")
+                             "ridge, linear, random_forest, hist_gradient_boosting or xgboost")
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError("max_rows must be >= min_rows")
         return self
@@ -271,6 +306,12 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
 
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", name)
+    training = (overrides or {}).get("training") or {}
+    base_training = raw.get("training") or {}
+    if training.get("family") and training["family"] != base_training.get("family"):
+        # Hyperparameters belong to a family: another family starts from its own defaults
+        # (plus the override's hyperparameters), not from e.g. max_iter of gradient boosting.
+        raw["training"] = {**base_training, "hyperparameters": {}}
     try:
         return DatasetConfig.model_validate(deep_merge(raw, overrides or {}))
     except ValidationError as err:
@@ -306,7 +347,7 @@ def resolve_config(params: dict[str, Any]) -> DatasetConfig:
         overrides["gate"] = params["gate"]
     if params.get("lookback_days"):
         overrides["lookback_days"] = params["lookback_days"]
-    for section in ("rollout", "monitoring"):
+    for section in ("rollout", "monitoring", "container"):
         if params.get(section):
             overrides[section] = params[section]
     return load_dataset_config(params.get("dataset") or "churn_demo", overrides)

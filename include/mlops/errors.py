@@ -75,3 +75,24 @@ class PromotionError(PipelineError):
     """The registry did not end up in the state we asked for (e.g. a concurrent promotion)."""
 
     runbook = "promotion-failed.md"
+
+
+class TrainerError(PipelineError):
+    """The trainer container could not run or failed; ``error_class`` says how.
+
+    Classes: ``engine`` (Docker unreachable), ``image`` (missing, cannot pull), ``no_gpu`` (GPU
+    asked for, none visible, no CPU fallback), ``oom`` (killed at the memory limit), ``timeout``,
+    ``cuda`` (CUDA / driver error), ``data`` (the trainer rejected the data or config), ``error``
+    (any other non-zero exit). Each has a section in the runbook.
+    """
+
+    RETRYABLE = frozenset({"engine", "cuda", "error"})  # may pass on another try or worker
+    runbook = "trainer-container.md"
+
+    def __init__(self, error_class: str, message: str, *, exit_code: int | None = None,
+                 runbook: str | None = None) -> None:
+        super().__init__(message, runbook=runbook or
+                         f"trainer-container.md#{error_class.replace('_', '-')}")
+        self.error_class = error_class
+        self.exit_code = exit_code
+        self.retryable = error_class in self.RETRYABLE

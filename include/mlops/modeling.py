@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.config import DatasetConfig
@@ -75,11 +76,36 @@ def build_preprocessor(plan: dict[str, list[str]]) -> Any:
     )
 
 
+def training_device() -> str:
+    """``cuda`` when the trainer container was given a GPU (the operator probes for one and sets
+    ``MLOPS_TRAINER_DEVICE``), else ``cpu``. Only the xgboost family uses it."""
+    return "cuda" if os.environ.get("MLOPS_TRAINER_DEVICE", "cpu").lower() == "cuda" else "cpu"
+
+
+def _xgboost_factory(classification: bool, seed: int) -> tuple[Any, dict[str, Any]]:
+    try:
+        import xgboost
+    except ImportError as err:
+        raise ConfigError("model family 'xgboost' needs the xgboost package (the trainer image "
+                          "has it; pip install xgboost-cpu for CPU-only hosts)") from err
+    cls = xgboost.XGBClassifier if classification else xgboost.XGBRegressor
+    # tree_method hist runs on both devices; without a GPU XGBoost itself falls back to CPU
+    # with a warning, so device="cuda" never fails a run on a CPU-only host.
+    return cls, {"random_state": seed, "tree_method": "hist", "device": training_device(),
+                 "n_estimators": 200, "learning_rate": 0.1, "max_depth": 6}
+
+
 def build_estimator(config: DatasetConfig) -> Any:
     from sklearn import ensemble, linear_model
 
     family, seed = config.training.family, config.training.seed
     classification = config.task == "classification"
+    if family == "xgboost":
+        cls, defaults = _xgboost_factory(classification, seed)
+        try:
+            return cls(**{**defaults, **config.training.hyperparameters})
+        except TypeError as err:
+            raise ConfigError(f"bad hyperparameters for {family}: {err}") from err
     factories = {
         "hist_gradient_boosting": (ensemble.HistGradientBoostingClassifier if classification
                                    else ensemble.HistGradientBoostingRegressor, {"random_state": seed}),
@@ -110,7 +136,17 @@ def train(train_frame: pd.DataFrame, config: DatasetConfig) -> Pipeline:
     model = Pipeline([("features", build_preprocessor(feature_plan(config))),
                       ("model", build_estimator(config))])
     features = [c.name for c in config.feature_columns]
-    model.fit(train_frame[features], target(train_frame, config))
+    y = target(train_frame, config)
+    if config.training.family == "xgboost" and config.task == "classification" \
+            and (y.dtype.kind not in "iub" or sorted(y.unique()) != list(range(y.nunique()))):
+        raise DataError(f"model family 'xgboost' needs class labels 0..n-1 in {config.target!r}; "
+                        f"found {sorted(map(str, y.unique()))[:10]}. Encode the target as "
+                        "integers or pick another family", runbook="bad-data.md")
+    model.fit(train_frame[features], y)
+    estimator = model.named_steps["model"]
+    if "device" in estimator.get_params():
+        # Served on CPU hosts (batch scoring, the evaluate task): the fitted trees are the same.
+        estimator.set_params(device="cpu")
     return model
 
 

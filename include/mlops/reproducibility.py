@@ -17,7 +17,7 @@ from include.mlops.config import DatasetConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 TRACKED_PACKAGES = ("scikit-learn", "pandas", "numpy", "pyarrow", "mlflow-skinny", "mlflow",
-                    "great-expectations", "skops", "scipy")
+                    "great-expectations", "skops", "scipy", "xgboost", "xgboost-cpu")
 
 
 @lru_cache(maxsize=1)

@@ -108,6 +108,14 @@ def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
 
     requirements = [f"{pkg}=={metadata.version(pkg)}" for pkg in
                     ("mlflow-skinny", "scikit-learn", "skops", "pandas", "numpy", "scipy")]
+    if any(name.startswith("xgboost.") for name in trusted_types):
+        # CPU hosts install xgboost-cpu, GPU images xgboost: one version, either distribution.
+        for dist in ("xgboost", "xgboost-cpu"):
+            try:
+                requirements.append(f"xgboost=={metadata.version(dist)}")
+                break
+            except metadata.PackageNotFoundError:
+                continue
     signature = infer_signature(input_example, model.predict(input_example))
     return mlflow.sklearn.log_model(
         model, name=name, run_id=run_id, signature=signature, input_example=input_example,

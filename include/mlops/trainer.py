@@ -3,17 +3,19 @@ in-process path, driven by a work directory.
 
     python -m include.mlops.trainer --work-dir /work
 
-Reads ``<work-dir>/config.json``::
+Reads the job from ``$MLOPS_TRAINER_CONFIG`` (JSON; what the Airflow operator passes, so it works
+on a remote engine too) or else ``<work-dir>/config.json``::
 
     {"dataset_config": {...DatasetConfig...}, "train_uri": "s3://…", "manifest_uri": "s3://…",
      "mlflow_run_id": "…", "artifacts_uri": "s3://…", "run_key": "2025-01-01T000000"}
 
 Credentials come from the environment (``MLFLOW_TRACKING_URI``, ``MLOPS_S3_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), never from the file. Always writes
-``<work-dir>/result.json`` (``status`` ok or error, the train result, timings, resource use,
-and for an error its class and message) and exits with a code that names the failure class:
-0 ok, 2 data or config error, 3 CUDA / driver error, 1 anything else (137 is the kernel's OOM kill,
-which no process can report itself).
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), never from the job. Always writes
+``<work-dir>/result.json`` (``status`` ok or error, the train result, timings, resource use
+including GPU utilisation and memory when ``nvidia-smi`` sees a GPU, and for an error its class
+and message) and exits with a code that names the failure class: 0 ok, 2 data or config error,
+3 CUDA / driver error, 1 anything else (137 is the kernel's OOM kill, which no process can report
+itself).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import json
 import logging
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -36,37 +41,127 @@ _CUDA_MARKERS = ("cuda", "cudnn", "nvidia", "nvml", "gpu driver", "no cuda-capab
 
 
 def classify(err: BaseException) -> tuple[str, int]:
-    """``(error class, exit code)`` of an exception raised while training."""
+    """``(error class, exit code)`` of an exception raised while training.
+
+    CUDA first: XGBoost's errors are ValueErrors. A service outage (a retryable PipelineError)
+    is ``error``, so Airflow retries it, as it would in-process.
+    """
     from include.mlops.errors import PipelineError
 
-    if isinstance(err, PipelineError | ValueError):
-        return "data", EXIT_DATA
     text = f"{type(err).__name__}: {err}".lower()
     if any(marker in text for marker in _CUDA_MARKERS):
         return "cuda", EXIT_CUDA
+    if isinstance(err, PipelineError) and err.retryable:
+        return "error", EXIT_OTHER
+    if isinstance(err, PipelineError | ValueError):
+        return "data", EXIT_DATA
     if isinstance(err, MemoryError):
         return "oom", EXIT_OTHER
     return "error", EXIT_OTHER
 
 
+CONFIG_ENV = "MLOPS_TRAINER_CONFIG"
+# cgroup v2, then v1: the container's peak memory, what the OOM killer compares with the limit.
+_CGROUP_PEAK = ("/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes")
+
+
 def resources() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # Linux: KiB
+    out = {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+           "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # Linux: KiB
+    for path in _CGROUP_PEAK:
+        try:
+            out["container_peak_mb"] = round(int(Path(path).read_text()) / 2**20, 1)
+            break
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class GpuSampler:
+    """Samples ``nvidia-smi`` in a thread while training: utilisation and memory of the GPUs the
+    container sees. Does nothing (``summary()`` is empty) when there is no nvidia-smi or GPU."""
+
+    QUERY = "--query-gpu=index,name,utilization.gpu,memory.used,memory.total"
+
+    def __init__(self, interval_seconds: float = 1.0) -> None:
+        self.interval = interval_seconds
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.binary = shutil.which("nvidia-smi")
+
+    def sample(self) -> list[dict[str, Any]]:
+        if not self.binary:
+            return []
+        try:
+            out = subprocess.run([self.binary, self.QUERY, "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        rows = []
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            try:
+                rows.append({"index": int(parts[0]), "name": parts[1], "util": float(parts[2]),
+                             "mem_used": float(parts[3]), "mem_total": float(parts[4])})
+            except (IndexError, ValueError):  # "[N/A]" on some boards: skip that sample
+                continue
+        return rows
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.extend(self.sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> GpuSampler:
+        if self.binary:
+            self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self.samples.extend(self.sample())  # at least one sample, even for a short fit
+
+    def summary(self) -> dict[str, Any]:
+        if not self.samples:
+            return {}
+        util = [s["util"] for s in self.samples]
+        names = sorted({s["name"] for s in self.samples})
+        return {"gpu_count": len({s["index"] for s in self.samples}), "gpu_name": ", ".join(names),
+                "gpu_util_mean_pct": round(sum(util) / len(util), 1),
+                "gpu_util_max_pct": max(util),
+                "gpu_memory_peak_mb": max(s["mem_used"] for s in self.samples),
+                "gpu_memory_total_mb": max(s["mem_total"] for s in self.samples)}
+
+
+def read_job(work_dir: Path) -> dict[str, Any]:
+    from include.mlops.errors import ConfigError
+
+    if os.environ.get(CONFIG_ENV):
+        try:
+            return json.loads(os.environ[CONFIG_ENV])
+        except ValueError as err:
+            raise ConfigError(f"cannot parse ${CONFIG_ENV}: {err}") from err
+    config_path = work_dir / "config.json"
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the trainer config {config_path} (and ${CONFIG_ENV} "
+                          f"is not set): {err}") from err
 
 
 def run(work_dir: Path) -> tuple[dict[str, Any], int]:
     """Train from ``work_dir/config.json``; returns the result dict and the exit code."""
     started = time.monotonic()
     result: dict[str, Any] = {"status": "error"}
+    device = os.environ.get("MLOPS_TRAINER_DEVICE", "cpu")
+    sampler = GpuSampler()
     try:
-        config_path = work_dir / "config.json"
-        try:
-            job = json.loads(config_path.read_text())
-        except (OSError, ValueError) as err:
-            from include.mlops.errors import ConfigError
-
-            raise ConfigError(f"cannot read the trainer config {config_path}: {err}") from err
+        job = read_job(work_dir)
         from mlflow import MlflowClient
 
         from include.mlops.config import DatasetConfig
@@ -78,18 +173,32 @@ def run(work_dir: Path) -> tuple[dict[str, Any], int]:
         stage = Stage(config=config, store=store, client=MlflowClient(),
                       mlflow_run_id=job["mlflow_run_id"], artifacts_uri=job["artifacts_uri"],
                       run_key=job["run_key"])
-        trained = train(stage, train_uri=job["train_uri"], manifest_uri=job["manifest_uri"])
-        result = {"status": "ok", **trained}
+        if device == "cuda" and config.training.family != "xgboost":
+            log.warning("A GPU was given, but family %s trains on CPU only (xgboost uses it)",
+                        config.training.family)
+            device = "cpu"  # what actually trained, for result.json and the MLflow tags
+        log.info("Training %s (%s) on %s; MLflow run %s", config.registered_model_name,
+                 config.training.family, device, job["mlflow_run_id"])
+        with sampler:
+            trained = train(stage, train_uri=job["train_uri"], manifest_uri=job["manifest_uri"])
+        result = {"status": "ok", **trained, "mlflow_run_id": job["mlflow_run_id"]}
         code = EXIT_OK
     except Exception as err:  # noqa: BLE001 - every failure becomes a classified result file
+        from include.mlops.errors import PipelineError
+
         error_class, code = classify(err)
+        # The message without its runbook suffix; the runbook goes alongside, so the operator's
+        # final line carries one link (the specific page, e.g. schema-mismatch.md).
+        message = err.args[0] if isinstance(err, PipelineError) and err.args else str(err)
         result = {"status": "error", "error_class": error_class,
-                  "error": f"{type(err).__name__}: {err}"}
+                  "error": f"{type(err).__name__}: {message}",
+                  "runbook": err.runbook if isinstance(err, PipelineError) else None}
         log.error("Training failed (%s): %s", error_class, err)
         traceback.print_exc(file=sys.stderr)
     result["timings"] = {"wall_seconds": round(time.monotonic() - started, 3)}
-    result["resources"] = resources()
-    result["device"] = os.environ.get("MLOPS_TRAINER_DEVICE", "cpu")
+    result["resources"] = {**resources(), **sampler.summary()}
+    result["device"] = device
+    work_dir.mkdir(parents=True, exist_ok=True)
     tmp = work_dir / ".result.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(work_dir / "result.json")  # atomic: the operator never reads half a file

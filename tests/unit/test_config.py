@@ -346,3 +346,51 @@ def test_resolve_config_applies_param_overrides() -> None:
 def test_resolve_config_rejects_a_bad_override() -> None:
     with pytest.raises(ConfigError, match=r"is invalid: training\.family: "):
         resolve_config({"training": {"family": "svm"}})
+
+
+# -- container (the docker trainer) ---------------------------------------------------------------
+def test_container_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.mlops.config import ContainerConfig
+
+    monkeypatch.delenv("MLOPS_TRAINER_IMAGE", raising=False)
+    default = ContainerConfig()
+    assert (default.image, default.gpus, default.gpu_fallback) == ("mlops-trainer:latest", 0, "cpu")
+    assert not default.wants_gpu and default.memory_limit_bytes == 4 * 2**30
+    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", "registry.example.com/ml/trainer:1.2")
+    assert ContainerConfig().image == "registry.example.com/ml/trainer:1.2"
+    gpu = ContainerConfig(gpus="all", memory_limit="1.5g")
+    assert gpu.wants_gpu and gpu.memory_limit_bytes == int(1.5 * 2**30)
+    assert ContainerConfig(memory_limit="512m").memory_limit_bytes == 512 * 2**20
+
+
+@pytest.mark.parametrize("bad", [{"gpus": -1}, {"gpus": "some"}, {"memory_limit": "4 GB"},
+                                 {"memory_limit": "lots"}, {"cpus": 0}, {"timeout_minutes": 0},
+                                 {"gpu_fallback": "maybe"}, {"pull": "always"}, {"image": ""}])
+def test_container_rejects_bad_values(bad: dict) -> None:
+    from include.mlops.config import ContainerConfig
+
+    with pytest.raises(ValueError):
+        ContainerConfig(**bad)
+
+
+def test_container_param_overrides_the_yaml() -> None:
+    from include.mlops.config import resolve_config
+
+    config = resolve_config({"dataset": "churn_demo",
+                             "container": {"gpus": 2, "memory_limit": "16g"}})
+    assert config.container.gpus == 2 and config.container.memory_limit == "16g"
+    assert config.container.cpus == 2.0  # the rest keeps its defaults
+
+
+def test_another_family_does_not_inherit_the_yamls_hyperparameters() -> None:
+    from include.mlops import modeling
+    from include.mlops.config import resolve_config
+
+    forest = resolve_config({"dataset": "churn_demo", "training": {"family": "random_forest"}})
+    assert forest.training.hyperparameters == {}
+    modeling.build_estimator(forest)  # the YAML's max_iter would be a TypeError here
+    xgb = resolve_config({"dataset": "churn_demo",
+                          "training": {"family": "xgboost", "hyperparameters": {"max_depth": 3}}})
+    assert xgb.training.hyperparameters == {"max_depth": 3}
+    same = resolve_config({"dataset": "churn_demo", "training": {"seed": 3}})
+    assert same.training.hyperparameters["max_iter"] == 150  # same family: merged as before

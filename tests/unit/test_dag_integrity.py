@@ -19,6 +19,7 @@ from pendulum import datetime
 from mlops.hooks.mlflow import MlflowHook
 from mlops.hooks.object_storage import ObjectStorageHook
 from mlops.operators import training as ops
+from mlops.operators.trainer import TrainModelOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 CHAIN = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
@@ -157,12 +158,13 @@ def test_default_params_are_valid(serialized: Any) -> None:
     params = serialized.params.deep_merge({}).validate()
     assert params["dataset"] == "churn_demo"
     assert params["lookback_days"] is None and params["force"] is False
+    assert params["trainer"] == "inprocess" and params["container"] == {}
 
 
 def test_valid_conf_is_accepted(serialized: Any) -> None:
     conf = {"dataset": "churn_demo", "lookback_days": 3, "partition_date": "2025-01-02",
             "source_uri": "/data/churn", "training": {"seed": 7}, "gate": {"thresholds": []},
-            "force": True}
+            "force": True, "trainer": "docker", "container": {"gpus": "all"}}
     assert serialized.params.deep_merge(conf).validate()["lookback_days"] == 3
 
 
@@ -175,6 +177,8 @@ def test_valid_conf_is_accepted(serialized: Any) -> None:
         pytest.param({"partition_date": "2025-13-45"}, "is not a 'date'", id="bad-date"),
         pytest.param({"training": "random_forest"}, "is not of type 'object'", id="training-string"),
         pytest.param({"force": "yes"}, "is not of type 'boolean'", id="force-string"),
+        pytest.param({"trainer": "gpu"}, "'gpu' is not one of", id="trainer-unknown"),
+        pytest.param({"container": "16g"}, "is not of type 'object'", id="container-string"),
     ],
 )
 def test_bad_param_value_is_rejected(serialized: Any, training: Any, conf: dict[str, Any],
@@ -197,8 +201,9 @@ OPERATORS = [
                  ("artifacts_uri", "ingest_result"), id="ValidateDataOperator"),
     pytest.param(ops.BuildFeaturesOperator, {"ingest_result": {}},
                  ("artifacts_uri", "ingest_result"), id="BuildFeaturesOperator"),
-    pytest.param(ops.TrainModelOperator, {"features": {}, "ingest_result": {}},
-                 ("artifacts_uri", "features", "ingest_result"), id="TrainModelOperator"),
+    pytest.param(TrainModelOperator, {"features": {}, "ingest_result": {}},
+                 ("artifacts_uri", "features", "ingest_result", "trainer", "image"),
+                 id="TrainModelOperator"),
     pytest.param(ops.EvaluateModelOperator, {"model": {}, "features": {}},
                  ("artifacts_uri", "model", "features"), id="EvaluateModelOperator"),
     pytest.param(ops.QualityGateOperator, {"evaluation": {}}, ("artifacts_uri", "evaluation"),

@@ -57,3 +57,32 @@ def test_hook_without_connection_fails_on_first_use_naming_it() -> None:
     hook = ObjectStorageHook("no_such_connection_unit")  # constructing is fine
     with pytest.raises(AirflowNotFoundException, match="`no_such_connection_unit` isn't defined"):
         _ = hook.store
+
+
+def test_container_environment_keeps_secrets_apart() -> None:
+    env = {**conn_env("s3_unit", conn_type="aws", login="AKIAUNIT", password="unit-secret",
+                      extra={"endpoint_url": "http://127.0.0.1:8333", "region_name": "eu-west-1"}),
+           **conn_env("mlflow_unit", conn_type="http", host="http://mlflow:5000", login="bot",
+                      password="mlflow-secret")}
+    with mock.patch.dict(os.environ, env):
+        s3_public, s3_secret = ObjectStorageHook("s3_unit").container_environment()
+        mlflow_public, mlflow_secret = MlflowHook("mlflow_unit").container_environment()
+
+    assert s3_public == {"AWS_DEFAULT_REGION": "eu-west-1",
+                         "MLOPS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
+                         "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:8333"}
+    assert s3_secret == {"AWS_ACCESS_KEY_ID": "AKIAUNIT", "AWS_SECRET_ACCESS_KEY": "unit-secret"}
+    assert mlflow_public == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert mlflow_secret == {"MLFLOW_TRACKING_USERNAME": "bot",
+                             "MLFLOW_TRACKING_PASSWORD": "mlflow-secret"}
+    assert "secret" not in json.dumps([s3_public, mlflow_public])
+
+
+@pytest.mark.parametrize(("gpus", "count"), [("all", -1), (1, 1), (4, 4)])
+def test_gpu_device_request_is_what_docker_run_gpus_sends(gpus: Any, count: int) -> None:
+    from mlops.hooks.docker_engine import gpu_device_requests
+
+    (request,) = gpu_device_requests(gpus)
+    # `docker run --gpus all` / `--gpus 4`: the NVIDIA driver chosen by the "gpu" capability.
+    assert dict(request) == {"Driver": "", "Count": count, "DeviceIDs": [],
+                             "Capabilities": [["gpu"]], "Options": {}}

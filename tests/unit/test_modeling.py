@@ -279,3 +279,52 @@ def test_unseen_by_leaves_out_the_champions_training_partitions(frame: pd.DataFr
     # Fewer than 50 rows would remain: compare on all rows rather than on noise.
     rows, left_out = unseen_by(test.iloc[:140], "date=2025-01-01")
     assert left_out == [] and len(rows) == 140
+
+
+# -- xgboost (the GPU-capable family) -------------------------------------------------------------
+XGB = {"family": "xgboost", "hyperparameters": {"n_estimators": 30, "max_depth": 4}}
+
+
+def test_xgboost_trains_deterministically_and_serves_on_cpu(frame: pd.DataFrame) -> None:
+    config = churn_config(training=XGB)
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"hyperparameters": XGB["hyperparameters"]})})
+    train, test = modeling.split(frame, config)
+    first, second = modeling.train(train, config), modeling.train(train, config)
+    assert first.named_steps["model"].get_params()["device"] == "cpu"
+    assert modeling.metrics(first, test, config) == modeling.metrics(second, test, config)
+    assert modeling.metrics(first, test, config)["roc_auc"] > 0.6
+    assert "xgboost.sklearn.XGBClassifier" in modeling.untrusted_types(first)
+
+
+def test_xgboost_asked_for_cuda_without_a_gpu_falls_back_to_cpu(
+        frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: XGBoost itself falls back to CPU with a warning; the model is the same."""
+    config = churn_config(training=XGB)
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"hyperparameters": XGB["hyperparameters"]})})
+    train, test = modeling.split(frame, config)
+    cpu = modeling.train(train, config)
+    monkeypatch.setenv("MLOPS_TRAINER_DEVICE", "cuda")
+    assert modeling.build_estimator(config).get_params()["device"] == "cuda"
+    with pytest.warns(UserWarning, match="GPU"):
+        cuda = modeling.train(train, config)
+    assert cuda.named_steps["model"].get_params()["device"] == "cpu"  # reset for serving
+    assert modeling.metrics(cuda, test, config) == modeling.metrics(cpu, test, config)
+
+
+def test_xgboost_needs_integer_class_labels(frame: pd.DataFrame) -> None:
+    config = churn_config(training=XGB)
+    labelled = frame.assign(**{config.target: frame[config.target].map({0: "stay", 1: "churn"})})
+    train, _ = modeling.split(labelled, config)
+    with pytest.raises(DataError, match="needs class labels 0..n-1"):
+        modeling.train(train, config)
+
+
+def test_xgboost_regression() -> None:
+    config = regression_config(training={"family": "xgboost",
+                                         "hyperparameters": {"n_estimators": 20}})
+    data = demo_frame(config, rows=400)
+    train, test = modeling.split(data, config)
+    model = modeling.train(train, config)
+    assert modeling.metrics(model, test, config)["r2"] > 0

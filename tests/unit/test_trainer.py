@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from include.mlops import trainer
-from include.mlops.errors import CorruptFileError, PipelineError
+from include.mlops.errors import CorruptFileError, PipelineError, ServiceUnavailableError
 
 
 @pytest.mark.parametrize(("err", "expected"), [
@@ -21,6 +21,10 @@ from include.mlops.errors import CorruptFileError, PipelineError
     (MemoryError(), ("oom", trainer.EXIT_OTHER)),
     (KeyError("x"), ("error", trainer.EXIT_OTHER)),
     (PipelineError("S3 refused"), ("data", trainer.EXIT_DATA)),
+    # an S3 or MLflow outage is retried by Airflow, as in-process
+    (ServiceUnavailableError("S3 endpoint did not answer"), ("error", trainer.EXIT_OTHER)),
+    # XGBoost's errors are ValueErrors: CUDA is checked first
+    (ValueError("[12:00:00] XGBoostError: CUDA error: out of memory"), ("cuda", trainer.EXIT_CUDA)),
 ])
 def test_failures_are_classified(err: BaseException, expected: tuple[str, int]) -> None:
     assert trainer.classify(err) == expected
@@ -72,3 +76,46 @@ def test_trains_from_a_work_dir_like_the_in_process_path(tmp_path: Path,
     # A second start (an Airflow retry) reuses the logged model instead of logging another.
     assert trainer.main(["--work-dir", str(work)]) == 0
     assert json.loads((work / "result.json").read_text())["model_uri"] == result["model_uri"]
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# STUBBED GPU: no GPU on these machines; prints what nvidia-smi prints for two busy H100s.
+echo "0, NVIDIA H100 80GB HBM3, 87, 40210, 81559"
+echo "1, NVIDIA H100 80GB HBM3, 91, 38000, 81559"
+"""
+
+
+def test_gpu_sampler_summarises_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stubbed nvidia-smi (no GPU here): utilisation and memory come out of its CSV."""
+    binary = tmp_path / "nvidia-smi"
+    binary.write_text(FAKE_NVIDIA_SMI)
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with trainer.GpuSampler(interval_seconds=0.05) as sampler:
+        import time
+
+        time.sleep(0.2)
+    summary = sampler.summary()
+    assert summary["gpu_count"] == 2 and summary["gpu_name"] == "NVIDIA H100 80GB HBM3"
+    assert summary["gpu_util_mean_pct"] == 89.0 and summary["gpu_util_max_pct"] == 91.0
+    assert summary["gpu_memory_peak_mb"] == 40210 and summary["gpu_memory_total_mb"] == 81559
+
+
+def test_gpu_sampler_without_nvidia_smi_reports_nothing(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with trainer.GpuSampler(interval_seconds=0.01) as sampler:
+        pass
+    assert sampler.summary() == {} and sampler.samples == []
+
+
+def test_job_comes_from_the_environment_before_the_work_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.json").write_text('{"from": "file"}')
+    assert trainer.read_job(tmp_path) == {"from": "file"}
+    monkeypatch.setenv(trainer.CONFIG_ENV, '{"from": "env"}')
+    assert trainer.read_job(tmp_path) == {"from": "env"}
+    monkeypatch.setenv(trainer.CONFIG_ENV, "{not json")
+    code = trainer.main(["--work-dir", str(tmp_path)])
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == trainer.EXIT_DATA and "cannot parse $MLOPS_TRAINER_CONFIG" in result["error"]

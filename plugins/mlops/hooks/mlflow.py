@@ -69,6 +69,19 @@ class MlflowHook(BaseHook):
             return conn.login, conn.password or ""
         return None
 
+    def container_environment(self) -> tuple[dict[str, str], dict[str, str]]:
+        """``(public, secret)`` environment for a container that talks to this server: the URL,
+        then the basic-auth login and password (for ``private_environment``, never logged)."""
+        conn = self._conn
+        secret = {}
+        if conn.login:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(conn.password or "")
+            secret = {"MLFLOW_TRACKING_USERNAME": conn.login,
+                      "MLFLOW_TRACKING_PASSWORD": conn.password or ""}
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri}, secret
+
     def check_available(self) -> None:
         from include.mlops.health import wait_for_http
 

@@ -27,6 +27,24 @@ class ObjectStorageHook(BaseHook):
         super().__init__()
         self.s3_conn_id = s3_conn_id
 
+    def container_environment(self) -> tuple[dict[str, str], dict[str, str]]:
+        """``(public, secret)`` environment for a container that reads and writes this store
+        (``include.mlops.storage.ObjectStore.from_env``): endpoint and region, then the keys
+        (for ``private_environment``, never logged)."""
+        from airflow.sdk.log import mask_secret
+
+        conn = self.get_connection(self.s3_conn_id)
+        extra = conn.extra_dejson
+        endpoint = extra.get("endpoint_url") or extra.get("host")
+        public = {"AWS_DEFAULT_REGION": extra.get("region_name") or "us-east-1"}
+        if endpoint:  # MLflow's own S3 client reads the second name
+            public.update(MLOPS_S3_ENDPOINT_URL=endpoint, MLFLOW_S3_ENDPOINT_URL=endpoint)
+        secret = {}
+        if conn.login:
+            mask_secret(conn.password or "")
+            secret = {"AWS_ACCESS_KEY_ID": conn.login, "AWS_SECRET_ACCESS_KEY": conn.password or ""}
+        return public, secret
+
     @cached_property
     def store(self) -> Any:
         from airflow.sdk.log import mask_secret

@@ -349,28 +349,6 @@ class BuildFeaturesOperator(MlopsStageOperator):
         return build_features(stage, self.ingest_result["snapshot_uri"])
 
 
-class TrainModelOperator(MlopsStageOperator):
-    """Fit features + model in-process and log it to the DAG run's MLflow run.
-
-    :param features: the build_features task's XCom (templated)
-    :param ingest_result: the ingest task's XCom (templated)
-    """
-
-    template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "features",
-                                      "ingest_result")
-
-    def __init__(self, *, features: Any, ingest_result: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.features = features
-        self.ingest_result = ingest_result
-
-    def run(self, stage: Stage, context: Context) -> dict[str, Any]:
-        from include.mlops.pipeline import train
-
-        return train(stage, train_uri=self.features["train_uri"],
-                     manifest_uri=self.ingest_result["manifest_uri"])
-
-
 class EvaluateModelOperator(MlopsStageOperator):
     """Held-out and per-slice metrics, a plot, and the champion's metrics on the same rows.
 
