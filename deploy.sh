@@ -244,6 +244,7 @@ ensure_docker() {
 
 # Base image offline (debootstrap + docker import), then the trainer; a no-op when current.
 build_images() {
+    mkdir -p "$STATE/logs"
     say "Trainer image (scripts/build_images.py; log: $STATE/logs/build-images.log)"
     local tag
     tag="$("$VENV/bin/python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log" | tail -n 1)" \
