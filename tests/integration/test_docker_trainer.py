@@ -215,6 +215,11 @@ def test_no_gpu_falls_back_to_cpu_loudly(
     assert "could not select device driver" in result.log  # the engine's own words
     assert "Training ON CPU because container.gpu_fallback is 'cpu'" in result.log
     assert "include.mlops.trainer: Training it_docker (hist_gradient_boosting) on cpu" in result.log
+    client = services.mlflow_client()
+    (run,) = client.search_runs([client.get_experiment_by_name("it_docker").experiment_id],
+                                filter_string=f"tags.`airflow.run_id` = '{result.run_id}'")
+    assert run.data.tags["mlops.trainer.device"] == "cpu"
+    assert "could not select device driver" in run.data.tags["mlops.trainer.gpu_fallback"]
 
 
 def test_no_gpu_without_fallback_fails_clearly(

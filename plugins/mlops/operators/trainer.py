@@ -96,6 +96,7 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
         self._limits: dict[str, Any] = {}
         self._watchdog: threading.Timer | None = None
         self._stopped_for: str | None = None  # "timeout" or "kill": why we stopped the container
+        self._gpu_fallback: str | None = None  # why no GPU was used although one was asked for
 
     # -- the provider's plumbing, with our hook and hard limits ----------------------------------
     @cached_property
@@ -137,7 +138,7 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
     def train_in_container(self, stage: Stage, context: Context) -> dict[str, Any]:
         config = stage.config.container
         self.image = self.image or config.image
-        device = self.preflight(config, stage.config.training.family)
+        device = self.preflight(config, family=stage.config.training.family)
         self.environment = {**self.environment, **self.container_environment(stage, device)}
         self._private_environment = {**self._private_environment, **self.container_secrets()}
         self.container_name = self.name_container(context)
@@ -161,10 +162,9 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
                            inside_seconds=result.get("timings", {}).get("wall_seconds"))
 
     # -- before the container ------------------------------------------------------------------
-    def preflight(self, config: ContainerConfig, stage_family: str = "xgboost") -> str:
+    def preflight(self, config: ContainerConfig, *, family: str) -> str:
         """Engine, image and GPU checks; sets limits and device requests. Returns the device."""
         from include.mlops.errors import TrainerError
-
         from include.mlops.reproducibility import source_hash
 
         version = self.hook.check_engine()
@@ -190,12 +190,13 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
         self._limits = {"nano_cpus": int(cpus * 1e9), "memswap_limit": config.memory_limit,
                         "init": True}
         self.device_requests = None
+        self._gpu_fallback = None
         if not config.wants_gpu:
             return "cpu"
-        if stage_family != "xgboost":
+        if family != "xgboost":
             self.log.warning("container.gpus=%s, but model family %s trains on CPU only; the GPU "
                              "is requested anyway (use family xgboost to train on it)",
-                             config.gpus, stage_family)
+                             config.gpus, family)
         requests = gpu_device_requests(config.gpus)
         visible, detail = self.hook.probe_gpus(self.image, requests)
         if visible:
@@ -208,6 +209,7 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
                                          f"a container on {self.hook.engine_url}: {detail}. Run "
                                          "on a GPU worker with the NVIDIA container toolkit, or "
                                          "set container.gpu_fallback to 'cpu' (or gpus to 0)")
+        self._gpu_fallback = detail
         banner = "!" * 78
         self.log.warning("%s\nNO GPU: container.gpus=%s but no GPU is visible to a container on "
                          "%s (%s).\nTraining ON CPU because container.gpu_fallback is 'cpu'; it "
@@ -385,6 +387,8 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
             tags["mlops.trainer.image"] = self.image
             if resources.get("gpu_name"):
                 tags["mlops.trainer.gpu"] = str(resources["gpu_name"])
+            if self._gpu_fallback:  # searchable: runs that wanted a GPU and trained on CPU
+                tags["mlops.trainer.gpu_fallback"] = self._gpu_fallback[:500]
         for key, value in tags.items():
             stage.client.set_tag(stage.mlflow_run_id, key, value)
         self.log.info("Trained with the %s trainer on %s in %.1f s (%s)", trainer, device,
