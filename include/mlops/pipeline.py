@@ -201,7 +201,10 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
         # A retry after the model was logged: reuse it instead of logging a second one.
         log.info("Run %s already holds the model for this data/code/params: %s",
                  stage.mlflow_run_id, run.data.tags["mlops.model_uri"])
-        return {"model_uri": run.data.tags["mlops.model_uri"], "repro_key": repro["repro_key"]}
+        metrics = {"train_seconds": run.data.metrics.get("train_seconds"),
+                   "train_rows": int(run.data.params.get("train_rows", 0))}
+        return {"model_uri": run.data.tags["mlops.model_uri"], "repro_key": repro["repro_key"],
+                "metrics": metrics}
 
     frame = stage.read_frame(train_uri)
     started = time.monotonic()
@@ -225,7 +228,8 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
     stage.client.set_tag(stage.mlflow_run_id, "mlops.model_repro_key", repro["repro_key"])
     log.info("Trained %s (%s) on %d rows in %.1fs; model %s", config.registered_model_name,
              config.training.family, len(frame), train_seconds, info.model_uri)
-    return {"model_uri": info.model_uri, "repro_key": repro["repro_key"]}
+    return {"model_uri": info.model_uri, "repro_key": repro["repro_key"],
+            "metrics": {"train_seconds": round(train_seconds, 3), "train_rows": len(frame)}}
 
 
 def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:

@@ -73,9 +73,13 @@ def test_trains_from_a_work_dir_like_the_in_process_path(tmp_path: Path,
     tags = client.get_run(run_id).data.tags
     assert tags["mlops.model_uri"] == result["model_uri"]  # logged to the DAG run's MLflow run
     assert result["resources"]["cpu_seconds"] > 0
+    assert result["metrics"]["train_rows"] == features["train_rows"]
+    assert result["metrics"]["train_seconds"] > 0 and result["mlflow_run_id"] == run_id
     # A second start (an Airflow retry) reuses the logged model instead of logging another.
     assert trainer.main(["--work-dir", str(work)]) == 0
-    assert json.loads((work / "result.json").read_text())["model_uri"] == result["model_uri"]
+    again = json.loads((work / "result.json").read_text())
+    assert again["model_uri"] == result["model_uri"]
+    assert again["metrics"]["train_rows"] == result["metrics"]["train_rows"]
 
 
 FAKE_NVIDIA_SMI = """#!/bin/sh

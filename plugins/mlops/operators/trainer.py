@@ -394,6 +394,7 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
         self.log.info("Trained with the %s trainer on %s in %.1f s (%s)", trainer, device,
                       wall_seconds, ", ".join(f"{k} {v}" for k, v in usage.items()))
         return {"model_uri": trained["model_uri"], "repro_key": trained["repro_key"],
+                "metrics": trained.get("metrics", {}),
                 "mlflow_run_id": stage.mlflow_run_id, "trainer": trainer, "device": device,
                 "wall_seconds": round(wall_seconds, 3), "resources": resources,
                 **({"image": self.image} if trainer == "docker" else {})}
