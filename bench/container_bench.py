@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -73,7 +71,7 @@ def main() -> None:
         return
 
     from report import write_section
-    from stack import free_port, start_mlflow, start_seaweedfs
+    from services import bench_services
 
     started = time.monotonic()
     build = subprocess.run([sys.executable, str(REPO / "scripts/build_images.py")],
@@ -81,31 +79,20 @@ def main() -> None:
     image = build.stdout.strip().splitlines()[-1]
     print(f"image {image} ready in {time.monotonic() - started:.1f}s", flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="mlops-container-bench-"))
-    key, secret = "AK" + secrets.token_hex(8), secrets.token_hex(20)
-    s3 = start_seaweedfs(work / "s3", port=free_port(7), access_key=key, secret_key=secret,
-                         log_path=work / "s3.log", buckets=["mlops", "mlops-data"])
-    mlflow = start_mlflow(work / "mlflow", port=free_port(), s3_url=s3.url, access_key=key,
-                          secret_key=secret, artifacts_destination="s3://mlops/mlflow-artifacts",
-                          log_path=work / "mlflow.log")
     rows_out = []
-    try:
+    with bench_services("mlops-container-bench-") as services:
+        work = services.work
         os.environ.update({
-            "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": mlflow.url}),
-            "AIRFLOW_CONN_MLOPS_S3": json.dumps({"conn_type": "aws", "login": key,
-                                                 "password": secret,
-                                                 "extra": {"endpoint_url": s3.url}}),
-            "AIRFLOW_HOME": str(work / "airflow"), "MLFLOW_TRACKING_URI": mlflow.url,
+            **services.connections(),
+            "AIRFLOW_HOME": str(work / "airflow"), "MLFLOW_TRACKING_URI": services.mlflow_url,
             "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])})
         from mlflow import MlflowClient
 
         from include.mlops.config import load_dataset_config
         from include.mlops.demo_data import write_partitions
         from include.mlops.pipeline import Stage, build_features, ingest
-        from include.mlops.storage import ObjectStore, make_s3_client
 
-        store = ObjectStore(make_s3_client(endpoint_url=s3.url, access_key=key, secret_key=secret))
-        client = MlflowClient(mlflow.url)
+        store, client = services.store(), MlflowClient(services.mlflow_url)
         for rows in args.rows:
             source = f"s3://mlops-data/bench_{rows}"
             write_partitions(store, source, date(2025, 6, 1), 1, rows=rows, fmt="parquet")
@@ -136,9 +123,6 @@ def main() -> None:
             fixed = statistics.median(r["fixed_s"] for r in docker)
             rows_out.append(f"| {rows:,} | {a:.2f} | {b:.2f} | {overhead:+.2f} | {fixed:.2f} | "
                             f"{'met' if overhead <= 1 else 'missed'} (<= 1 s) |")
-    finally:
-        mlflow.stop()
-        s3.stop()
 
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine (Docker "

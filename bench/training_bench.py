@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -28,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "bench")]
 
 from report import write_section  # noqa: E402
-from stack import free_port, start_mlflow, start_seaweedfs  # noqa: E402
+from services import bench_services  # noqa: E402
 
 
 def run_json(cmd: list[str], env: dict[str, str]) -> dict:
@@ -44,34 +42,25 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
-    key, secret = "AK" + secrets.token_hex(8), secrets.token_hex(20)
-    s3 = start_seaweedfs(work / "s3", port=free_port(7), access_key=key, secret_key=secret,
-                         log_path=work / "s3.log", buckets=["mlops", "mlops-data"])
-    mlflow = start_mlflow(work / "mlflow", port=free_port(), s3_url=s3.url, access_key=key,
-                          secret_key=secret, artifacts_destination="s3://mlops/mlflow-artifacts",
-                          log_path=work / "mlflow.log")
-    try:
-        env = {**os.environ,
-               "MLFLOW_TRACKING_URI": mlflow.url, "MLOPS_S3_ENDPOINT_URL": s3.url,
-               "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+    with bench_services("mlops-bench-") as services:
+        work = services.work
+        env = {**os.environ, **services.connections(),
+               "MLFLOW_TRACKING_URI": services.mlflow_url,
+               "MLOPS_S3_ENDPOINT_URL": services.s3_url,
+               "AWS_ACCESS_KEY_ID": services.access_key,
+               "AWS_SECRET_ACCESS_KEY": services.secret_key,
                "AIRFLOW_HOME": str(work / "airflow"),
                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow.db'}",
-               "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": mlflow.url}),
-               "AIRFLOW_CONN_MLOPS_S3": json.dumps({"conn_type": "aws", "login": key,
-                                                    "password": secret,
-                                                    "extra": {"endpoint_url": s3.url}}),
                "MLOPS_TASK_RETRIES": "0", "GX_ANALYTICS_ENABLED": "False",
                "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                        capture_output=True)
         from include.mlops.demo_data import write_partitions
-        from include.mlops.storage import ObjectStore, make_s3_client
 
-        store = ObjectStore(make_s3_client(endpoint_url=s3.url, access_key=key, secret_key=secret))
+        store = services.store()
         day = date(2025, 6, 1)
         write_partitions(store, "s3://mlops-data/bench", day, 1, rows=args.rows, fmt="parquet")
 
@@ -92,9 +81,6 @@ def main() -> None:
             print(f"round {i + 1}: plain {plain[-1]['wall_s']:.1f}s, DAG cold {cold[-1]['wall_s']:.1f}s "
                   f"(tasks {cold[-1]['task_span_s']:.1f}s), unchanged {unchanged[-1]['wall_s']:.1f}s "
                   f"(tasks {unchanged[-1]['task_span_s']:.1f}s)", flush=True)
-    finally:
-        mlflow.stop()
-        s3.stop()
 
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
     p, c, u = med(plain, "wall_s"), med(cold, "wall_s"), med(unchanged, "wall_s")

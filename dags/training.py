@@ -17,6 +17,7 @@ from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.dag_defaults import common_params, default_args, overrides
+from mlops.operators.trainer import TrainModelOperator
 from mlops.operators.training import (
     BuildFeaturesOperator,
     EvaluateModelOperator,
@@ -27,7 +28,6 @@ from mlops.operators.training import (
     SkipIfUnchangedOperator,
     ValidateDataOperator,
 )
-from mlops.operators.trainer import TrainModelOperator
 
 with DAG(
     dag_id="training",

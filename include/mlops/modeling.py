@@ -100,12 +100,6 @@ def build_estimator(config: DatasetConfig) -> Any:
 
     family, seed = config.training.family, config.training.seed
     classification = config.task == "classification"
-    if family == "xgboost":
-        cls, defaults = _xgboost_factory(classification, seed)
-        try:
-            return cls(**{**defaults, **config.training.hyperparameters})
-        except TypeError as err:
-            raise ConfigError(f"bad hyperparameters for {family}: {err}") from err
     factories = {
         "hist_gradient_boosting": (ensemble.HistGradientBoostingClassifier if classification
                                    else ensemble.HistGradientBoostingRegressor, {"random_state": seed}),
@@ -115,7 +109,9 @@ def build_estimator(config: DatasetConfig) -> Any:
         "ridge": (linear_model.Ridge, {"random_state": seed}),
         "linear": (linear_model.LinearRegression, {}),
     }
-    cls, defaults = factories[family]  # family vs task is checked by DatasetConfig
+    # family vs task is checked by DatasetConfig; xgboost is imported only when used
+    cls, defaults = (_xgboost_factory(classification, seed) if family == "xgboost"
+                     else factories[family])
     try:
         return cls(**{**defaults, **config.training.hyperparameters})
     except TypeError as err:

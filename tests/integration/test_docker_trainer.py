@@ -61,7 +61,7 @@ def prepared(services: Any, airflow_db: None) -> dict[str, Any]:
     source = "s3://mlops-data/it_docker_train"
     write_partitions(store, source, date(2025, 1, 1), 1, rows=1200)
     config = load_dataset_config("churn_demo", {"source_uri": source, "model_name": "it_docker"})
-    experiment = client.get_experiment_by_name("it_docker_prep") or None
+    experiment = client.get_experiment_by_name("it_docker_prep")
     experiment_id = experiment.experiment_id if experiment else \
         client.create_experiment("it_docker_prep")
     stage = Stage(config=config, store=store, client=client,
@@ -252,7 +252,6 @@ def test_gpu_request_and_limits_reach_the_engine_exactly(
     """STUBBED GPU: no GPU exists here, so the probe's answer is replaced by a fake H100; the
     container is really created, and its host config is read back from the engine before start."""
     from docker import APIClient
-
     from mlops.hooks.docker_engine import TrainerEngineHook
 
     monkeypatch.setattr(TrainerEngineHook, "probe_gpus",

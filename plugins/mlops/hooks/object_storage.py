@@ -33,9 +33,9 @@ class ObjectStorageHook(BaseHook):
         (for ``private_environment``, never logged)."""
         from airflow.sdk.log import mask_secret
 
-        conn = self.get_connection(self.s3_conn_id)
+        conn = self._conn
         extra = conn.extra_dejson
-        endpoint = extra.get("endpoint_url") or extra.get("host")
+        endpoint = self.endpoint_url
         public = {"AWS_DEFAULT_REGION": extra.get("region_name") or "us-east-1"}
         if endpoint:  # MLflow's own S3 client reads the second name
             public.update(MLOPS_S3_ENDPOINT_URL=endpoint, MLFLOW_S3_ENDPOINT_URL=endpoint)
@@ -46,16 +46,26 @@ class ObjectStorageHook(BaseHook):
         return public, secret
 
     @cached_property
+    def _conn(self) -> Any:
+        return self.get_connection(self.s3_conn_id)
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The connection's S3 endpoint; None means AWS S3."""
+        extra = self._conn.extra_dejson
+        return extra.get("endpoint_url") or extra.get("host")
+
+    @cached_property
     def store(self) -> Any:
         from airflow.sdk.log import mask_secret
 
         from include.mlops.storage import ObjectStore, make_s3_client
 
-        conn = self.get_connection(self.s3_conn_id)
+        conn = self._conn
         extra = conn.extra_dejson
         if conn.password:
             mask_secret(conn.password)
-        endpoint = extra.get("endpoint_url") or extra.get("host")
+        endpoint = self.endpoint_url
         client = make_s3_client(endpoint_url=endpoint, access_key=conn.login or None,
                                 secret_key=conn.password or None, region=extra.get("region_name"))
         return ObjectStore(client, endpoint=endpoint or "AWS S3",

@@ -22,9 +22,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedException
-from docker.errors import APIError
 from airflow.providers.docker.hooks.docker import DockerHook
 from airflow.providers.docker.operators.docker import DockerOperator
+from docker.errors import APIError
 
 from mlops.hooks.docker_engine import TrainerEngineHook, gpu_device_requests
 from mlops.operators.training import MlopsStageOperator
@@ -139,8 +139,9 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
         config = stage.config.container
         self.image = self.image or config.image
         device = self.preflight(config, family=stage.config.training.family)
-        self.environment = {**self.environment, **self.container_environment(stage, device)}
-        self._private_environment = {**self._private_environment, **self.container_secrets()}
+        environment, secrets = self.container_environment(stage, device)
+        self.environment = {**self.environment, **environment}
+        self._private_environment = {**self._private_environment, **secrets}
         self.container_name = self.name_container(context)
         self.labels = {"mlops.dag_id": context["dag_run"].dag_id, "mlops.task_id": self.task_id,
                        "mlops.run_id": context["dag_run"].run_id,
@@ -217,22 +218,19 @@ class TrainModelOperator(MlopsStageOperator, DockerOperator):
                          banner, config.gpus, self.hook.engine_url, detail, banner)
         return "cpu"
 
-    def container_environment(self, stage: Stage, device: str) -> dict[str, str]:
-        """The job (non-secret: URIs, ids, the dataset config) and where the services are."""
-        mlflow_env, _ = self.mlflow_hook.container_environment()
-        s3_env, _ = self.s3_hook.container_environment()
+    def container_environment(self, stage: Stage, device: str
+                              ) -> tuple[dict[str, str], dict[str, str]]:
+        """``(environment, secrets)``: the job (URIs, ids, the dataset config) and where the
+        services are; then the credentials, for DockerOperator's ``private_environment`` only."""
+        mlflow_env, mlflow_secrets = self.mlflow_hook.container_environment()
+        s3_env, s3_secrets = self.s3_hook.container_environment()
         job = {"dataset_config": json.loads(stage.config.model_dump_json()),
                "train_uri": self.features["train_uri"],
                "manifest_uri": self.ingest_result["manifest_uri"],
                "mlflow_run_id": stage.mlflow_run_id, "artifacts_uri": stage.artifacts_uri,
                "run_key": stage.run_key}
-        return {**mlflow_env, **s3_env, "MLOPS_TRAINER_CONFIG": json.dumps(job),
-                "MLOPS_TRAINER_DEVICE": device}
-
-    def container_secrets(self) -> dict[str, str]:
-        """Credentials, passed only through DockerOperator's ``private_environment``."""
-        return {**self.mlflow_hook.container_environment()[1],
-                **self.s3_hook.container_environment()[1]}
+        return ({**mlflow_env, **s3_env, "MLOPS_TRAINER_CONFIG": json.dumps(job),
+                 "MLOPS_TRAINER_DEVICE": device}, {**mlflow_secrets, **s3_secrets})
 
     def name_container(self, context: Context) -> str:
         """One name per task try, so an on-call engineer can ``docker logs`` it. Containers of
