@@ -86,55 +86,34 @@ ensure_venv() {
 }
 
 # -- Secrets ---------------------------------------------------------------------------------------
-# .env holds every secret of the local stack, generated once (mode 600, git-ignored). Keys that are
-# missing (an older .env) are added; existing values are never changed.
+# .env holds every secret of the local stack, generated once (mode 600, git-ignored): Airflow's
+# admin, operator and viewer passwords and its own keys, MLflow's admin, service and viewer
+# passwords, and one S3 key pair each for the admin, MLflow and the Airflow workers. Keys that are
+# missing (an older .env) are added; existing values are never changed (scripts/stack.py secrets).
 ensure_env_file() {
-    (umask 077 && "$VENV/bin/python" - "$ENV_FILE" <<'PY'
-import base64, os, secrets, sys
-from datetime import datetime, timezone
-from pathlib import Path
-
-from cryptography.fernet import Fernet
-
-path = Path(sys.argv[1])
-generators = {
-    "MLOPS_S3_ACCESS_KEY": lambda: "AK" + secrets.token_hex(9).upper(),
-    "MLOPS_S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
-    "MLOPS_AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
-    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(48),
-    "AIRFLOW__CORE__FERNET_KEY": lambda: Fernet.generate_key().decode(),
-    "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(48),
-}
-text = path.read_text() if path.exists() else ""
-present = {line.split("=", 1)[0].strip() for line in text.splitlines()
-           if "=" in line and not line.lstrip().startswith("#")}
-missing = [key for key in generators if key not in present]
-if not text:
-    text = ("# Secrets of the local stack (./deploy.sh local), generated "
-            f"{datetime.now(timezone.utc):%Y-%m-%d}. Keep this file private (mode 600).\n"
-            "# Log in to Airflow as user 'admin' with MLOPS_AIRFLOW_ADMIN_PASSWORD.\n")
-if missing:
-    if text and not text.endswith("\n"):
-        text += "\n"
-    text += "".join(f"{key}={generators[key]()}\n" for key in missing)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    print(("Created " if len(missing) == len(generators) else "Added %s to " % ", ".join(missing))
-          + str(path) + " (random secrets, mode 600)")
-if path.stat().st_mode & 0o077:
-    path.chmod(0o600)
-    print(f"Restricted {path} to mode 600")
-PY
-    )
+    MLOPS_ENV_FILE="$ENV_FILE" "$VENV/bin/python" "$REPO/scripts/stack.py" secrets
 }
 
+# Secrets are read into shell variables, not exported: each command gets only what it needs.
+# The Airflow processes get their own keys (JWT, Fernet, API secret); the workers' credentials
+# are in Connections, and nothing else from .env reaches a task's environment.
 load_env() {
-    set -a
     # shellcheck disable=SC1090
     . "$ENV_FILE"
-    set +a
+    export AIRFLOW__API_AUTH__JWT_SECRET AIRFLOW__CORE__FERNET_KEY AIRFLOW__API__SECRET_KEY
+    export MLOPS_ENV_FILE="$ENV_FILE"
+}
+
+# The admin's S3 key, for one command (demo data, the demo loop).
+with_s3_admin() {
+    MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ADMIN_ACCESS_KEY" \
+        AWS_SECRET_ACCESS_KEY="$MLOPS_S3_ADMIN_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 "$@"
+}
+
+# The operator's Airflow login and the read-only MLflow login, for one command (summary, demo).
+with_operator() {
+    MLOPS_AIRFLOW_OPERATOR_PASSWORD="$MLOPS_AIRFLOW_OPERATOR_PASSWORD" \
+        MLOPS_MLFLOW_VIEWER_PASSWORD="$MLOPS_MLFLOW_VIEWER_PASSWORD" "$@"
 }
 
 # -- Airflow configuration (environment only; nothing secret on a command line) ------------------
@@ -153,7 +132,9 @@ airflow_env() {
     export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
     export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
-    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
+    # admin, operator (may trigger), viewer (read-only); passwords from .env (docs/security.md)
+    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$("$VENV/bin/python" "$REPO/scripts/stack.py" auth-users)"
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/passwords.json"
     export AIRFLOW__API__HOST=127.0.0.1
     export AIRFLOW__API__PORT="$AIRFLOW_PORT"
@@ -163,52 +144,13 @@ airflow_env() {
     export MLOPS_ARTIFACTS_URI=s3://mlops
     export GX_ANALYTICS_ENABLED=False
     export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+    # Models load only through include/mlops/model_loading.py (a fixed type allow-list): MLflow's
+    # own loaders, which trust what the artifact says, are switched off in every task.
+    export MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
     export MLOPS_AIRFLOW_URL="http://127.0.0.1:$AIRFLOW_PORT"
     export MLOPS_MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
     mkdir -p "$AIRFLOW_HOME" "$STATE/logs" "$STATE/run"
     chmod 700 "$STATE"
-}
-
-# The SimpleAuthManager reads admin's password from this file (written from .env, mode 600).
-write_passwords_file() {
-    (umask 077 && "$VENV/bin/python" - <<'PY'
-import json, os
-from pathlib import Path
-
-path = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-wanted = json.dumps({"admin": os.environ["MLOPS_AIRFLOW_ADMIN_PASSWORD"]}) + "\n"
-if not path.exists() or path.read_text() != wanted:
-    path.write_text(wanted)
-path.chmod(0o600)
-PY
-    )
-}
-
-# Connections and the promotion pool; both idempotent. The connections file holds the S3 secret:
-# mode 600, deleted on exit, never on a command line.
-configure_airflow() {
-    local conns="$STATE/run/connections.json"
-    trap 'rm -f "$STATE/run/connections.json"' EXIT
-    (umask 077 && "$VENV/bin/python" - "$conns" <<'PY'
-import json, os, sys
-
-s3 = f"http://127.0.0.1:{os.environ['MLOPS_S3_PORT']}"
-json.dump({
-    "mlflow_default": {"conn_type": "http", "host": os.environ["MLOPS_MLFLOW_URL"],
-                       "description": "MLflow tracking server of the local stack"},
-    "mlops_s3": {"conn_type": "aws", "login": os.environ["MLOPS_S3_ACCESS_KEY"],
-                 "password": os.environ["MLOPS_S3_SECRET_KEY"],
-                 "extra_dejson": {"endpoint_url": s3, "region_name": "us-east-1"},
-                 "description": "SeaweedFS (S3) of the local stack"},
-}, open(sys.argv[1], "w"))
-PY
-    )
-    local out
-    out="$(airflow connections import --overwrite "$conns" 2>&1)" \
-        || { rm -f "$conns"; echo "$out" | tail -n 20 >&2; die "airflow connections import failed"; }
-    rm -f "$conns"
-    airflow pools set mlops_promotion 1 "serializes model promotion" >/dev/null
-    say "Connections mlflow_default, mlops_s3 and pool mlops_promotion (1 slot) are set"
 }
 
 stack() { "$VENV/bin/python" "$REPO/scripts/stack.py" "$@"; }
@@ -242,14 +184,16 @@ ensure_docker() {
     die "dockerd did not become ready in 30 s (log: $STATE/logs/dockerd.log)"
 }
 
-# Base image offline (debootstrap + docker import), then the trainer; a no-op when current.
+# Base image offline (debootstrap + docker import), then the trainer; a no-op when current. The
+# image's id is what the deployment pins: the workers run no other trainer image.
 build_images() {
     mkdir -p "$STATE/logs"
     say "Trainer image (scripts/build_images.py; log: $STATE/logs/build-images.log)"
-    local tag
-    tag="$("$VENV/bin/python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log" | tail -n 1)" \
+    local out
+    out="$("$VENV/bin/python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log")" \
         || { tail -n 30 "$STATE/logs/build-images.log" >&2; die "building the trainer image failed"; }
-    say "Trainer image $tag is ready"
+    export MLOPS_TRAINER_IMAGE="${MLOPS_TRAINER_IMAGE:-$(tail -n 1 <<<"$out")}"
+    say "Trainer image $(tail -n 2 <<<"$out" | head -n 1) is ready; pinned: MLOPS_TRAINER_IMAGE=$MLOPS_TRAINER_IMAGE"
 }
 
 cmd_local() {
@@ -268,9 +212,7 @@ cmd_local() {
     say "Services (state in $STATE, logs in $STATE/logs)"
     stack up-s3
     say "Demo data: s3://mlops-data/churn, $DEMO_DAYS days from $DEMO_START (deterministic)"
-    MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ACCESS_KEY" \
-        AWS_SECRET_ACCESS_KEY="$MLOPS_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
-        "$VENV/bin/python" -m include.mlops.demo_data --dest s3://mlops-data/churn \
+    with_s3_admin "$VENV/bin/python" -m include.mlops.demo_data --dest s3://mlops-data/churn \
         --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 \
         | sed '/Found credentials in environment variables/d; s/^/  /'
     stack up-mlflow
@@ -281,30 +223,28 @@ cmd_local() {
     say "Airflow metadata DB: $AIRFLOW_HOME/airflow.db"
     airflow db migrate >"$STATE/logs/db-migrate.log" 2>&1 \
         || { tail -n 30 "$STATE/logs/db-migrate.log"; die "airflow db migrate failed"; }
-    write_passwords_file
-    configure_airflow
+    stack configure-airflow
     stack up-airflow
     say "Training run for yesterday's partition: $DEMO_RUN_ID"
     local rc=0
-    "$VENV/bin/python" "$REPO/scripts/summary.py" run --dag-id training \
+    with_operator "$VENV/bin/python" "$REPO/scripts/summary.py" run --dag-id training \
         --run-id "$DEMO_RUN_ID" --logical-date "$DEMO_LOGICAL_DATE" \
         --timeout "${MLOPS_DEPLOY_TIMEOUT:-900}" "${rerun[@]}" || rc=$?
     echo
-    echo "Log in to Airflow as 'admin'; the password is MLOPS_AIRFLOW_ADMIN_PASSWORD in $ENV_FILE."
+    echo "Log in to Airflow as 'operator' (may trigger), 'viewer' (read-only) or 'admin'; the"
+    echo "passwords are MLOPS_AIRFLOW_*_PASSWORD in $ENV_FILE (MLflow: 'viewer', MLOPS_MLFLOW_VIEWER_PASSWORD)."
     echo "./deploy.sh status | ./deploy.sh stop (data stays in $STATE)"
     return $rc
 }
 
 cmd_demo() {
     cmd_local || die "./deploy.sh local failed; the demo needs its champion"
-    trap - EXIT
     say "Monitoring loop (docs/monitoring.md): scoring, drift, delayed labels, retraining"
-    MLOPS_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID="$MLOPS_S3_ACCESS_KEY" \
-        AWS_SECRET_ACCESS_KEY="$MLOPS_S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
-        "$VENV/bin/python" "$REPO/scripts/demo.py"
+    with_s3_admin with_operator "$VENV/bin/python" "$REPO/scripts/demo.py"
 }
 
 cmd_stop() {
+    [[ -x "$VENV/bin/python" ]] || die "no $VENV yet: nothing to stop"
     airflow_env
     say "Stopping the local stack (data stays in $STATE)"
     stack down "$@"
@@ -323,9 +263,10 @@ cmd_test() {
     ensure_docker
     build_images
     local args=("$@")
-    # Default to the whole suite; `./deploy.sh test tests/unit -x` picks paths and options.
+    # Default to the whole suite, unit tests first; `./deploy.sh test tests/unit -x` picks paths
+    # and options.
     if ((${#args[@]} == 0)) || [[ "${args[0]}" == -* ]]; then
-        args=(tests "${args[@]}")
+        args=(tests/unit tests/integration "${args[@]}")
     fi
     exec "$VENV/bin/python" -m pytest "${args[@]}" -q -p no:cacheprovider
 }

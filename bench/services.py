@@ -3,8 +3,6 @@ run; the benchmarks' twin of tests/integration/conftest.py's ``services`` fixtur
 
 from __future__ import annotations
 
-import json
-import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -21,18 +19,24 @@ class BenchServices:
     work: Path
     s3_url: str
     mlflow_url: str
-    access_key: str
-    secret_key: str
+    secrets: dict[str, str]
+
+    @property
+    def access_key(self) -> str:  # the S3 admin's (source data)
+        return self.secrets["MLOPS_S3_ADMIN_ACCESS_KEY"]
+
+    @property
+    def secret_key(self) -> str:
+        return self.secrets["MLOPS_S3_ADMIN_SECRET_KEY"]
 
     def connections(self) -> dict[str, str]:
-        """The Airflow connections mlflow_default and mlops_s3, as environment variables."""
-        return {
-            "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http",
-                                                       "host": self.mlflow_url}),
-            "AIRFLOW_CONN_MLOPS_S3": json.dumps({"conn_type": "aws", "login": self.access_key,
-                                                 "password": self.secret_key,
-                                                 "extra": {"endpoint_url": self.s3_url}}),
-        }
+        """The Airflow connections mlflow_default and mlops_s3 (the workers' accounts), as
+        environment variables, plus the workers' MLflow login for the mlflow library."""
+        from stack import MLFLOW_WORKER, connection_env
+
+        return {**connection_env(self.secrets, mlflow_url=self.mlflow_url, s3_url=self.s3_url),
+                "MLFLOW_TRACKING_USERNAME": MLFLOW_WORKER,
+                "MLFLOW_TRACKING_PASSWORD": self.secrets["MLOPS_MLFLOW_WORKER_PASSWORD"]}
 
     def store(self) -> Any:
         from include.mlops.storage import ObjectStore, make_s3_client
@@ -43,20 +47,15 @@ class BenchServices:
 
 @contextmanager
 def bench_services(prefix: str) -> Iterator[BenchServices]:
+    """SeaweedFS and MLflow secured as ./deploy.sh runs them (scripts/stack.py)."""
     sys.path[:0] = [str(REPO), str(REPO / "scripts")]
-    from stack import free_port, start_mlflow, start_seaweedfs
+    from stack import generate_secrets, start_throwaway_services
 
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    key, secret = "AK" + secrets.token_hex(8), secrets.token_hex(20)
-    s3 = start_seaweedfs(work / "s3", port=free_port(7), access_key=key, secret_key=secret,
-                         log_path=work / "s3.log", buckets=["mlops", "mlops-data"])
+    found = generate_secrets()
+    s3, mlflow = start_throwaway_services(work, found)
     try:
-        mlflow = start_mlflow(work / "mlflow", port=free_port(), s3_url=s3.url, access_key=key,
-                              secret_key=secret, log_path=work / "mlflow.log",
-                              artifacts_destination="s3://mlops/mlflow-artifacts")
-        try:
-            yield BenchServices(work, s3.url, mlflow.url, key, secret)
-        finally:
-            mlflow.stop()
+        yield BenchServices(work, s3.url, mlflow.url, found)
     finally:
+        mlflow.stop()
         s3.stop()

@@ -8,7 +8,7 @@ Asset event starts drift_monitor. See docs/monitoring.md.
 from airflow.sdk import DAG, CronDataIntervalTimetable
 from pendulum import datetime
 
-from mlops.dag_defaults import common_params, default_args, overrides
+from mlops.dag_defaults import default_args, run_params
 from mlops.operators.monitoring import BatchScoreOperator
 
 with DAG(
@@ -20,10 +20,7 @@ with DAG(
     doc_md=__doc__,
     tags=["mlops", "scoring"],
     default_args=default_args(),
-    params=common_params(
-        partition_date="Score this day (YYYY-MM-DD) instead of the interval's",
-        artifacts="Where predictions and reports go",
-        monitoring=overrides('{"scoring_uri": "s3://bucket/new-rows"}'),
-        rollout=overrides('{"mode": "canary", "canary_share": 0.1}')),
+    params=run_params("batch_scoring",
+                      partition_date="Score this day (YYYY-MM-DD) instead of the interval's"),
 ):
     BatchScoreOperator(task_id="score")

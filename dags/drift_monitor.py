@@ -10,7 +10,7 @@ from airflow.sdk import DAG
 from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PREDICTIONS
-from mlops.dag_defaults import common_params, default_args, overrides
+from mlops.dag_defaults import default_args, run_params
 from mlops.operators.monitoring import DriftCheckOperator, PublishAlertOperator
 
 with DAG(
@@ -21,11 +21,8 @@ with DAG(
     doc_md=__doc__,
     tags=["mlops", "monitoring"],
     default_args=default_args(),
-    # A predictions event's extra overrides dataset, model_name, artifacts_uri and the day.
-    params=common_params(
-        partition_date="Check this scored day (YYYY-MM-DD)",
-        artifacts="Where predictions and reports are",
-        monitoring=overrides('{"drift_share": 0.3}')),
+    # A predictions event's extra overrides dataset, model_name and the day.
+    params=run_params("drift_monitor", partition_date="Check this scored day (YYYY-MM-DD)"),
 ):
     drift = DriftCheckOperator(task_id="check_drift")
     PublishAlertOperator(task_id="drift_detected", result=drift.output, asset=DRIFT_DETECTED)

@@ -9,7 +9,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable
 from pendulum import datetime
 
 from mlops.assets import PERFORMANCE_DEGRADED
-from mlops.dag_defaults import common_params, default_args, overrides
+from mlops.dag_defaults import default_args, run_params
 from mlops.operators.monitoring import (
     ABDecisionOperator,
     LivePerformanceOperator,
@@ -25,12 +25,8 @@ with DAG(
     doc_md=__doc__,
     tags=["mlops", "monitoring"],
     default_args=default_args(),
-    params=common_params(
-        partition_date="Join the labels of this day (YYYY-MM-DD)",
-        artifacts="Where predictions, live metrics and cards go",
-        monitoring=overrides('{"labels_uri": "s3://bucket/labels"}'),
-        rollout=overrides('{"min_labelled_rows": 500}'),
-        gate=overrides('{"champion_margin": 0.01}')),
+    params=run_params("performance_monitor",
+                      partition_date="Join the labels of this day (YYYY-MM-DD)"),
 ):
     live = LivePerformanceOperator(task_id="live_performance")
     PublishAlertOperator(task_id="performance_degraded", result=live.output,

@@ -7,16 +7,11 @@ only when every gate passes and becomes ``champion`` (or ``challenger`` under a 
 rollout) only after that. See docs/configuration.md for the Params.
 """
 
-import os
-
-# The train task subclasses DockerOperator. Named here so the dag-processor imports the docker
-# client once before it forks each parse (parsing_pre_import_modules), not on every parse.
-import airflow.providers.docker.operators.docker  # noqa: F401
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable
 from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
-from mlops.dag_defaults import common_params, default_args, overrides
+from mlops.dag_defaults import default_args, run_params
 from mlops.operators.trainer import TrainModelOperator
 from mlops.operators.training import (
     BuildFeaturesOperator,
@@ -43,23 +38,9 @@ with DAG(
     doc_md=__doc__,
     tags=["mlops", "training"],
     default_args=default_args(),
-    params=common_params(
-        partition_date="Train on this day (YYYY-MM-DD) instead of the data interval",
-        artifacts="Where run outputs, snapshots and audit records go",
-        source_uri=Param(None, type=["null", "string"],
-                         description="Override the dataset's source_uri (s3://… or a path)"),
-        lookback_days=Param(None, type=["null", "integer"], minimum=1,
-                            description="Days of partitions to train on, ending at the interval"),
-        training=overrides('{"family": "random_forest", "seed": 7}'),
-        gate=overrides('{"thresholds": ["roc_auc >= 0.8"]}'),
-        rollout=overrides('{"mode": "shadow"}: new models become @challenger first'),
-        monitoring=overrides('{"retrain_cooldown_hours": 12}'),
-        trainer=Param(os.environ.get("MLOPS_TRAINER", "inprocess"), enum=["inprocess", "docker"],
-                      description="Train in the worker process or in the trainer container "
-                                  "(docs/gpu-training.md)"),
-        container=overrides('{"gpus": "all", "memory_limit": "16g"}: the docker trainer'),
-        force=Param(False, type="boolean",
-                    description="Retrain even if data, code and params match the champion")),
+    # The trigger form: only what the deployment's policy lets a run set (docs/security.md).
+    params=run_params("training", partition_date="Train on this day (YYYY-MM-DD) instead of "
+                                                 "the data interval"),
 ):
     changed = SkipIfUnchangedOperator(task_id="check_changed")  # same data+code+params: stop here
     ingested = IngestOperator(task_id="ingest")

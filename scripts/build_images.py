@@ -6,7 +6,8 @@ same inputs is a no-op (seconds: one ``docker image inspect`` each).
     python scripts/build_images.py --base-image python:3.11-slim-bookworm   # registry users
     python scripts/build_images.py --extra-ca /path/corp-ca.pem
 
-Prints the trainer image tag on the last line of stdout.
+Prints the trainer image's tag, then on the last line of stdout its id (``sha256:…``): the
+digest the deployment pins (``MLOPS_TRAINER_IMAGE``; the operator runs no other image).
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     docker_available()
     base = args.base_image or build_base()
-    print(build_trainer(base, args.extra_ca))
+    tag = build_trainer(base, args.extra_ca)
+    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    print(tag)
+    print(image_id)
     return 0
 
 

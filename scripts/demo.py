@@ -112,10 +112,11 @@ def unpause(api: AirflowApi, *dag_ids: str) -> None:
 def main() -> int:
     from include.mlops.demo_data import write_labels, write_partitions
 
-    password = os.environ.get("MLOPS_AIRFLOW_ADMIN_PASSWORD")
+    password = os.environ.get("MLOPS_AIRFLOW_OPERATOR_PASSWORD")
     if not password:
-        raise SystemExit("MLOPS_AIRFLOW_ADMIN_PASSWORD is not set: run ./deploy.sh demo")
-    api = AirflowApi(os.environ.get("MLOPS_AIRFLOW_URL", "http://127.0.0.1:8080"), "admin", password)
+        raise SystemExit("MLOPS_AIRFLOW_OPERATOR_PASSWORD is not set: run ./deploy.sh demo")
+    api = AirflowApi(os.environ.get("MLOPS_AIRFLOW_URL", "http://127.0.0.1:8080"), "operator",
+                     password)
     mlflow = os.environ.get("MLOPS_MLFLOW_URL", "http://127.0.0.1:5000")
     today = datetime.now(UTC).date()
     normal_day, drifted_day = today - timedelta(days=2), today

@@ -16,8 +16,134 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
+
+# -- secrets (.env) --------------------------------------------------------------------------------
+# Every secret of the local stack, generated once into .env (mode 600, git-ignored). Who holds what:
+# docs/security.md. Keys missing from an older .env are added; existing values are never changed.
+AIRFLOW_USERS = {"admin": ("admin", "MLOPS_AIRFLOW_ADMIN_PASSWORD"),  # user: (role, password key)
+                 "operator": ("user", "MLOPS_AIRFLOW_OPERATOR_PASSWORD"),
+                 "viewer": ("viewer", "MLOPS_AIRFLOW_VIEWER_PASSWORD")}
+MLFLOW_WORKER, MLFLOW_VIEWER = "airflow-worker", "viewer"  # MLflow accounts besides "admin"
+MLFLOW_BUCKET, ARTIFACTS_BUCKET, DATA_BUCKET = "mlflow", "mlops", "mlops-data"
+
+
+def _access_key() -> str:
+    import secrets
+
+    return "AK" + secrets.token_hex(9).upper()
+
+
+def _token(size: int) -> Any:
+    import secrets
+
+    return lambda: secrets.token_urlsafe(size)
+
+
+def _fernet() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+SECRETS: dict[str, Any] = {
+    "MLOPS_AIRFLOW_ADMIN_PASSWORD": _token(18),
+    "MLOPS_AIRFLOW_OPERATOR_PASSWORD": _token(18),
+    "MLOPS_AIRFLOW_VIEWER_PASSWORD": _token(18),
+    "AIRFLOW__API_AUTH__JWT_SECRET": _token(48),
+    "AIRFLOW__CORE__FERNET_KEY": _fernet,
+    "AIRFLOW__API__SECRET_KEY": _token(48),
+    "MLOPS_MLFLOW_ADMIN_PASSWORD": _token(18),
+    "MLOPS_MLFLOW_WORKER_PASSWORD": _token(18),
+    "MLOPS_MLFLOW_VIEWER_PASSWORD": _token(18),
+    "MLOPS_MLFLOW_FLASK_SECRET_KEY": _token(32),
+    "MLOPS_S3_ADMIN_ACCESS_KEY": _access_key,
+    "MLOPS_S3_ADMIN_SECRET_KEY": _token(30),
+    "MLOPS_S3_MLFLOW_ACCESS_KEY": _access_key,
+    "MLOPS_S3_MLFLOW_SECRET_KEY": _token(30),
+    "MLOPS_S3_WORKER_ACCESS_KEY": _access_key,
+    "MLOPS_S3_WORKER_SECRET_KEY": _token(30),
+}
+# Keys of SECRETS that the Airflow processes themselves need (their own configuration); every
+# other secret stays out of their environment: workers get theirs from Connections.
+AIRFLOW_PROCESS_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY",
+                           "AIRFLOW__API__SECRET_KEY")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (mode 600 from the first byte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)
+
+
+def generate_secrets() -> dict[str, str]:
+    """A fresh value for every key of :data:`SECRETS` (the tests' stacks use this too)."""
+    return {key: make() for key, make in SECRETS.items()}
+
+
+def ensure_env_file(path: Path) -> str:
+    """Create ``path`` with every secret, or add the missing ones; mode 600. Returns what it did."""
+    from datetime import UTC, datetime
+
+    text = path.read_text() if path.exists() else ""
+    present = read_env_file(path) if text else {}
+    missing = [key for key in SECRETS if key not in present]
+    said = ""
+    if not text:
+        text = ("# Secrets of the local stack (./deploy.sh local), generated "
+                f"{datetime.now(UTC):%Y-%m-%d}. Keep this file private (mode 600); who holds "
+                "which secret and how to rotate it: docs/security.md.\n"
+                "# Airflow users: admin, operator (may trigger), viewer (read-only); MLflow "
+                f"users: admin, {MLFLOW_VIEWER} (read-only).\n")
+    if missing:
+        if not text.endswith("\n"):
+            text += "\n"
+        text += "".join(f"{key}={SECRETS[key]()}\n" for key in missing)
+        write_private(path, text)
+        said = ("Created " if len(missing) == len(SECRETS) else
+                f"Added {', '.join(missing)} to ") + f"{path} (random secrets, mode 600)"
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        said += f"{'; r' if said else 'R'}estricted {path} to mode 600"
+    return said
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a .env file (comments and blank lines skipped)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def s3_identities(secrets: dict[str, str]) -> list[dict[str, Any]]:
+    """SeaweedFS identities: one key pair per party, each allowed what it needs and no more.
+    The admin (buckets, demo data, backups) may do anything; MLflow only its own bucket; the
+    Airflow workers read the source data and read and write run outputs, never the models
+    (MLflow's bucket: they log and load models through the MLflow server). Anonymous requests
+    match no identity and are refused."""
+    def creds(party: str) -> list[dict[str, str]]:
+        return [{"accessKey": secrets[f"MLOPS_S3_{party}_ACCESS_KEY"],
+                 "secretKey": secrets[f"MLOPS_S3_{party}_SECRET_KEY"]}]
+
+    return [
+        {"name": "admin", "credentials": creds("ADMIN"),
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "mlflow", "credentials": creds("MLFLOW"),
+         "actions": [f"{a}:{MLFLOW_BUCKET}" for a in ("Read", "Write", "List")]},
+        {"name": "airflow-worker", "credentials": creds("WORKER"),
+         "actions": [*(f"{a}:{ARTIFACTS_BUCKET}" for a in ("Read", "Write", "List", "Tagging")),
+                     f"Read:{DATA_BUCKET}", f"List:{DATA_BUCKET}"]},
+    ]
 
 
 def free_port(span: int = 1) -> int:
@@ -108,15 +234,15 @@ def _is_child(pid: int) -> bool:
         return False
 
 
-def start_seaweedfs(data_dir: Path, *, port: int, access_key: str, secret_key: str,
+def start_seaweedfs(data_dir: Path, *, port: int, identities: list[dict[str, Any]],
                     log_path: Path, buckets: list[str] = ()) -> Service:
-    """``weed mini`` with S3 on ``port`` and its other parts on port+1..port+6."""
+    """``weed mini`` with S3 on ``port`` and its other parts on port+1..port+6. ``identities``
+    (:func:`s3_identities`; the first must be an admin) are the only keys it accepts."""
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir.parent / f"{data_dir.name}-s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "mlops", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    config.chmod(0o600)
+    write_private(config, json.dumps({"identities": identities}))
+    admin = identities[0]["credentials"][0]
+    access_key, secret_key = admin["accessKey"], admin["secretKey"]
     cmd = [str(BIN / "weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            f"-s3.port={port}", f"-master.port={port + 1}", f"-volume.port={port + 2}",
            f"-filer.port={port + 3}", f"-admin.port={port + 4}", f"-s3.port.iceberg={port + 5}",
@@ -147,25 +273,136 @@ def _s3_ready(url: str, access_key: str, secret_key: str) -> bool:
 
 
 def start_mlflow(home: Path, *, port: int, artifacts_destination: str, s3_url: str,
-                 access_key: str, secret_key: str, log_path: Path) -> Service:
-    """MLflow server: SQLite backend in ``home``, artifacts proxied to S3."""
+                 access_key: str, secret_key: str, log_path: Path,
+                 auth: dict[str, str] | None = None) -> Service:
+    """MLflow server: SQLite backend in ``home``, artifacts proxied to S3 with MLflow's own key.
+
+    ``auth`` (``admin_password``, ``flask_secret_key``): MLflow's basic-auth app, every request
+    but ``/health`` needs a login, and users without a grant may only read. The admin account
+    is created from ``admin_password`` on the first start (MLflow has no default password)."""
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": access_key,
            "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": "us-east-1",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 1.2 GB → 390 MB RSS
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(key, None)
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
            "--artifacts-destination", artifacts_destination, "--workers", "1"]
+    if auth:
+        ini = home / "basic_auth.ini"
+        write_private(ini, "[mlflow]\ndefault_permission = READ\n"
+                           f"database_uri = sqlite:///{home / 'basic_auth.db'}\n"
+                           "admin_username = admin\n"
+                           f"admin_password = {auth['admin_password']}\n"
+                           "authorization_function = mlflow.server.auth:"
+                           "authenticate_request_basic_auth\n"
+                           "grant_default_workspace_access = false\n"
+                           # a login is checked once a minute, not on every request (PBKDF2)
+                           "auth_cache_ttl_seconds = 60\n")
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=auth["flask_secret_key"])
+        cmd += ["--app-name", "basic-auth"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
                             env=env, cwd=home, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_ok(f"{url}/health"), 120, "MLflow server", proc, log_path)
+        wait_until(lambda: http_ok(f"{url}/health"), 180, "MLflow server", proc, log_path)
     except Exception:
         stop_pid(proc.pid, 5)
         raise
     return Service("mlflow", proc, url, log_path)
+
+
+class MlflowLogin:
+    """MLflow's client reads the login from the environment: set it for a block, then restore."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.values = {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+
+    def __enter__(self) -> None:
+        self.saved = {key: os.environ.get(key) for key in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_mlflow_users(url: str, *, admin_password: str, users: dict[str, str],
+                        manage: tuple[str, ...] = (MLFLOW_WORKER,)) -> None:
+    """Create the MLflow accounts (or reset their password to ``users``'), through MLflow's own
+    auth client as the admin. The ``manage`` accounts get MANAGE on every experiment and
+    registered model that exists already (a stack that ran without auth before); what they
+    create later is theirs. Everyone else keeps the default: read-only."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    sys.path.insert(0, str(REPO))
+    with MlflowLogin("admin", admin_password):
+        auth = get_app_client("basic-auth", tracking_uri=url)
+        for username, password in users.items():
+            try:
+                auth.get_user(username)
+                auth.update_user_password(username, password)
+            except MlflowException as err:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(err.error_code):
+                    raise
+                auth.create_user(username, password)
+        if manage:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=url, registry_uri=url)
+            resources = [("experiment", e.experiment_id) for e in client.search_experiments()]
+            resources += [("registered_model", m.name) for m in client.search_registered_models()]
+            for username in manage:
+                for kind, resource_id in resources:
+                    auth.grant_user_permission(username, kind, resource_id, "MANAGE")
+
+
+def start_throwaway_services(workdir: Path, secrets: dict[str, str]) -> tuple[Service, Service]:
+    """SeaweedFS and MLflow on free ports, secured as the local stack is (a key per party,
+    MLflow basic-auth with its accounts): for the integration tests and the benchmarks."""
+    s3 = start_seaweedfs(workdir / "seaweedfs", port=free_port(7),
+                         identities=s3_identities(secrets), log_path=workdir / "seaweedfs.log",
+                         buckets=[ARTIFACTS_BUCKET, DATA_BUCKET, MLFLOW_BUCKET])
+    try:
+        mlflow = start_mlflow(
+            workdir / "mlflow", port=free_port(),
+            artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts", s3_url=s3.url,
+            access_key=secrets["MLOPS_S3_MLFLOW_ACCESS_KEY"],
+            secret_key=secrets["MLOPS_S3_MLFLOW_SECRET_KEY"], log_path=workdir / "mlflow.log",
+            auth={"admin_password": secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
+                  "flask_secret_key": secrets["MLOPS_MLFLOW_FLASK_SECRET_KEY"]})
+        try:
+            ensure_mlflow_users(mlflow.url, admin_password=secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
+                                users={MLFLOW_WORKER: secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],
+                                       MLFLOW_VIEWER: secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"]})
+        except Exception:
+            mlflow.stop()
+            raise
+    except Exception:
+        s3.stop()
+        raise
+    return s3, mlflow
+
+
+def connection_env(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
+                   **s3_extra: Any) -> dict[str, str]:
+    """The workers' Connections (:func:`airflow_connections`) as ``AIRFLOW_CONN_*`` variables."""
+    out = {}
+    for conn_id, conn in airflow_connections(secrets, mlflow_url=mlflow_url,
+                                             s3_url=s3_url).items():
+        conn = {k: v for k, v in conn.items() if k != "description"}
+        extra = conn.pop("extra_dejson", None)
+        if extra is not None:
+            conn["extra"] = {**extra, **s3_extra}
+        out[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return out
 
 
 # -- long-lived local stack (deploy.sh) ------------------------------------------------------------
@@ -305,36 +542,79 @@ def _write_pid(stack: LocalStack, name: str, pid: int) -> None:
     path.write_text(f"{pid}\n")
 
 
-def _credentials() -> tuple[str, str]:
-    try:
-        return os.environ["MLOPS_S3_ACCESS_KEY"], os.environ["MLOPS_S3_SECRET_KEY"]
-    except KeyError as err:
-        raise SystemExit(f"{err.args[0]} is not set: run through ./deploy.sh (it reads .env)") \
-            from None
+def env_file() -> Path:
+    """The stack's secrets file (``$MLOPS_ENV_FILE``, default ``.env`` of the checkout)."""
+    return Path(os.environ.get("MLOPS_ENV_FILE") or REPO / ".env")
+
+
+def _secrets() -> dict[str, str]:
+    """The secrets this command needs, read from the .env file itself: they are never put into
+    the environment of the long-lived processes that do not need them."""
+    path = env_file()
+    if not path.exists():
+        raise SystemExit(f"no {path}: run ./deploy.sh local (it generates the secrets)")
+    found = read_env_file(path)
+    missing = [key for key in SECRETS if key not in found]
+    if missing:
+        raise SystemExit(f"{path} lacks {', '.join(missing)}: run ./deploy.sh local (it adds "
+                         "missing secrets and keeps the others)")
+    return found
+
+
+def _admin_s3(secrets: dict[str, str]) -> tuple[str, str]:
+    return secrets["MLOPS_S3_ADMIN_ACCESS_KEY"], secrets["MLOPS_S3_ADMIN_SECRET_KEY"]
 
 
 def _say(name: str, what: str, pid: int | None, url: str) -> None:
     print(f"  {name:<14} {what:<8} pid {pid or '-':<8} {url}", flush=True)
 
 
+def _settings_changed(stack: LocalStack, name: str, settings: str) -> bool:
+    """Whether a running service was started with other settings (keys, auth) than ``settings``
+    (kept as a hash next to its pid file, never the settings themselves)."""
+    import hashlib
+
+    digest = hashlib.sha256(settings.encode()).hexdigest()
+    path = stack.state / "run" / f"{name}.settings"
+    changed = not path.exists() or path.read_text().strip() != digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(digest + "\n")
+    return changed
+
+
+def _restart_if_changed(stack: LocalStack, name: str, settings: str) -> int | None:
+    """The pid of the running service, or None when it is not running or was stopped because
+    its settings changed (it is then started anew with the new ones)."""
+    pid = read_pid(stack, name)
+    if _settings_changed(stack, name, settings) and pid is not None:
+        print(f"  {name:<14} restarting: its keys or auth settings changed", flush=True)
+        stop_group(pid, timeout=10)
+        stack.pid_file(name).unlink(missing_ok=True)
+        return None
+    return pid
+
+
 def up_s3(stack: LocalStack) -> None:
-    access_key, secret_key = _credentials()
+    secrets = _secrets()
+    access_key, secret_key = _admin_s3(secrets)
+    identities = s3_identities(secrets)
     url = stack.url("seaweedfs")
-    pid = read_pid(stack, "seaweedfs")
+    pid = _restart_if_changed(stack, "seaweedfs", json.dumps(identities))
+    buckets = [ARTIFACTS_BUCKET, DATA_BUCKET, MLFLOW_BUCKET]
     if pid is not None:
         wait_until(lambda: _s3_ready(url, access_key, secret_key), 60, "SeaweedFS S3 API")
         what = "reused"
     else:
         _check_ports_free(stack, "seaweedfs")
         service = start_seaweedfs(stack.state / "seaweedfs", port=stack.s3_port,
-                                  access_key=access_key, secret_key=secret_key,
-                                  log_path=stack.log_file("seaweedfs"),
-                                  buckets=["mlops", "mlops-data"])
+                                  identities=identities, log_path=stack.log_file("seaweedfs"),
+                                  buckets=buckets)
         pid = service.proc.pid
         _write_pid(stack, "seaweedfs", pid)
         what = "started"
-    _ensure_buckets(url, access_key, secret_key, ["mlops", "mlops-data"])
-    _say("seaweedfs", what, pid, f"{url}  (S3; buckets mlops, mlops-data)")
+    _ensure_buckets(url, access_key, secret_key, buckets)
+    _say("seaweedfs", what, pid, f"{url}  (S3; buckets {', '.join(buckets)}; keys per party, "
+                                 "no anonymous access)")
 
 
 def _ensure_buckets(url: str, access_key: str, secret_key: str, buckets: list[str]) -> None:
@@ -346,25 +626,98 @@ def _ensure_buckets(url: str, access_key: str, secret_key: str, buckets: list[st
     for bucket in buckets:
         if bucket not in have:
             client.create_bucket(Bucket=bucket)
+    _move_mlflow_artifacts(client)
+
+
+def _move_mlflow_artifacts(client: Any) -> None:
+    """Stacks from before MLflow had its own bucket kept its artifacts under
+    ``s3://mlops/mlflow-artifacts/``: copy them once to ``s3://mlflow/artifacts/`` (where the
+    server now looks) so models trained before still load. The originals stay."""
+    if client.list_objects_v2(Bucket=MLFLOW_BUCKET, MaxKeys=1).get("KeyCount"):
+        return
+    copied = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=ARTIFACTS_BUCKET,
+                                                                 Prefix="mlflow-artifacts/"):
+        for item in page.get("Contents", []):
+            key = "artifacts/" + item["Key"].removeprefix("mlflow-artifacts/")
+            client.copy_object(Bucket=MLFLOW_BUCKET, Key=key,
+                               CopySource={"Bucket": ARTIFACTS_BUCKET, "Key": item["Key"]})
+            copied += 1
+    if copied:
+        print(f"  seaweedfs      copied {copied} MLflow artifact(s) from "
+              f"s3://{ARTIFACTS_BUCKET}/mlflow-artifacts/ to s3://{MLFLOW_BUCKET}/artifacts/",
+              flush=True)
 
 
 def up_mlflow(stack: LocalStack) -> None:
-    access_key, secret_key = _credentials()
+    secrets = _secrets()
     url = stack.url("mlflow")
-    pid = read_pid(stack, "mlflow")
+    auth = {"admin_password": secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
+            "flask_secret_key": secrets["MLOPS_MLFLOW_FLASK_SECRET_KEY"]}
+    s3_key = (secrets["MLOPS_S3_MLFLOW_ACCESS_KEY"], secrets["MLOPS_S3_MLFLOW_SECRET_KEY"])
+    pid = _restart_if_changed(stack, "mlflow", json.dumps([auth, s3_key, MLFLOW_BUCKET]))
     if pid is not None:
         wait_until(lambda: http_ok(f"{url}/health"), 120, "MLflow server")
         what = "reused"
     else:
         _check_ports_free(stack, "mlflow")
         service = start_mlflow(stack.state / "mlflow", port=stack.mlflow_port,
-                               artifacts_destination="s3://mlops/mlflow-artifacts",
-                               s3_url=stack.url("seaweedfs"), access_key=access_key,
-                               secret_key=secret_key, log_path=stack.log_file("mlflow"))
+                               artifacts_destination=f"s3://{MLFLOW_BUCKET}/artifacts",
+                               s3_url=stack.url("seaweedfs"), access_key=s3_key[0],
+                               secret_key=s3_key[1], log_path=stack.log_file("mlflow"),
+                               auth=auth)
         pid = service.proc.pid
         _write_pid(stack, "mlflow", pid)
         what = "started"
-    _say("mlflow", what, pid, url)
+    ensure_mlflow_users(url, admin_password=auth["admin_password"],
+                        users={MLFLOW_WORKER: secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],
+                               MLFLOW_VIEWER: secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"]})
+    _say("mlflow", what, pid, f"{url}  (basic auth: admin, {MLFLOW_WORKER}, {MLFLOW_VIEWER} "
+                              "read-only)")
+
+
+def simple_auth_users() -> str:
+    """``[core] simple_auth_manager_users``: admin, operator (role USER: may trigger and clear),
+    viewer (read-only). Nobody gets OP: only the admin changes Connections, Variables, pools."""
+    return ",".join(f"{user}:{role}" for user, (role, _) in AIRFLOW_USERS.items())
+
+
+def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str
+                        ) -> dict[str, dict[str, Any]]:
+    """The workers' Connections: MLflow as its service account, S3 with the workers' key."""
+    return {
+        "mlflow_default": {"conn_type": "http", "host": mlflow_url, "login": MLFLOW_WORKER,
+                           "password": secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],
+                           "description": "MLflow tracking server (service account of the "
+                                          "Airflow workers)"},
+        "mlops_s3": {"conn_type": "aws", "login": secrets["MLOPS_S3_WORKER_ACCESS_KEY"],
+                     "password": secrets["MLOPS_S3_WORKER_SECRET_KEY"],
+                     "extra_dejson": {"endpoint_url": s3_url, "region_name": "us-east-1"},
+                     "description": "S3 (SeaweedFS) with the Airflow workers' key"},
+    }
+
+
+def configure_airflow(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
+                      passwords_file: Path, scratch: Path,
+                      env: dict[str, str] | None = None) -> None:
+    """The users' passwords file, the Connections and the promotion pool; idempotent. The
+    secrets go through files of mode 600 (the connections file in ``scratch`` is deleted at
+    once), never a command line or an environment variable. ``env``: of the airflow CLI."""
+    write_private(passwords_file, json.dumps({user: secrets[key] for user, (_, key)
+                                              in AIRFLOW_USERS.items()}) + "\n")
+    conns = scratch / "connections.json"
+    write_private(conns, json.dumps(airflow_connections(secrets, mlflow_url=mlflow_url,
+                                                        s3_url=s3_url)))
+    try:
+        for args in (["connections", "import", "--overwrite", str(conns)],
+                     ["pools", "set", "mlops_promotion", "1", "serializes model promotion"]):
+            result = subprocess.run([str(BIN / "airflow"), *args], capture_output=True,
+                                    text=True, env=env)
+            if result.returncode != 0:
+                raise RuntimeError(f"airflow {args[0]} {args[1]} failed:\n"
+                                   f"{(result.stdout + result.stderr)[-2000:]}")
+    finally:
+        conns.unlink(missing_ok=True)
 
 
 def start_airflow_part(part: str, *, port: int, log_path: Path, cwd: Path,
@@ -466,9 +819,9 @@ def status(stack: LocalStack) -> int:
 def _health(stack: LocalStack, name: str, monitor: dict) -> str:
     try:
         if name == "seaweedfs":
-            access_key, secret_key = _credentials()
+            access_key, secret_key = _admin_s3(_secrets())
             _s3_ready(stack.url(name), access_key, secret_key)
-            return "healthy (S3 API accepts the .env credentials)"
+            return "healthy (S3 API accepts the .env admin key)"
         if name == "mlflow":
             http_ok(f"{stack.url(name)}/health")
             return "healthy (/health)"
@@ -497,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the local stack (used by deploy.sh; reads MLOPS_* and AIRFLOW_* env)")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("secrets", help="create .env ($MLOPS_ENV_FILE) or add missing secrets")
+    sub.add_parser("auth-users", help="print [core] simple_auth_manager_users")
+    sub.add_parser("configure-airflow", help="users' passwords, Connections, promotion pool")
     sub.add_parser("up-s3", help="start SeaweedFS (or reuse the running one)")
     sub.add_parser("up-mlflow", help="start the MLflow server (or reuse the running one)")
     sub.add_parser("up-airflow", help="start api-server, scheduler, dag-processor, triggerer")
@@ -509,7 +865,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(STOP_ORDER)}")
     try:
-        if args.command == "up-s3":
+        if args.command == "secrets":
+            said = ensure_env_file(env_file())
+            if said:
+                print(said, flush=True)
+        elif args.command == "auth-users":
+            print(simple_auth_users())
+        elif args.command == "configure-airflow":
+            configure_airflow(
+                _secrets(), mlflow_url=stack.url("mlflow"), s3_url=stack.url("seaweedfs"),
+                passwords_file=Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]),
+                scratch=stack.state / "run")
+            print("  Airflow users admin, operator, viewer; connections mlflow_default "
+                  f"({MLFLOW_WORKER}), mlops_s3 (workers' key); pool mlops_promotion (1 slot)",
+                  flush=True)
+        elif args.command == "up-s3":
             up_s3(stack)
         elif args.command == "up-mlflow":
             up_mlflow(stack)

@@ -16,8 +16,9 @@ reason, key metrics, the registered model version and whether it is ``@champion`
 links. A run that ``check_changed`` skipped shows that task's reason (from its XCom) and has no
 MLflow run. A failed run shows the failed task's last log lines.
 
-Reads ``MLOPS_AIRFLOW_URL``, ``MLOPS_MLFLOW_URL`` and ``MLOPS_AIRFLOW_ADMIN_PASSWORD`` (user
-``admin``) from the environment; ``deploy.sh`` loads them from ``.env``. The Airflow side uses the
+Reads ``MLOPS_AIRFLOW_URL``, ``MLOPS_MLFLOW_URL``, ``MLOPS_AIRFLOW_OPERATOR_PASSWORD`` (Airflow user
+``operator``, who may trigger) and ``MLOPS_MLFLOW_VIEWER_PASSWORD`` (MLflow user ``viewer``, read
+only) from the environment; ``deploy.sh`` passes them from ``.env`` to this command alone. The Airflow side uses the
 REST API v2, the MLflow side finds the run by its ``airflow.dag_id`` / ``airflow.run_id`` tags.
 Exit status: 0 when the DAG run succeeded, 1 when it failed, 3 on timeout, 2 on usage errors.
 """
@@ -60,7 +61,8 @@ class AirflowApi:
             if response.status_code >= 300:
                 raise SystemExit(f"Airflow at {self.url} refused the login for user "
                                  f"{self._auth['username']!r} (HTTP {response.status_code}); the "
-                                 "password is MLOPS_AIRFLOW_ADMIN_PASSWORD in .env")
+                                 f"password is MLOPS_AIRFLOW_{self._auth['username'].upper()}"
+                                 "_PASSWORD in .env")
             self._token = response.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
 
@@ -271,6 +273,9 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if os.environ.get("MLOPS_MLFLOW_VIEWER_PASSWORD"):  # MLflow's read-only account
+        os.environ["MLFLOW_TRACKING_USERNAME"] = "viewer"
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = os.environ["MLOPS_MLFLOW_VIEWER_PASSWORD"]
     try:
         import mlflow.artifacts
         from mlflow import MlflowClient
@@ -424,10 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--dag-id", default="training")
     args = parser.parse_args(argv)
 
-    password = os.environ.get("MLOPS_AIRFLOW_ADMIN_PASSWORD")
+    password = os.environ.get("MLOPS_AIRFLOW_OPERATOR_PASSWORD")
     if not password:
-        parser.error("MLOPS_AIRFLOW_ADMIN_PASSWORD is not set (run through ./deploy.sh, which reads .env)")
-    api = AirflowApi(os.environ.get("MLOPS_AIRFLOW_URL", "http://127.0.0.1:8080"), "admin", password)
+        parser.error("MLOPS_AIRFLOW_OPERATOR_PASSWORD is not set (run through ./deploy.sh, which "
+                     "reads .env)")
+    api = AirflowApi(os.environ.get("MLOPS_AIRFLOW_URL", "http://127.0.0.1:8080"), "operator",
+                     password)
     mlflow_url = os.environ.get("MLOPS_MLFLOW_URL", "http://127.0.0.1:5000")
     if args.command == "run":
         args.run_id = start_run(api, args.dag_id, args.run_id, args.logical_date, args.rerun)

@@ -28,8 +28,10 @@ HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "log_loss": F
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
-_THRESHOLD_RE = re.compile(
-    r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*$")
+THRESHOLD_PATTERN = \
+    r"^\s*([a-z_0-9]+)\s*(>=|<=|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*$"
+_THRESHOLD_RE = re.compile(THRESHOLD_PATTERN)
+DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class _Frozen(BaseModel):
@@ -88,9 +90,13 @@ def _parse_thresholds(value: Any) -> Any:
 class GateConfig(_Frozen):
     """Absolute thresholds plus champion-vs-challenger on the same held-out rows."""
 
-    thresholds: list[Threshold] = Field(default_factory=list)
-    champion_metric: str | None = None  # defaults to roc_auc (classification) / rmse (regression)
-    champion_margin: Annotated[float, Field(ge=0)] = 0.0  # challenger must beat champion by this
+    thresholds: list[Threshold] = Field(
+        default_factory=list, description='Bars on held-out metrics, e.g. "roc_auc >= 0.8"')
+    champion_metric: str | None = Field(
+        None, description="Metric of the champion comparison (default: roc_auc for "
+                          "classification, rmse for regression)")
+    champion_margin: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="The challenger must beat the champion by at least this")
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -99,14 +105,13 @@ class GateConfig(_Frozen):
 
 
 class TrainingConfig(_Frozen):
-    family: ModelFamily = "hist_gradient_boosting"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 42
-    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
-
-
-def _default_trainer_image() -> str:
-    return os.environ.get("MLOPS_TRAINER_IMAGE") or "mlops-trainer:latest"
+    family: ModelFamily = Field("hist_gradient_boosting", description="Estimator family")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the estimator, e.g. "
+                                          '{"max_iter": 200}')
+    seed: int = Field(42, description="Random seed of the split and the estimator")
+    test_size: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="Share of rows held out for evaluation")
 
 
 class ContainerConfig(_Frozen):
@@ -115,17 +120,26 @@ class ContainerConfig(_Frozen):
     ``gpus``: 0 trains on CPU; a count or ``"all"`` asks the engine for NVIDIA GPUs. When none
     is visible, ``gpu_fallback`` ``cpu`` trains on CPU and says so loudly, ``fail`` fails the
     task. Memory and CPU are hard limits (the kernel kills the container above
-    ``memory_limit``); a container still running after ``timeout_minutes`` is stopped.
+    ``memory_limit``); a container still running after ``timeout_minutes`` is stopped. Which
+    image runs is the deployment's (``trainer_image`` of the policy, include/mlops/policy.py),
+    never a dataset's or a run's.
     """
 
-    image: str = Field(default_factory=_default_trainer_image, min_length=1)
     gpus: Annotated[int, Field(ge=0)] | Literal["all"] = 0
     gpu_fallback: Literal["cpu", "fail"] = "cpu"
     memory_limit: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$")] = "4g"
     cpus: Annotated[float, Field(gt=0, le=1024)] = 2.0
     timeout_minutes: Annotated[float, Field(gt=0)] = 120
-    # missing: pull from the image's registry when the engine lacks it; never: fail at once.
-    pull: Literal["missing", "never"] = "missing"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        for key, where in (("image", "trainer_image"), ("pull", "trainer_pull")):
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"container.{key} moved to the deployment's policy: set {where} "
+                                 "in the policy file ($MLOPS_POLICY_FILE) or MLOPS_TRAINER_IMAGE "
+                                 "(docs/security.md)")
+        return data
 
     @property
     def wants_gpu(self) -> bool:
@@ -149,34 +163,43 @@ class RolloutConfig(_Frozen):
     keeps or rejects the challenger once labels arrive.
     """
 
-    mode: Literal["direct", "shadow", "canary"] = "direct"
-    canary_share: Annotated[float, Field(ge=0, le=0.5)] = 0.1
-    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95  # of the bootstrap interval
-    min_labelled_rows: Annotated[int, Field(ge=10)] = 200  # per arm, before any decision
-    bootstrap_resamples: Annotated[int, Field(ge=200, le=100_000)] = 2000
-    # A challenger still undecided (neither significantly better nor worse) after this many days
-    # is rejected: a trial has an end.
-    max_trial_days: Annotated[int, Field(ge=1, le=365)] = 14
+    mode: Literal["direct", "shadow", "canary"] = Field(
+        "direct", description="direct: approved models become @champion at once; shadow / "
+                              "canary: @challenger first, promoted by the A/B decision")
+    canary_share: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.1, description="Share of rows (by a hash of the id) the canary challenger serves")
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        0.95, description="Two-sided confidence of the bootstrap interval of the improvement")
+    min_labelled_rows: Annotated[int, Field(ge=10)] = Field(
+        200, description="Labelled rows per arm before any A/B decision")
+    bootstrap_resamples: Annotated[int, Field(ge=200, le=100_000)] = Field(
+        2000, description="Bootstrap resamples of the A/B interval")
+    max_trial_days: Annotated[int, Field(ge=1, le=365)] = Field(
+        14, description="A challenger still undecided after this many days is rejected")
 
 
 class MonitoringConfig(_Frozen):
     """Scoring inputs, drift thresholds, delayed labels and retraining triggers."""
 
-    # Rows to score, one partition per day (same partition_template); default: source_uri.
-    scoring_uri: str | None = None
-    # Delayed labels: partitions holding id_column + target, arriving after the predictions.
-    labels_uri: str | None = None
-    # Labels of day D are complete this many days later: the daily performance_monitor run for
-    # the interval ending D+delay+1 scores day D.
-    label_delay_days: Annotated[int, Field(ge=0, le=365)] = 1
-    # Dataset drift when at least this share of the checked columns drifted (Evidently's rule).
-    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.5
-    # Drift-triggered retraining: at most one per window per model, however many events arrive.
-    retrain_cooldown_hours: Annotated[float, Field(ge=0)] = 24
-    # Days of partitions (ending with the drifted day) that a triggered retrain learns from.
-    retrain_lookback_days: Annotated[int, Field(ge=1, le=3660)] = 3
-    # Live metrics on labelled predictions below these floors raise an alert (and an event).
-    performance_floor: list[Threshold] = Field(default_factory=list)
+    scoring_uri: str | None = Field(
+        None, description="Rows to score, one partition per day (same partition_template); "
+                          "default: source_uri")
+    labels_uri: str | None = Field(
+        None, description="Delayed labels: partitions of id_column + target, arriving after "
+                          "the predictions")
+    label_delay_days: Annotated[int, Field(ge=0, le=365)] = Field(
+        1, description="Labels of day D are complete this many days later")
+    drift_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="Dataset drift when at least this share of the checked columns "
+                         "drifted")
+    retrain_cooldown_hours: Annotated[float, Field(ge=0)] = Field(
+        24, description="At most one alert-triggered retrain per model in this window")
+    retrain_lookback_days: Annotated[int, Field(ge=1, le=3660)] = Field(
+        3, description="Days of partitions (ending with the alert's day) an alert-triggered "
+                       "retrain learns from")
+    performance_floor: list[Threshold] = Field(
+        default_factory=list, description='Bars on live metrics, e.g. "roc_auc >= 0.7"; below '
+                                          "one: an alert and a performance_degraded event")
 
     @field_validator("performance_floor", mode="before")
     @classmethod
@@ -187,7 +210,7 @@ class MonitoringConfig(_Frozen):
 class DatasetConfig(_Frozen):
     """Everything the pipeline needs to know about one dataset; see docs/configuration.md."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=DATASET_PATTERN)]
     source_uri: str  # s3://bucket/prefix or a local directory; partitions below it
     partition_template: str = "date={date}"  # {date} is YYYY-MM-DD
     format: Literal["auto", "csv", "parquet"] = "auto"
@@ -283,6 +306,9 @@ class DatasetConfig(_Frozen):
         return "roc_auc" if self.task == "classification" else "rmse"
 
 
+DEFAULT_DATASET = "churn_demo"
+
+
 def datasets_dir() -> Path:
     return Path(os.environ.get("MLOPS_DATASETS_DIR") or DATASETS_DIR)
 
@@ -350,4 +376,4 @@ def resolve_config(params: dict[str, Any]) -> DatasetConfig:
     for section in ("rollout", "monitoring", "container"):
         if params.get(section):
             overrides[section] = params[section]
-    return load_dataset_config(params.get("dataset") or "churn_demo", overrides)
+    return load_dataset_config(params.get("dataset") or DEFAULT_DATASET, overrides)

@@ -58,6 +58,20 @@ class ConfigError(PipelineError):
     runbook = "bad-data.md"
 
 
+class OverrideRefusedError(ConfigError):
+    """A run's conf sets a key the deployment's policy does not let a run set, or loosens a gate
+    the policy keeps (include/mlops/policy.py)."""
+
+    runbook = "refused-by-policy.md"
+
+
+class ModelRefusedError(PipelineError):
+    """A model artifact is not loaded: its serialization format or a type it lists is outside
+    the fixed allow-list of its model family (include/mlops/model_loading.py)."""
+
+    runbook = "refused-by-policy.md#a-model-that-lists-a-type-outside-the-allow-list"
+
+
 class ServiceUnavailableError(PipelineError):
     """A remote service (S3, MLflow) did not answer after retries with backoff."""
 

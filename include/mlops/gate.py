@@ -139,12 +139,15 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
 
 
 def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dict[str, Any],
-                   champion: dict[str, Any] | None, context: dict[str, Any]) -> dict[str, Any]:
-    """The promotion card as a JSON-serialisable dict (also rendered to HTML)."""
+                   champion: dict[str, Any] | None, context: dict[str, Any],
+                   loosened: list[str] | None = None) -> dict[str, Any]:
+    """The promotion card as a JSON-serialisable dict (also rendered to HTML). ``loosened``: how
+    the run's overrides loosened the dataset's gate (the card says so in red)."""
     return {
         "model_name": config.registered_model_name,
         "task": config.task,
         "decision": decision.as_dict(),
+        "loosened_gate": list(loosened or []),
         "challenger": challenger,
         "champion": champion,
         "gate_config": json.loads(config.gate.model_dump_json()),
@@ -154,7 +157,7 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
 
 def ab_card(*, config: DatasetConfig, outcome: ABDecision, live: dict[str, dict[str, float]],
             counts: dict[str, int], champion: str, challenger: str,
-            context: dict[str, Any]) -> dict[str, Any]:
+            context: dict[str, Any], loosened: list[str] | None = None) -> dict[str, Any]:
     """The promotion card of an A/B decision: same shape as the training card, plus the test."""
     return {
         "model_name": config.registered_model_name,
@@ -162,6 +165,7 @@ def ab_card(*, config: DatasetConfig, outcome: ABDecision, live: dict[str, dict[
         "kind": f"A/B ({config.rollout.mode})",
         "verdict": outcome.verdict,
         "decision": outcome.decision.as_dict(),
+        "loosened_gate": list(loosened or []),
         "challenger": {"version": challenger, "metrics": live.get("challenger", {}),
                        "labelled_rows": counts.get("challenger", 0)},
         "champion": {"version": champion, "metrics": live.get("champion", {}),
@@ -188,8 +192,14 @@ def render_card_html(card: dict[str, Any]) -> str:
         f"<tr><td>{esc(k)}</td><td>{v:.4f}</td><td>-</td></tr>" for k, v in metrics.items())
     context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
                       for k, v in card.items()
-                      if k not in {"decision", "challenger", "champion", "gate_config"}
+                      if k not in {"decision", "challenger", "champion", "gate_config",
+                                   "loosened_gate"}
                       and not isinstance(v, dict))
+    loosened = card.get("loosened_gate") or []
+    warning = (f'<div class="loosened" style="background:#cf222e;color:#fff;padding:8px 12px;'
+               f'font-weight:bold">Decided under a LOOSENED gate (the run\'s overrides, allowed '
+               f'by the deployment\'s policy): {esc("; ".join(loosened))}</div>'
+               if loosened else "")
     stats = card.get("statistics") or {}
     statistics = ("<h2>Significance test</h2><table>" + "".join(
         f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in stats.items())
@@ -199,6 +209,7 @@ def render_card_html(card: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
 <h1>{esc(card['model_name'])}: <span style="color:{color}">{verdict}</span></h1>
+{warning}
 <h2>Checks</h2><table><tr><th></th><th>check</th><th>detail</th></tr>{rows}</table>
 <h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
 {metric_rows}</table>

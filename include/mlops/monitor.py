@@ -61,7 +61,6 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     scoring run in MLflow. Columns that cannot be checked (all missing) fail the task after the
     report is written, and never count as drift: a broken check must not trigger a retrain.
     """
-    import mlflow.sklearn
 
     from include.mlops import drift
 
@@ -78,7 +77,7 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
                         f"{manifest['predictions_uri']}; re-run batch_scoring for {day}",
                         runbook="drift-detected.md")
 
-    model = mlflow.sklearn.load_model(f"models:/{stage.model_name}/{version}")
+    model = tracking.load_version(stage.client, stage.model_name, version)
     features = [c.name for c in config.feature_columns]
     missing = [c for c in features if c not in reference.columns]
     if missing:
@@ -377,7 +376,8 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
                         champion={"version": hv, "metrics": live["champion"]},
                         interval=interval, rows=counts, trial_days=trial_days)
     card = ab_card(config=config, outcome=outcome, live=live, counts=counts,
-                      champion=hv, challenger=cv, context=dag_context)
+                      champion=hv, challenger=cv, context=dag_context,
+                      loosened=list(stage.loosened))
     folder = join(stage.artifacts_uri, name, "ab", f"v{cv}", f"date={day.isoformat()}")
     card_uri = join(folder, "promotion_card.json")
     stage.store.write_bytes(card_uri, json.dumps(card, indent=2, default=str).encode())

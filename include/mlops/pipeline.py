@@ -26,6 +26,8 @@ from include.mlops.storage import ObjectExistsError, ObjectStore, join, safe_nam
 
 log = logging.getLogger(__name__)
 
+LOOSENED_TAG = "mlops.gate.loosened"  # run and model version: promoted under a loosened gate
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -37,6 +39,9 @@ class Stage:
     mlflow_run_id: str
     artifacts_uri: str
     run_key: str  # the logical date, e.g. 2025-01-01T000000
+    # How this run's overrides loosen the dataset's gate (include/mlops/policy.py), when the
+    # deployment allows it: recorded on the card, the MLflow run, the model version and the audit.
+    loosened: tuple[str, ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -245,11 +250,12 @@ def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
 
 # -- evaluate ---------------------------------------------------------------------------------------
 def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
-    import mlflow.sklearn
+    from include.mlops.errors import ModelRefusedError
+    from include.mlops.model_loading import load_model
 
     config = stage.config
     test = stage.read_frame(test_uri)
-    model = mlflow.sklearn.load_model(model_uri)
+    model = load_model(model_uri, config.training.family)
     held_out = modeling.metrics(model, test, config)
     slices = modeling.slice_metrics(model, test, config)
     run_id = stage.mlflow_run_id
@@ -266,8 +272,8 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
     if current is not None:
         champion = {"version": str(current.version), "run_id": current.run_id}
         try:
-            champion_model = mlflow.sklearn.load_model(
-                f"models:/{stage.model_name}/{current.version}")
+            champion_model = tracking.load_version(stage.client, stage.model_name,
+                                                   current.version)
             rows, excluded = unseen_by(test, current.tags.get("mlops.data_partitions", ""))
             champion["metrics"] = modeling.metrics(champion_model, rows, config)
             if excluded:
@@ -278,6 +284,8 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
                          "v%s's training data", len(rows), len(test), ", ".join(excluded),
                          current.version)
             stage.log_metrics({f"champion.{k}": v for k, v in champion["metrics"].items()})
+        except ModelRefusedError:
+            raise  # a tampered champion is an incident, not a lost comparison
         except Exception as err:  # noqa: BLE001 - the gate reports it as a failed check
             log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
             champion["error"] = f"{type(err).__name__}: {err}"
@@ -331,13 +339,17 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
         config=stage.config, decision=decision,
         challenger={"mlflow_run_id": stage.mlflow_run_id, "model_uri": evaluation["model_uri"],
                     "metrics": evaluation["metrics"], "test_rows": evaluation["test_rows"]},
-        champion=evaluation["champion"], context=dag_context)
+        champion=evaluation["champion"], context=dag_context, loosened=list(stage.loosened))
     card_uri = stage.put_json("promotion_card.json", card, mlflow_path="promotion_card.json")
     html = gates.render_card_html(card)
     stage.store.write_bytes(join(stage.run_dir, "promotion_card.html"), html.encode())
     stage.client.log_text(stage.mlflow_run_id, html, "promotion_card.html")
     stage.client.set_tag(stage.mlflow_run_id, "mlops.gate",
                          "approved" if decision.approved else "rejected")
+    if stage.loosened:
+        stage.client.set_tag(stage.mlflow_run_id, LOOSENED_TAG, "; ".join(stage.loosened)[:4000])
+        log.warning("Gate decided under a LOOSENED gate (allowed by the deployment's policy): %s",
+                    "; ".join(stage.loosened))
     if not decision.approved:
         tracking.finish_run(stage.client, stage.mlflow_run_id, outcome="rejected")
     log.info(decision.log_line(stage.model_name))
@@ -424,6 +436,10 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
                        ("reason", "; ".join(reasons)[:4000])):
         client.set_model_version_tag(name, version, f"{prefix}{key}", value)
     client.set_model_version_tag(name, version, "mlops.gate", "approved")
+    if stage.loosened:
+        record["loosened_gate"] = list(stage.loosened)
+        client.set_model_version_tag(name, version, LOOSENED_TAG,
+                                     "; ".join(stage.loosened)[:4000])
     label = "" if alias == tracking.CHAMPION else f"{alias}-"
     audit_uri = join(stage.artifacts_uri, "audit", name,
                      f"{label}v{int(version):06d}-from-{previous}-"

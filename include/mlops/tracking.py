@@ -66,6 +66,11 @@ def finish_run(client: Any, run_id: str, *, outcome: str, failed: bool = False) 
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
+def _denied(err: Exception) -> bool:
+    code = getattr(err, "get_http_status_code", lambda: None)()
+    return code == 403 or "PERMISSION_DENIED" in str(getattr(err, "error_code", ""))
+
+
 def champion_version(client: Any, model_name: str, alias: str = CHAMPION) -> Any | None:
     """The model version behind ``alias``, or None when the model or alias does not exist."""
     try:
@@ -73,7 +78,35 @@ def champion_version(client: Any, model_name: str, alias: str = CHAMPION) -> Any
     except Exception as err:
         if _not_found(err) or "not found" in str(err).lower():
             return None
+        # MLflow's basic-auth answers 403 for a model that does not exist (it has no permission
+        # to look up); a 404 from the model itself says which it was.
+        if _denied(err) and not _model_exists(client, model_name):
+            return None
         raise
+
+
+def _model_exists(client: Any, model_name: str) -> bool:
+    try:
+        client.get_registered_model(model_name)
+        return True
+    except Exception as err:
+        if _not_found(err):
+            return False
+        raise
+
+
+def load_version(client: Any, model_name: str, version: str | int) -> Any:
+    """Load a registered model version through the fixed type allow-list of the model family its
+    training run recorded (:mod:`include.mlops.model_loading`): the family comes from the
+    tracking store, never from the artifact."""
+    from include.mlops.model_loading import load_model, refuse
+
+    mv = client.get_model_version(model_name, str(version))
+    family = client.get_run(mv.run_id).data.params.get("family") if mv.run_id else None
+    what = f"models:/{model_name}/{version}"
+    if not family:
+        raise refuse(what, f"its training run {mv.run_id} records no model family")
+    return load_model(what, family)
 
 
 def alias_lookup(tracking_uri: str, model_name: str, alias: str = CHAMPION, *,
@@ -84,11 +117,18 @@ def alias_lookup(tracking_uri: str, model_name: str, alias: str = CHAMPION, *,
 
     from include.mlops.errors import CredentialsError
 
-    response = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
-                            params={"name": model_name, "alias": alias}, auth=auth,
-                            timeout=timeout)
-    if response.status_code == 404:
+    base = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models"
+    response = requests.get(f"{base}/alias", params={"name": model_name, "alias": alias},
+                            auth=auth, timeout=timeout)
+    if response.status_code == 404 or (
+            response.status_code == 400 and "alias" in response.text and "not found" in response.text):
         return None
+    if response.status_code == 403:
+        # MLflow's basic-auth answers 403 for a model that does not exist; ask the model itself.
+        exists = requests.get(f"{base}/get", params={"name": model_name}, auth=auth,
+                              timeout=timeout)
+        if exists.status_code == 404:
+            return None
     if response.status_code in (401, 403):
         raise CredentialsError(f"MLflow at {tracking_uri} rejected the credentials "
                                f"(HTTP {response.status_code})")

@@ -9,8 +9,12 @@ on a remote engine too) or else ``<work-dir>/config.json``::
     {"dataset_config": {...DatasetConfig...}, "train_uri": "s3://…", "manifest_uri": "s3://…",
      "mlflow_run_id": "…", "artifacts_uri": "s3://…", "run_key": "2025-01-01T000000"}
 
-Credentials come from the environment (``MLFLOW_TRACKING_URI``, ``MLOPS_S3_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), never from the job. Always writes
+Where the services are comes from the environment (``MLFLOW_TRACKING_URI``,
+``MLOPS_S3_ENDPOINT_URL``); the credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) from ``<work-dir>/secrets.json``, which the operator
+puts into the container before it starts and which is read and deleted first thing, so they are
+never in the container's configuration (``docker inspect``); else from the environment, for a run
+by hand. Never from the job. Always writes
 ``<work-dir>/result.json`` (``status`` ok or error, the train result, timings, resource use
 including GPU utilisation and memory when ``nvidia-smi`` sees a GPU, and for an error its class
 and message) and exits with a code that names the failure class: 0 ok, 2 data or config error,
@@ -61,6 +65,7 @@ def classify(err: BaseException) -> tuple[str, int]:
 
 
 CONFIG_ENV = "MLOPS_TRAINER_CONFIG"
+SECRETS_FILE = "secrets.json"  # in the work dir; written by the operator, deleted on start
 # cgroup v2, then v1: the container's peak memory, what the OOM killer compares with the limit.
 _CGROUP_PEAK = ("/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes")
 
@@ -138,6 +143,25 @@ class GpuSampler:
                 "gpu_memory_total_mb": max(s["mem_total"] for s in self.samples)}
 
 
+def load_secrets(work_dir: Path) -> list[str]:
+    """Move the credentials from ``<work-dir>/secrets.json`` into this process's environment and
+    delete the file; returns their names (never the values)."""
+    from include.mlops.errors import ConfigError
+
+    path = work_dir / SECRETS_FILE
+    if not path.exists():
+        return []
+    try:
+        secrets = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the credentials file {path}: {type(err).__name__}") \
+            from None
+    finally:
+        path.unlink(missing_ok=True)
+    os.environ.update({str(key): str(value) for key, value in secrets.items()})
+    return sorted(secrets)
+
+
 def read_job(work_dir: Path) -> dict[str, Any]:
     from include.mlops.errors import ConfigError
 
@@ -161,6 +185,9 @@ def run(work_dir: Path) -> tuple[dict[str, Any], int]:
     device = os.environ.get("MLOPS_TRAINER_DEVICE", "cpu")
     sampler = GpuSampler()
     try:
+        names = load_secrets(work_dir)
+        if names:
+            log.info("Credentials from the secrets file (deleted): %s", ", ".join(names))
         job = read_job(work_dir)
         from mlflow import MlflowClient
 

@@ -1,5 +1,13 @@
-"""What every DAG of the package shares: retry policy from the environment and the Params that
-pick the dataset, the model and where outputs go. Cheap to import (DAG files parse fast)."""
+"""What every DAG of the package shares: retry policy from the environment, and the Params of the
+trigger form, derived from the deployment's policy and the typed config model.
+
+A DAG's Params are exactly the run conf keys its policy lets a person set (include/mlops/
+policy.py): a key the policy keeps for the deployment is not in the form. A section Param
+(``training``, ``gate``, ...) lists only its allowed fields, each with the type, bounds and
+description of the config model, and refuses any other field before the run is created.
+The policy is read when the dag-processor parses the file; the workers check every run's conf
+against their own reading when the run's first task starts.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,31 @@ from typing import Any
 
 from airflow.sdk import Param
 
-DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+from include.mlops.config import DATASET_PATTERN, THRESHOLD_PATTERN
+from include.mlops.policy import ALWAYS, DAG_KEYS, SECTIONS, Policy, load_policy
+
+# Top-level keys: (Param default, JSON schema, description). ``partition_date`` is described by
+# each DAG (what its day means there).
+_SCALARS: dict[str, tuple[Any, dict[str, Any], str]] = {
+    "dataset": ("churn_demo", {"type": "string", "pattern": DATASET_PATTERN},
+                "Dataset config: include/datasets/<dataset>.yaml (or $MLOPS_DATASETS_DIR)"),
+    "partition_date": (None, {"type": ["null", "string"], "format": "date"},
+                       "Run on this day (YYYY-MM-DD) instead of the data interval's"),
+    "force": (False, {"type": "boolean"},
+              "Retrain even if data, code and params match the champion"),
+    "lookback_days": (None, {"type": ["null", "integer"], "minimum": 1},
+                      "Days of partitions to train on, ending at the interval"),
+    "source_uri": (None, {"type": ["null", "string"]},
+                   "Replace the dataset's source_uri (s3://… or a path)"),
+    "model_name": (None, {"type": ["null", "string"]},
+                   "Registered model name (default: the dataset name)"),
+}
+_SECTION_DESCRIPTIONS = {
+    "training": "Deep-merged over the dataset config's training section",
+    "gate": "Deep-merged over the dataset config's gate section (a list replaces the list)",
+    "rollout": "Deep-merged over the dataset config's rollout section",
+    "monitoring": "Deep-merged over the dataset config's monitoring section",
+}
 
 
 def default_args() -> dict[str, Any]:
@@ -21,22 +53,45 @@ def default_args() -> dict[str, Any]:
     }
 
 
-def common_params(*, partition_date: str, artifacts: str = "Where run outputs go",
-                  **extra: Param) -> dict[str, Param]:
-    """dataset, artifacts_uri, partition_date, model_name, then the DAG's own Params."""
-    return {
-        "dataset": Param("churn_demo", type="string", pattern=DATASET_PATTERN,
-                         description="Dataset config: include/datasets/<dataset>.yaml"),
-        "artifacts_uri": Param(os.environ.get("MLOPS_ARTIFACTS_URI", "s3://mlops"), type="string",
-                               description=artifacts),
-        "partition_date": Param(None, type=["null", "string"], format="date",
-                                description=partition_date),
-        "model_name": Param(None, type=["null", "string"],
-                            description="Registered model name (default: the dataset name)"),
-        **extra,
-    }
+def field_schema(section: str, field: str) -> dict[str, Any]:
+    """The JSON schema of one field of a config section, from the pydantic model."""
+    model = SECTIONS[section]
+    schema = dict(model.model_json_schema()["properties"][field])
+    info = model.model_fields[field]
+    if field in ("thresholds", "performance_floor"):  # written as "metric >= number" strings
+        schema = {"type": "array", "items": {"type": "string", "pattern": THRESHOLD_PATTERN}}
+    schema.pop("title", None)
+    schema.pop("default", None)
+    if info.description:
+        schema["description"] = info.description
+    return schema
 
 
-def overrides(example: str) -> Param:
-    """An object Param deep-merged into one section of the dataset config for this run."""
-    return Param({}, type="object", description=f"Overrides, e.g. {example}")
+def section_param(section: str, fields: list[str]) -> Param:
+    """An object Param for ``section`` with only ``fields``; any other key is refused."""
+    properties = {name: field_schema(section, name) for name in fields}
+    return Param({}, type="object", properties=properties, additionalProperties=False,
+                 description=f"{_SECTION_DESCRIPTIONS[section]}; may set: {', '.join(fields)}")
+
+
+def run_params(dag: str, policy: Policy | None = None, **descriptions: str) -> dict[str, Param]:
+    """The Params of DAG ``dag`` (a key of :data:`include.mlops.policy.DAG_KEYS`): every run conf
+    key the policy lets a run set, and nothing else. ``descriptions`` override a key's text."""
+    policy = policy or load_policy()
+    params: dict[str, Param] = {}
+    for key in DAG_KEYS[dag]:
+        if key in SECTIONS:
+            fields = list(SECTIONS[key].model_fields) if policy.allows(key) \
+                else policy.allowed_below(key)
+            if fields:
+                params[key] = section_param(key, fields)
+        elif key == "trainer":
+            if policy.allows(key):
+                params[key] = Param(os.environ.get("MLOPS_TRAINER", "inprocess"),
+                                    enum=["inprocess", "docker"],
+                                    description=descriptions.get(key) or "Train in the worker "
+                                    "process or in the trainer container (docs/gpu-training.md)")
+        elif key in ALWAYS or policy.allows(key):
+            default, schema, text = _SCALARS[key]
+            params[key] = Param(default, **schema, description=descriptions.get(key) or text)
+    return params

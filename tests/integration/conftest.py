@@ -7,17 +7,19 @@ so nothing slips into the unit suite by accident.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import secrets
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stack import AIRFLOW_USERS, BIN, free_port, http_ok, start_airflow_part, stop_group, wait_until
+from summary import AirflowApi, log_lines, task_instances, wait_for_dag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +28,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+# The test deployment's policy: these tests pick their own model names, sources, trainers and
+# gates per run, so runs may override every section a policy can open (never the container or
+# the artifact location), and loosen gates. tests/integration/test_security.py runs the strict
+# default policy; tests/unit/test_policy.py covers the rules.
+TEST_POLICY = {"run_overrides": ["partition_date", "lookback_days", "force", "source_uri",
+                                 "model_name", "trainer", "training", "gate", "rollout",
+                                 "monitoring"],
+               "allow_looser_gates": True}
+
+
+@dataclass
+class Deployment:
+    """What a deployment owns and a run cannot change: the policy file and the dataset configs
+    (a session folder with a copy of include/datasets/, read by the workers at task time)."""
+
+    policy_file: Path
+    datasets_dir: Path
+
+    def write_dataset(self, name: str, **sections: Any) -> str:
+        """``<datasets dir>/<name>.yaml``: the churn demo config deep-merged with ``sections``
+        (e.g. ``container={"memory_limit": "96m"}``); returns ``name`` for the run's conf."""
+        import yaml
+
+        from include.mlops.config import deep_merge
+
+        raw = yaml.safe_load((REPO / "include" / "datasets" / "churn_demo.yaml").read_text())
+        (self.datasets_dir / f"{name}.yaml").write_text(yaml.safe_dump(deep_merge(raw, sections)))
+        return name
+
+    def set_policy(self, policy: dict[str, Any]) -> None:
+        """Replace the policy file: the workers read it when a task starts."""
+        import yaml
+
+        self.policy_file.write_text(yaml.safe_dump(policy))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import shutil
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("deployment")
+    datasets = root / "datasets"
+    shutil.copytree(REPO / "include" / "datasets", datasets)
+    policy = root / "policy.yaml"
+    policy.write_text(yaml.safe_dump(TEST_POLICY))
+    saved = {key: os.environ.get(key) for key in ("MLOPS_POLICY_FILE", "MLOPS_DATASETS_DIR")}
+    os.environ.update(MLOPS_POLICY_FILE=str(policy), MLOPS_DATASETS_DIR=str(datasets))
+    yield Deployment(policy, datasets)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def registered_versions(client: Any, name: str) -> list[str]:
@@ -43,53 +102,57 @@ def champion_of(client: Any, name: str) -> str | None:
 
 @dataclass
 class Services:
+    """The session's SeaweedFS and MLflow, with auth as ./deploy.sh runs them: ``secrets`` holds
+    a fresh value for every key of a .env (scripts/stack.py SECRETS)."""
+
     s3_url: str
     mlflow_url: str
-    access_key: str
-    secret_key: str
+    secrets: dict[str, str]
     workdir: Path
 
-    def store(self):
+    @property
+    def access_key(self) -> str:  # the S3 admin's: tests write source data and plant files
+        return self.secrets["MLOPS_S3_ADMIN_ACCESS_KEY"]
+
+    @property
+    def secret_key(self) -> str:
+        return self.secrets["MLOPS_S3_ADMIN_SECRET_KEY"]
+
+    def store(self, party: str = "ADMIN"):
+        """An ObjectStore with the key of ``party`` (ADMIN, MLFLOW or WORKER)."""
         from include.mlops.storage import ObjectStore, make_s3_client
 
-        return ObjectStore(make_s3_client(endpoint_url=self.s3_url, access_key=self.access_key,
-                                          secret_key=self.secret_key), endpoint=self.s3_url)
+        return ObjectStore(make_s3_client(
+            endpoint_url=self.s3_url, access_key=self.secrets[f"MLOPS_S3_{party}_ACCESS_KEY"],
+            secret_key=self.secrets[f"MLOPS_S3_{party}_SECRET_KEY"]), endpoint=self.s3_url)
 
     def mlflow_client(self):
+        """MlflowClient as the workers' service account (the login is in the environment)."""
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
 
     def connection_env(self) -> dict[str, str]:
-        return {
-            "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "http", "host": self.mlflow_url}),
-            "AIRFLOW_CONN_MLOPS_S3": json.dumps({
-                "conn_type": "aws", "login": self.access_key, "password": self.secret_key,
-                "extra": {"endpoint_url": self.s3_url, "attempts": 2, "backoff_seconds": 0.2}}),
-        }
+        """The workers' Connections (as ./deploy.sh creates them) as AIRFLOW_CONN_* variables."""
+        from stack import connection_env
+
+        return connection_env(self.secrets, mlflow_url=self.mlflow_url, s3_url=self.s3_url,
+                              attempts=2, backoff_seconds=0.2)
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Services:
-    from stack import free_port, start_mlflow, start_seaweedfs
+    from stack import MLFLOW_WORKER, generate_secrets, start_throwaway_services
 
     workdir = tmp_path_factory.mktemp("services")
-    access_key, secret_key = "AK" + secrets.token_hex(8), secrets.token_hex(20)
-    s3 = start_seaweedfs(workdir / "seaweedfs", port=free_port(7), access_key=access_key,
-                         secret_key=secret_key, log_path=workdir / "seaweedfs.log",
-                         buckets=["mlops", "mlops-data"])
-    try:
-        mlflow = start_mlflow(workdir / "mlflow", port=free_port(),
-                              artifacts_destination="s3://mlops/mlflow-artifacts", s3_url=s3.url,
-                              access_key=access_key, secret_key=secret_key,
-                              log_path=workdir / "mlflow.log")
-    except Exception:
-        s3.stop()
-        raise
-    found = Services(s3.url, mlflow.url, access_key, secret_key, workdir)
+    found_secrets = generate_secrets()
+    s3, mlflow = start_throwaway_services(workdir, found_secrets)
+    found = Services(s3.url, mlflow.url, found_secrets, workdir)
     os.environ.update(found.connection_env())
     os.environ["MLOPS_ARTIFACTS_URI"] = "s3://mlops"
     os.environ["MLFLOW_TRACKING_URI"] = mlflow.url
+    os.environ["MLFLOW_TRACKING_USERNAME"] = MLFLOW_WORKER
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = found_secrets["MLOPS_MLFLOW_WORKER_PASSWORD"]
     yield found
     mlflow.stop()
     s3.stop()
@@ -172,3 +235,217 @@ def run_any_dag(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixt
         return RunResult(str(dag_run.state), tasks, log, dag_run.run_id)
 
     return run
+
+
+def docker_client() -> Any:
+    import docker
+
+    try:
+        client = docker.APIClient()
+        client.ping()
+    except Exception as err:  # noqa: BLE001
+        pytest.fail(f"no Docker engine at the local socket ({err}): ./deploy.sh test installs and "
+                    "starts one (apt-get install docker.io; dockerd)")
+    return client
+
+
+@pytest.fixture(scope="session")
+def trainer_image() -> Any:
+    """The trainer image, built offline (cached by content hash: a no-op when current); its id
+    is what this test deployment pins (MLOPS_TRAINER_IMAGE), as ./deploy.sh does."""
+    docker_client()
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_images.py")],
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, f"build_images.py failed:\n{result.stderr[-4000:]}"
+    image_id = result.stdout.strip().splitlines()[-1]
+    assert image_id.startswith("sha256:"), result.stdout
+    saved = os.environ.get("MLOPS_TRAINER_IMAGE")
+    os.environ["MLOPS_TRAINER_IMAGE"] = image_id
+    yield image_id
+    if saved is None:
+        os.environ.pop("MLOPS_TRAINER_IMAGE", None)
+    else:
+        os.environ["MLOPS_TRAINER_IMAGE"] = saved
+
+
+# -- a real Airflow: api-server, dag-processor, scheduler ------------------------------------------
+DAG_ID = "training"
+TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
+         "register", "promote"}
+PARTS = ("api-server", "dag-processor", "scheduler")
+STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
+RUN_TIMEOUT = 240
+LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+@dataclass
+class Airflow:
+    api: AirflowApi  # the admin's
+    home: Path
+    logs: dict[str, Path]
+    users: dict[str, AirflowApi] = field(default_factory=dict)  # admin, operator, viewer
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- {name} ({path}) ---\n{_tail(path)}" for name, path in self.logs.items())
+
+    def trigger(self, logical_date: str, dag_id: str = DAG_ID, as_user: str = "operator",
+                **conf: Any) -> str:
+        """Trigger a run over REST as ``as_user`` (the operator: who may trigger)."""
+        run_id = f"it_scheduler__{logical_date}__{uuid.uuid4().hex[:6]}"
+        self.users[as_user].json("POST", f"/api/v2/dags/{dag_id}/dagRuns", ok=(200, 201), json={
+            "dag_run_id": run_id, "logical_date": f"{logical_date}T00:00:00Z", "conf": conf})
+        return run_id
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self.api.json("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+
+    def new_run(self, dag_id: str, known: set[str], run_type: str = "asset_triggered",
+                timeout: float = 90) -> str:
+        """The id of a run of ``dag_id`` not in ``known``, created by the scheduler."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id)
+                     if r["dag_run_id"] not in known and r["run_type"] == run_type]
+            if fresh:
+                return fresh[0]
+            time.sleep(1)
+        raise AssertionError(f"no new {run_type} run of {dag_id} within {timeout:.0f}s; runs "
+                             f"{[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}\n"
+                             f"{self.log_tails()}")
+
+    def wait(self, run_id: str, timeout: float = RUN_TIMEOUT, dag_id: str = DAG_ID) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api.json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in ("success", "failed"):
+                return run
+            dead = [name for name, proc in self.procs.items() if proc.poll() is not None]
+            assert not dead, f"{dead} exited while {run_id} ran\n{self.log_tails()}"
+            time.sleep(2)
+        raise AssertionError(f"{run_id} still {run['state']} after {timeout:.0f}s; tasks "
+                             f"{self.states(run_id, dag_id)}\n{self.log_tails()}")
+
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, dict[str, Any]]:
+        return {ti["task_id"]: ti for ti in task_instances(self.api, dag_id, run_id)}
+
+    def states(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, str | None]:
+        return {task: ti["state"] for task, ti in self.task_instances(run_id, dag_id).items()}
+
+    def task_log(self, run_id: str, task_id: str, attempt: int = 1, dag_id: str = DAG_ID) -> str:
+        """The task log of one try through ``GET …/taskInstances/{task}/logs/{try}`` (JSON)."""
+        lines = log_lines(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt})
+        assert lines is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
+        return "\n".join(lines)
+
+    def failure_report(self, run_id: str, dag_id: str = DAG_ID) -> str:
+        tis = self.task_instances(run_id, dag_id)
+        failed = [task for task, ti in tis.items() if ti["state"] == "failed"]
+        logs = "".join(f"\n--- task log of {task} ---\n"
+                       f"{self.task_log(run_id, task, dag_id=dag_id)[-4000:]}" for task in failed)
+        return f"tasks {self.states(run_id, dag_id)}{logs}"
+
+
+def _airflow_env(home: Path, port: int, services: Any, password_file: Path) -> dict[str, str]:
+    """The complete environment of the Airflow processes, as ./deploy.sh sets it. Nothing
+    AIRFLOW* is inherited (pytest's own process has the dag.test() settings of
+    tests/conftest.py), and no credential: the workers' are in Connections in the metadata DB,
+    encrypted with the Fernet key, and the processes hold only Airflow's own keys."""
+    from stack import AIRFLOW_PROCESS_SECRETS, simple_auth_users
+
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AIRFLOW", "PYTEST_", "MLFLOW_TRACKING_USERNAME",
+                                  "MLFLOW_TRACKING_PASSWORD", "AWS_"))}
+    env.update({key: services.secrets[key] for key in AIRFLOW_PROCESS_SECRETS})
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple."
+                                      "simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "MLOPS_TASK_RETRIES": "0",
+        "MLOPS_RETRY_DELAY_SECONDS": "1",
+        "MLOPS_ARTIFACTS_URI": "s3://mlops",
+        "GX_ANALYTICS_ENABLED": "False",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    })
+    return env
+
+
+def _airflow_cli(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([str(BIN / "airflow"), *args], capture_output=True, text=True, env=env,
+                            cwd=env["AIRFLOW_HOME"], timeout=180)
+    assert result.returncode == 0, \
+        f"airflow {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
+    """api-server, dag-processor and scheduler (LocalExecutor) with the local stack's auth: the
+    users admin, operator and viewer, the workers' Connections in the metadata DB, the trainer
+    image pinned. Shared by the scheduler and security tests (one start, about a minute)."""
+    from stack import configure_airflow
+
+    home = tmp_path_factory.mktemp("airflow-scheduler")
+    port = free_port()
+    password_file = home / "passwords.json"
+    env = {**_airflow_env(home, port, services, password_file),
+           "MLOPS_TRAINER_IMAGE": trainer_image}
+    _airflow_cli(env, "db", "migrate")
+    configure_airflow(services.secrets, mlflow_url=services.mlflow_url, s3_url=services.s3_url,
+                      passwords_file=password_file, scratch=home, env=env)
+
+    logs = {part: home / "process-logs" / f"{part}.log" for part in PARTS}
+    api = {user: AirflowApi(f"http://127.0.0.1:{port}", user, services.secrets[key])
+           for user, (_, key) in AIRFLOW_USERS.items()}
+    found = Airflow(api["admin"], home, logs, users=api)
+    try:
+        for part in PARTS:
+            found.procs[part] = start_airflow_part(part, port=port, log_path=logs[part], cwd=home,
+                                                   env=env)
+        wait_until(lambda: http_ok(f"{found.api.url}/api/v2/monitor/health"), 120,
+                   "Airflow api-server", found.procs["api-server"], logs["api-server"])
+        dead = {part: proc.returncode for part, proc in found.procs.items() if proc.poll() is not None}
+        assert not dead, f"exited while starting: {dead}"
+        for dag_id in (DAG_ID, *LOOP_DAGS):
+            dag = wait_for_dag(found.api, dag_id, timeout=120)
+            assert dag["is_paused"], "DAGS_ARE_PAUSED_AT_CREATION=True did not apply"
+            found.api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    except (Exception, SystemExit) as err:  # summary.AirflowApi reports with SystemExit
+        _stop(found)
+        pytest.fail(f"Airflow did not start: {err}\n{found.log_tails()}", pytrace=False)
+    yield found
+    _stop(found)
+
+
+def _stop(found: Airflow) -> None:
+    """SIGTERM each process group, SIGKILL what is left after 15 s."""
+    for part in STOP_ORDER:
+        proc = found.procs.get(part)
+        if proc is not None:
+            stop_group(proc.pid, timeout=15)
+            proc.wait(timeout=10)

@@ -9,8 +9,7 @@ DeviceRequests the container is created with), with only the GPU probe's answer 
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 import time
 from datetime import date
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from pendulum import datetime as pdatetime
 
 from include.mlops.demo_data import write_partitions
-from tests.integration.conftest import REPO
+from tests.integration.conftest import docker_client
 
 FAST = {"family": "hist_gradient_boosting", "seed": 7, "hyperparameters": {"max_iter": 30}}
 # The GPU-capable family (on CPU here: no GPU on these machines).
@@ -27,28 +26,6 @@ XGB = {"family": "xgboost", "seed": 7, "hyperparameters": {"n_estimators": 60, "
 # Metrics of the two trainers must agree to this (same code, same pinned libraries, both on CPU);
 # docs/gpu-training.md documents it.
 TOLERANCE = 1e-6
-
-
-def docker_client() -> Any:
-    import docker
-
-    try:
-        client = docker.APIClient()
-        client.ping()
-    except Exception as err:  # noqa: BLE001
-        pytest.fail(f"no Docker engine at the local socket ({err}): ./deploy.sh test installs and "
-                    "starts one (apt-get install docker.io; dockerd)")
-    return client
-
-
-@pytest.fixture(scope="session")
-def trainer_image() -> str:
-    """The trainer image, built offline (cached by content hash: a no-op when current)."""
-    docker_client()
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_images.py")],
-                            capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, f"build_images.py failed:\n{result.stderr[-4000:]}"
-    return result.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +51,13 @@ def prepared(services: Any, airflow_db: None) -> dict[str, Any]:
 
 def train_dag(prepared: dict[str, Any], dag_id: str, **operator_args: Any) -> Any:
     """A one-task DAG: the training DAG's train task on the prepared rows."""
-    from airflow.sdk import DAG, Param
+    from airflow.sdk import DAG
 
-    from mlops.dag_defaults import common_params, overrides
+    from mlops.dag_defaults import run_params
     from mlops.operators.trainer import TrainModelOperator
 
     with DAG(dag_id, schedule=None, start_date=pdatetime(2025, 1, 1), catchup=False,
-             default_args={"retries": 0},
-             params=common_params(partition_date="unused", training=overrides("{}"),
-                                  container=overrides("{}"),
-                                  trainer=Param("docker", enum=["inprocess", "docker"]))) as dag:
+             default_args={"retries": 0}, params=run_params("training")) as dag:
         TrainModelOperator(task_id="train", features=prepared["features"],
                            ingest_result=prepared["ingest_result"], **operator_args)
     # dag.test() runs DAGs of a bundle: write this one to the metadata DB as the dags folder's.
@@ -103,11 +77,15 @@ def services_dir(prepared: dict[str, Any]) -> Any:
     return empty
 
 
-def run_train(run_any_dag: Any, prepared: dict[str, Any], dag_id: str, container: dict[str, Any],
-              training: dict[str, Any] | None = None, **operator_args: Any) -> Any:
+def run_train(run_any_dag: Any, deployment: Any, prepared: dict[str, Any], dag_id: str,
+              container: dict[str, Any], training: dict[str, Any] | None = None,
+              **operator_args: Any) -> Any:
+    """The train task alone, with the container settings in the dataset config (no run can set
+    them)."""
     dag = train_dag(prepared, dag_id, **operator_args)
-    return run_any_dag(dag, "2025-01-02", model_name="it_docker", source_uri=prepared["source"],
-                       training=training or FAST, container=container, trainer="docker")
+    dataset = deployment.write_dataset(dag_id, container=container)
+    return run_any_dag(dag, "2025-01-02", dataset=dataset, model_name="it_docker",
+                       source_uri=prepared["source"], training=training or FAST, trainer="docker")
 
 
 def trainer_containers(client: Any, dag_id: str) -> list[dict[str, Any]]:
@@ -116,15 +94,17 @@ def trainer_containers(client: Any, dag_id: str) -> list[dict[str, Any]]:
 
 # -- the training DAG, both trainers --------------------------------------------------------------
 def test_docker_trainer_matches_in_process_and_logs_to_the_dag_runs_mlflow_run(
-        services: Any, run_dag: Any, trainer_image: str) -> None:
+        services: Any, run_dag: Any, trainer_image: str, deployment: Any) -> None:
     store, client = services.store(), services.mlflow_client()
     source = "s3://mlops-data/it_docker_dag"
     write_partitions(store, source, date(2025, 1, 1), 1, rows=1500)
+    dataset = deployment.write_dataset("it_docker_dag", container={"memory_limit": "2g",
+                                                                   "cpus": 2})
     runs = {}
     for trainer in ("inprocess", "docker"):
-        result = run_dag("2025-01-02", model_name=f"it_docker_{trainer}", source_uri=source,
-                         training=XGB, gate={"thresholds": []}, trainer=trainer,
-                         container={"image": trainer_image, "memory_limit": "2g", "cpus": 2})
+        result = run_dag("2025-01-02", dataset=dataset, model_name=f"it_docker_{trainer}",
+                         source_uri=source, training=XGB, gate={"thresholds": []},
+                         trainer=trainer)
         assert result.state == "success", result.error_lines()
         runs[trainer] = (result, client.search_runs(
             [client.get_experiment_by_name(f"it_docker_{trainer}").experiment_id],
@@ -150,6 +130,7 @@ def test_docker_trainer_matches_in_process_and_logs_to_the_dag_runs_mlflow_run(
     log = docker_result.log
     assert "include.mlops.trainer: Training it_docker_docker (xgboost) on cpu" in log
     assert "Trainer result:" in log and "Trainer container mlops-training-train-" in log
+    assert "Credentials from the secrets file (deleted): AWS_ACCESS_KEY_ID" in log
     assert services.secret_key not in log
     # Nothing is left behind on the engine.
     assert trainer_containers(docker_client(), "training") == []
@@ -157,9 +138,9 @@ def test_docker_trainer_matches_in_process_and_logs_to_the_dag_runs_mlflow_run(
 
 # -- the train task alone: each failure class -----------------------------------------------------
 def test_data_error_in_the_container_fails_with_its_own_message(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any) -> None:
     bad = {**FAST, "hyperparameters": {"max_iter": -3}}  # sklearn refuses it at fit time
-    result = run_train(run_any_dag, prepared, "it_docker_data_error", {"image": trainer_image},
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_data_error", {},
                        training=bad)
     assert result.state == "failed" and result.tasks["train"] == "failed"
     # The container's own traceback reached the task log ...
@@ -173,9 +154,9 @@ def test_data_error_in_the_container_fails_with_its_own_message(
 
 
 def test_oom_kill_under_a_small_memory_limit_is_named(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
-    result = run_train(run_any_dag, prepared, "it_docker_oom",
-                       {"image": trainer_image, "memory_limit": "96m"})
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any) -> None:
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_oom",
+                       {"memory_limit": "96m"})
     assert result.tasks["train"] == "failed"
     final = result.final_error()
     assert "killed by the kernel at its memory limit container.memory_limit=96m (exit 137, " \
@@ -184,20 +165,48 @@ def test_oom_kill_under_a_small_memory_limit_is_named(
 
 
 def test_missing_image_fails_before_any_container_starts(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
-    result = run_train(run_any_dag, prepared, "it_docker_no_image",
-                       {"image": "mlops-trainer:no-such-tag"})
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = "sha256:" + "0" * 64
+    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", missing)
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_no_image", {})
     assert result.tasks["train"] == "failed"
     final = result.final_error()
-    assert "trainer image 'mlops-trainer:no-such-tag' is not on the Docker engine" in final
-    assert "could not be pulled" in final and "scripts/build_images.py" in final
-    assert "trainer-container.md#image" in final
+    assert f"trainer image {missing!r} is not on the Docker engine" in final
+    assert "is not pulled (only an image pinned by registry digest" in final
+    assert "scripts/build_images.py" in final and "trainer-container.md#image" in final
     assert trainer_containers(docker_client(), "it_docker_no_image") == []
 
 
+@pytest.mark.parametrize(("image", "digests"), [
+    pytest.param("tag", [], id="a-tag"),
+    pytest.param("id", ["sha256:" + "1" * 64], id="not-on-the-allow-list"),
+])
+def test_only_the_pinned_image_runs(
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any,
+        monkeypatch: pytest.MonkeyPatch, image: str, digests: list[str]) -> None:
+    """A tag can be moved to another image, so it runs only when its image's digest is on the
+    policy's allow-list; an image id not on the allow-list does not run either."""
+    from tests.integration.conftest import TEST_POLICY
+
+    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", "mlops-trainer:latest" if image == "tag"
+                       else trainer_image)
+    deployment.set_policy({**TEST_POLICY, "trainer_image_digests": digests})
+    try:
+        result = run_train(run_any_dag, deployment, prepared, f"it_docker_pin_{image}", {})
+    finally:
+        deployment.set_policy(TEST_POLICY)
+    assert result.tasks["train"] == "failed"
+    final = result.final_error()
+    assert "is not one the deployment pinned" in final, final
+    assert "refused-by-policy.md#a-trainer-image-that-is-not-pinned" in final
+    assert "Its log follows" not in result.log
+    assert trainer_containers(docker_client(), f"it_docker_pin_{image}") == []
+
+
 def test_engine_down_is_a_clear_retryable_error(
-        prepared: dict[str, Any], run_any_dag: Any) -> None:
-    result = run_train(run_any_dag, prepared, "it_docker_engine_down", {},
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any) -> None:
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_engine_down", {},
                        docker_url="unix:///tmp/no-docker-engine-here.sock")
     assert result.tasks["train"] == "failed"
     final = result.final_error()
@@ -207,9 +216,10 @@ def test_engine_down_is_a_clear_retryable_error(
 
 
 def test_no_gpu_falls_back_to_cpu_loudly(
-        services: Any, prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
-    result = run_train(run_any_dag, prepared, "it_docker_gpu_fallback",
-                       {"image": trainer_image, "gpus": "all", "gpu_fallback": "cpu"})
+        services: Any, prepared: dict[str, Any], run_any_dag: Any, trainer_image: str,
+        deployment: Any) -> None:
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_gpu_fallback",
+                       {"gpus": "all", "gpu_fallback": "cpu"})
     assert result.state == "success", result.error_lines()
     assert "NO GPU: container.gpus=all but no GPU is visible" in result.log
     assert "could not select device driver" in result.log  # the engine's own words
@@ -223,9 +233,9 @@ def test_no_gpu_falls_back_to_cpu_loudly(
 
 
 def test_no_gpu_without_fallback_fails_clearly(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
-    result = run_train(run_any_dag, prepared, "it_docker_gpu_required",
-                       {"image": trainer_image, "gpus": 1, "gpu_fallback": "fail"})
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any) -> None:
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_gpu_required",
+                       {"gpus": 1, "gpu_fallback": "fail"})
     assert result.tasks["train"] == "failed"
     final = result.final_error()
     assert "container.gpus=1 but no GPU is visible to a container" in final
@@ -234,10 +244,10 @@ def test_no_gpu_without_fallback_fails_clearly(
 
 
 def test_timeout_stops_the_container(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str) -> None:
+        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str, deployment: Any) -> None:
     started = time.monotonic()
-    result = run_train(run_any_dag, prepared, "it_docker_timeout",
-                       {"image": trainer_image, "timeout_minutes": 0.03})  # 1.8 s
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_timeout",
+                       {"timeout_minutes": 0.03})  # 1.8 s
     assert result.tasks["train"] == "failed"
     final = result.final_error()
     assert "ran longer than container.timeout_minutes=0.03 and was stopped" in final
@@ -247,10 +257,11 @@ def test_timeout_stops_the_container(
 
 
 def test_gpu_request_and_limits_reach_the_engine_exactly(
-        prepared: dict[str, Any], run_any_dag: Any, trainer_image: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        services: Any, prepared: dict[str, Any], run_any_dag: Any, trainer_image: str,
+        deployment: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """STUBBED GPU: no GPU exists here, so the probe's answer is replaced by a fake H100; the
-    container is really created, and its host config is read back from the engine before start."""
+    container is really created, and its configuration is read back from the engine before
+    start: limits and GPU request exact, no credential in it (they travel as a file)."""
     from docker import APIClient
     from mlops.hooks.docker_engine import TrainerEngineHook
 
@@ -262,12 +273,13 @@ def test_gpu_request_and_limits_reach_the_engine_exactly(
     def start(self: APIClient, container: Any, *args: Any, **kwargs: Any) -> Any:
         found = self.inspect_container(container)
         if found["Config"]["Labels"].get("mlops.dag_id") == "it_docker_gpu_request":
-            seen.update(host=found["HostConfig"], env=found["Config"]["Env"])
+            seen.update(host=found["HostConfig"], env=found["Config"]["Env"],
+                        inspect=json.dumps(found), image=found["Image"])
         return real_start(self, container, *args, **kwargs)
 
     monkeypatch.setattr(APIClient, "start", start)
-    result = run_train(run_any_dag, prepared, "it_docker_gpu_request",
-                       {"image": trainer_image, "gpus": "all", "memory_limit": "1g", "cpus": 1.5})
+    result = run_train(run_any_dag, deployment, prepared, "it_docker_gpu_request",
+                       {"gpus": "all", "memory_limit": "1g", "cpus": 1.5})
     assert seen, "the trainer container was never started"
     # What `docker run --gpus all` sends (the CLI writes DeviceIDs null, docker-py []: any GPU).
     assert seen["host"]["DeviceRequests"] == [{"Driver": "", "Count": -1, "DeviceIDs": [],
@@ -275,6 +287,11 @@ def test_gpu_request_and_limits_reach_the_engine_exactly(
     assert seen["host"]["NanoCpus"] == 1_500_000_000
     assert seen["host"]["Memory"] == seen["host"]["MemorySwap"] == 2**30
     assert "MLOPS_TRAINER_DEVICE=cuda" in seen["env"]
+    assert seen["image"] == trainer_image  # the pinned id, not a tag
+    names = {entry.split("=", 1)[0] for entry in seen["env"]}
+    assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"}
+    assert services.secret_key not in seen["inspect"]
+    assert services.access_key not in seen["inspect"]
     # This engine has no NVIDIA driver, so the start itself is refused: named, not a stack dump.
     final = result.final_error()
     assert "could not select device driver" in final and "trainer-container.md#no-gpu" in final
@@ -288,7 +305,7 @@ def test_on_kill_stops_and_removes_the_container(trainer_image: str) -> None:
                                         labels={"mlops.dag_id": "it_docker_kill"})
     client.start(container["Id"])
     operator = TrainModelOperator(task_id="train", features={}, ingest_result={})
-    operator.container, operator.container_name = container, "it_docker_kill"
+    operator.container_id, operator.container_name = container["Id"], "it_docker_kill"
     started = time.monotonic()
     operator.on_kill()
     assert time.monotonic() - started < 15

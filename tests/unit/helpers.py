@@ -46,3 +46,41 @@ def demo_frame(config: DatasetConfig, rows: int = 400, day: date = DAY, **kwargs
     from include.mlops.ingest import conform
 
     return conform(generate(day, rows, **kwargs), config, f"memory://{day.isoformat()}")
+
+
+class Canary:
+    """A type on no allow-list whose construction leaves a trace: a loader that builds it (skops
+    calls ``__setstate__``) writes ``marker``. Stands in for a type that runs code on load."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        Path(state["marker"]).write_text("built by a model loader")
+        self.__dict__.update(state)
+
+    def predict(self, x: Any) -> Any:
+        return [0] * len(x)
+
+
+def plant_model(directory: Any, payload: Any, *, trusted: list[str],
+                serialization_format: str = "skops", extra_flavor: dict[str, Any] | None = None
+                ) -> None:
+    """Write an MLflow sklearn model directory by hand, as someone with write access to the
+    artifact store could: ``model.skops`` holding ``payload`` and an MLmodel file that lists
+    ``trusted`` as its skops trusted types."""
+    from pathlib import Path
+
+    import skops.io
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(payload, directory / "model.skops")
+    flavor = {"pickled_model": "model.skops", "serialization_format": serialization_format,
+              "skops_trusted_types": trusted, "sklearn_version": "1.9.1",
+              **(extra_flavor or {})}
+    (directory / "MLmodel").write_text(yaml.safe_dump({"flavors": {
+        "sklearn": flavor,
+        "python_function": {"loader_module": "mlflow.sklearn", "model_path": "model.skops"}}}))

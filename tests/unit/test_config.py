@@ -349,15 +349,12 @@ def test_resolve_config_rejects_a_bad_override() -> None:
 
 
 # -- container (the docker trainer) ---------------------------------------------------------------
-def test_container_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_defaults_and_limits() -> None:
     from include.mlops.config import ContainerConfig
 
-    monkeypatch.delenv("MLOPS_TRAINER_IMAGE", raising=False)
     default = ContainerConfig()
-    assert (default.image, default.gpus, default.gpu_fallback) == ("mlops-trainer:latest", 0, "cpu")
+    assert (default.gpus, default.gpu_fallback) == (0, "cpu")
     assert not default.wants_gpu and default.memory_limit_bytes == 4 * 2**30
-    monkeypatch.setenv("MLOPS_TRAINER_IMAGE", "registry.example.com/ml/trainer:1.2")
-    assert ContainerConfig().image == "registry.example.com/ml/trainer:1.2"
     gpu = ContainerConfig(gpus="all", memory_limit="1.5g")
     assert gpu.wants_gpu and gpu.memory_limit_bytes == int(1.5 * 2**30)
     assert ContainerConfig(memory_limit="512m").memory_limit_bytes == 512 * 2**20
@@ -365,7 +362,7 @@ def test_container_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize("bad", [{"gpus": -1}, {"gpus": "some"}, {"memory_limit": "4 GB"},
                                  {"memory_limit": "lots"}, {"cpus": 0}, {"timeout_minutes": 0},
-                                 {"gpu_fallback": "maybe"}, {"pull": "always"}, {"image": ""}])
+                                 {"gpu_fallback": "maybe"}])
 def test_container_rejects_bad_values(bad: dict) -> None:
     from include.mlops.config import ContainerConfig
 
@@ -373,13 +370,14 @@ def test_container_rejects_bad_values(bad: dict) -> None:
         ContainerConfig(**bad)
 
 
-def test_container_param_overrides_the_yaml() -> None:
-    from include.mlops.config import resolve_config
+@pytest.mark.parametrize(("key", "where"), [("image", "trainer_image"), ("pull", "trainer_pull")])
+def test_a_dataset_config_no_longer_names_the_trainer_image(key: str, where: str) -> None:
+    """Which image runs next to the secrets is the deployment's policy, not a dataset's."""
+    from include.mlops.config import ContainerConfig
 
-    config = resolve_config({"dataset": "churn_demo",
-                             "container": {"gpus": 2, "memory_limit": "16g"}})
-    assert config.container.gpus == 2 and config.container.memory_limit == "16g"
-    assert config.container.cpus == 2.0  # the rest keeps its defaults
+    with pytest.raises(ValueError, match=f"container.{key} moved to the deployment's policy: "
+                                         f"set {where}"):
+        ContainerConfig(**{key: "mlops-trainer:latest"})
 
 
 def test_another_family_does_not_inherit_the_yamls_hyperparameters() -> None:

@@ -154,17 +154,20 @@ def test_schedule_reads_complete_daily_intervals_one_run_at_a_time(training: Any
     assert (interval.start, interval.end) == (datetime(2025, 1, 1), datetime(2025, 1, 2))
 
 
-def test_default_params_are_valid(serialized: Any) -> None:
+def test_default_params_are_what_the_default_policy_allows(serialized: Any) -> None:
+    """The trigger form shows only what a run may set: the dataset, the day(s), force and the
+    hyperparameters; never the image, limits, artifact location or the gate."""
     params = serialized.params.deep_merge({}).validate()
-    assert params["dataset"] == "churn_demo"
-    assert params["lookback_days"] is None and params["force"] is False
-    assert params["trainer"] == "inprocess" and params["container"] == {}
+    assert params == {"dataset": "churn_demo", "partition_date": None, "force": False,
+                      "lookback_days": None, "training": {}}
+    training = serialized.params.get_param("training").schema
+    assert set(training["properties"]) == {"hyperparameters"}
+    assert training["additionalProperties"] is False
 
 
 def test_valid_conf_is_accepted(serialized: Any) -> None:
     conf = {"dataset": "churn_demo", "lookback_days": 3, "partition_date": "2025-01-02",
-            "source_uri": "/data/churn", "training": {"seed": 7}, "gate": {"thresholds": []},
-            "force": True, "trainer": "docker", "container": {"gpus": "all"}}
+            "training": {"hyperparameters": {"max_iter": 50}}, "force": True}
     assert serialized.params.deep_merge(conf).validate()["lookback_days"] == 3
 
 
@@ -176,9 +179,11 @@ def test_valid_conf_is_accepted(serialized: Any) -> None:
         pytest.param({"dataset": "../etc/passwd"}, "does not match", id="dataset-traversal"),
         pytest.param({"partition_date": "2025-13-45"}, "is not a 'date'", id="bad-date"),
         pytest.param({"training": "random_forest"}, "is not of type 'object'", id="training-string"),
+        pytest.param({"training": {"seed": 7}}, "Additional properties are not allowed",
+                     id="training-field-not-allowed"),
+        pytest.param({"training": {"hyperparameters": "deep"}}, "is not of type 'object'",
+                     id="hyperparameters-string"),
         pytest.param({"force": "yes"}, "is not of type 'boolean'", id="force-string"),
-        pytest.param({"trainer": "gpu"}, "'gpu' is not one of", id="trainer-unknown"),
-        pytest.param({"container": "16g"}, "is not of type 'object'", id="container-string"),
     ],
 )
 def test_bad_param_value_is_rejected(serialized: Any, training: Any, conf: dict[str, Any],
@@ -192,6 +197,30 @@ def test_bad_param_value_is_rejected(serialized: Any, training: Any, conf: dict[
         params[key] = value
 
 
+def test_a_wider_policy_widens_the_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Params follow the deployment's policy file: what it allows appears, typed from the config
+    model; what it can never allow (container, artifacts_uri) never does."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("run_overrides: [partition_date, trainer, gate, rollout.mode, "
+                      "training.seed]\n")
+    monkeypatch.setenv("MLOPS_POLICY_FILE", str(policy))
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(load().dags["training"]))
+    assert set(dag.params.deep_merge({}).validate()) == {
+        "dataset", "partition_date", "trainer", "gate", "rollout", "training"}
+    schema = {key: dag.params.get_param(key).schema for key in ("gate", "rollout", "training")}
+    assert set(schema["gate"]["properties"]) == {"thresholds", "champion_metric",
+                                                 "champion_margin"}
+    assert schema["rollout"]["properties"]["mode"]["enum"] == ["direct", "shadow", "canary"]
+    assert schema["training"]["properties"] == {"seed": {
+        "type": "integer", "description": "Random seed of the split and the estimator"}}
+    for conf, message in (({"trainer": "gpu"}, "'gpu' is not one of"),
+                          ({"gate": {"thresholds": ["roc_auc is good"]}}, "does not match"),
+                          ({"gate": {"champion_margin": -1}}, "less than the minimum of 0"),
+                          ({"rollout": {"canary_share": 0.2}}, "Additional properties")):
+        with pytest.raises(ParamValidationError, match=message):
+            dag.params.deep_merge(conf).validate()
+
+
 # -- operators --------------------------------------------------------------------------------------
 OPERATORS = [
     pytest.param(ops.IngestOperator, {}, ("artifacts_uri",), id="IngestOperator"),
@@ -202,7 +231,7 @@ OPERATORS = [
     pytest.param(ops.BuildFeaturesOperator, {"ingest_result": {}},
                  ("artifacts_uri", "ingest_result"), id="BuildFeaturesOperator"),
     pytest.param(TrainModelOperator, {"features": {}, "ingest_result": {}},
-                 ("artifacts_uri", "features", "ingest_result", "trainer", "image"),
+                 ("artifacts_uri", "features", "ingest_result", "trainer"),
                  id="TrainModelOperator"),
     pytest.param(ops.EvaluateModelOperator, {"model": {}, "features": {}},
                  ("artifacts_uri", "model", "features"), id="EvaluateModelOperator"),
@@ -253,7 +282,7 @@ def test_template_fields_are_declared(cls: type, inputs: dict[str, Any],
     operator = cls(task_id="probe_task", **inputs)
     for field in fields:
         assert hasattr(operator, field), field
-    assert operator.artifacts_uri == "{{ params.artifacts_uri }}"
+    assert operator.artifacts_uri is None  # the policy's, resolved in execute()
     assert operator.mlflow_conn_id == MlflowHook.default_conn_name == "mlflow_default"
     assert operator.s3_conn_id == ObjectStorageHook.default_conn_name == "mlops_s3"
 

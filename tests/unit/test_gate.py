@@ -228,3 +228,19 @@ def test_champion_comparison_uses_rows_outside_the_champions_training_data() -> 
     assert "on 400 held-out rows outside its training partitions (date=2025-01-01 left out)" \
         in decision.reasons[-1]
     assert "challenger 0.8200 vs champion v1 0.8000" in decision.reasons[-1]
+
+
+def test_a_card_decided_under_a_loosened_gate_says_so_in_red() -> None:
+    decision = decide(gated(), GOOD, None)
+    why = ["gate threshold roc_auc >= 0.7 replaced by roc_auc >= 0"]
+    card = promotion_card(config=gated(), decision=decision, challenger={"metrics": GOOD},
+                          champion=None, context={}, loosened=why)
+    assert card["loosened_gate"] == why
+    html = render_card_html(card)
+    banner = html[html.index('<div class="loosened"'):html.index("</div>")]
+    assert "background:#cf222e" in banner and "LOOSENED gate" in banner
+    assert escape(why[0]) in banner
+    plain = render_card_html(promotion_card(config=gated(), decision=decision,
+                                            challenger={"metrics": GOOD}, champion=None,
+                                            context={}))
+    assert "LOOSENED" not in plain

@@ -123,3 +123,19 @@ def test_job_comes_from_the_environment_before_the_work_dir(
     code = trainer.main(["--work-dir", str(tmp_path)])
     result = json.loads((tmp_path / "result.json").read_text())
     assert code == trainer.EXIT_DATA and "cannot parse $MLOPS_TRAINER_CONFIG" in result["error"]
+
+
+def test_credentials_come_from_a_file_that_is_deleted_first(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator hands the credentials over as a file in the work dir (not as container
+    environment, which `docker inspect` shows); the trainer moves them into its own environment
+    and deletes the file before it reads the job."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "placeholder")  # restored after the test
+    (tmp_path / trainer.SECRETS_FILE).write_text(json.dumps({"AWS_SECRET_ACCESS_KEY": "s3cr3t"}))
+    code = trainer.main(["--work-dir", str(tmp_path)])  # no job: fails after the secrets step
+    assert code == 2
+    import os
+
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
+    assert not (tmp_path / trainer.SECRETS_FILE).exists()
+    assert "s3cr3t" not in (tmp_path / "result.json").read_text()

@@ -12,15 +12,15 @@ from include.mlops.config import ContainerConfig
 from include.mlops.errors import TrainerError
 from mlops.operators.trainer import TrainModelOperator
 
-CONFIG = ContainerConfig(image="mlops-trainer:test", memory_limit="512m", timeout_minutes=5)
+CONFIG = ContainerConfig(memory_limit="512m", timeout_minutes=5)
 
 
 def classify(state: dict[str, Any], result: dict[str, Any], stopped_for: str | None = None
              ) -> TrainerError | None:
     operator = TrainModelOperator(task_id="train", features={}, ingest_result={})
-    operator._stopped_for = stopped_for
     try:
-        operator.raise_for_failure(CONFIG, result, state)
+        operator.raise_for_failure(CONFIG, result, state, timed_out=stopped_for == "timeout",
+                                   killed=stopped_for == "kill")
     except TrainerError as err:
         return err
     return None
@@ -85,4 +85,4 @@ def test_unknown_trainer_is_a_config_error() -> None:
 
     operator = TrainModelOperator(task_id="train", features={}, ingest_result={}, trainer="gpu")
     with pytest.raises(ConfigError, match="trainer 'gpu' is not one of inprocess, docker"):
-        operator.run(None, {})  # type: ignore[arg-type]
+        operator.run(None, {"params": {}})  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ class BatchScoreOperator(MlopsStageOperator):
     """
 
     ui_color = "#fdf2d4"
+    conf_keys = "batch_scoring"
 
     def __init__(self, *, outlets: list[Asset] | None = None, **kwargs: Any) -> None:
         super().__init__(outlets=outlets if outlets is not None else [PREDICTIONS], **kwargs)
@@ -85,8 +86,6 @@ class MonitorOperator(MlopsStageOperator):
         if latest:
             extra = dict(latest[-1].extra or {})
             params.update({k: extra[k] for k in ("dataset", "model_name") if extra.get(k)})
-            if extra.get("artifacts_uri"):
-                self.artifacts_uri = extra["artifacts_uri"]  # where that scoring run wrote
             day = date.fromisoformat(extra["partition_date"])
             if len(latest) > 1:
                 self.log.warning("%d predictions events arrived together; checking the latest "
@@ -102,7 +101,8 @@ class MonitorOperator(MlopsStageOperator):
 
         return Stage(config=resolve_config(params), store=self.s3_hook.store,
                      client=self.mlflow_hook.client, mlflow_run_id=mlflow_run_id,
-                     artifacts_uri=self.artifacts_uri, run_key=run_key(run_date(context)))
+                     artifacts_uri=self.artifacts_uri, run_key=run_key(run_date(context)),
+                     loosened=tuple(self.loosened))
 
 
 class DriftCheckOperator(MonitorOperator):
@@ -114,6 +114,7 @@ class DriftCheckOperator(MonitorOperator):
     """
 
     ui_color = "#fde2e2"
+    conf_keys = "drift_monitor"
 
     def run(self, stage: None, context: Context) -> dict[str, Any]:
         from include.mlops.monitor import check_drift
@@ -134,6 +135,7 @@ class LivePerformanceOperator(MonitorOperator):
 
     ui_color = "#e2f0fd"
     waits_for_labels = True
+    conf_keys = "performance_monitor"
 
     def __init__(self, *, alert_task_ids: Sequence[str] = ("performance_degraded",),
                  **kwargs: Any) -> None:
@@ -157,6 +159,7 @@ class ABDecisionOperator(MonitorOperator):
 
     ui_color = "#e8f4fd"
     waits_for_labels = True
+    conf_keys = "performance_monitor"
 
     def __init__(self, *, pool: str = PROMOTION_POOL, **kwargs: Any) -> None:
         super().__init__(pool=pool, **kwargs)

@@ -127,8 +127,12 @@ def trigger_tags(trigger: dict[str, Any]) -> dict[str, str]:
 class MlopsStageOperator(BaseOperator, SkipMixin):
     """Base for the pipeline's operators: config from Params, hooks, the DAG run's MLflow run.
 
+    Every task first checks the run's conf against the deployment's policy
+    (:mod:`include.mlops.policy`): a key the run may not set, or a gate it may not loosen,
+    fails the task before anything else happens, so the first task of a run stops it.
+
     :param artifacts_uri: where run outputs, snapshots and audit records go, e.g.
-        ``s3://mlops`` (templated; defaults to the ``artifacts_uri`` Param)
+        ``s3://mlops`` (templated; default: the policy's ``artifacts_uri``, never a run's conf)
     :param mlflow_conn_id: connection of the MLflow tracking server
     :param s3_conn_id: connection of the S3-compatible object store
     """
@@ -136,14 +140,16 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     template_fields: Sequence[str] = ("artifacts_uri",)
     ui_color = "#e8f4fd"
     uses_mlflow_run = True  # False: run() gets no Stage and no MLflow run is created
+    conf_keys = "training"  # which DAG's run conf keys this task understands (policy.DAG_KEYS)
 
-    def __init__(self, *, artifacts_uri: str = "{{ params.artifacts_uri }}",
+    def __init__(self, *, artifacts_uri: str | None = None,
                  mlflow_conn_id: str = MlflowHook.default_conn_name,
                  s3_conn_id: str = ObjectStorageHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.artifacts_uri = artifacts_uri
         self.mlflow_conn_id = mlflow_conn_id
         self.s3_conn_id = s3_conn_id
+        self.loosened: list[str] = []  # gate loosenings of this run, allowed by the policy
 
     @cached_property
     def mlflow_hook(self) -> MlflowHook:
@@ -152,6 +158,20 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     @cached_property
     def s3_hook(self) -> ObjectStorageHook:
         return ObjectStorageHook(self.s3_conn_id)
+
+    def enforce_policy(self, context: Context) -> None:
+        """Refuse a conf key the run may not set, or a gate it may not loosen (the deployment's
+        policy decides); note the loosenings it allows. Runs before anything else."""
+        from include.mlops.policy import DAG_KEYS, check_run_conf, load_policy, resolve
+
+        policy = load_policy()
+        check_run_conf(getattr(context["dag_run"], "conf", None), policy,
+                       DAG_KEYS[self.conf_keys])
+        self.artifacts_uri = self.artifacts_uri or policy.artifacts_uri
+        _, self.loosened = resolve(run_params(context), policy)
+        if self.loosened:
+            self.log.warning("This run loosens the gate (allowed by the deployment's policy): "
+                             "%s", "; ".join(self.loosened))
 
     def dag_context(self, context: Context) -> dict[str, Any]:
         dag_run = context["dag_run"]
@@ -186,13 +206,14 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         client.set_tag(mlflow_run_id, f"airflow.try.{self.task_id}", str(context["ti"].try_number))
         return Stage(config=config, store=self.s3_hook.store, client=client,
                      mlflow_run_id=mlflow_run_id, artifacts_uri=self.artifacts_uri,
-                     run_key=run_key(when))
+                     run_key=run_key(when), loosened=tuple(self.loosened))
 
     def execute(self, context: Context) -> Any:
         from include.mlops.errors import PipelineError
 
         stage = None
         try:
+            self.enforce_policy(context)
             if self.uses_mlflow_run:
                 stage = self.stage(context)
             return self.run(stage, context)
