@@ -34,8 +34,9 @@ DEMO_DAYS=3
 DEMO_LOGICAL_DATE="${TODAY}T00:00:00Z"
 DEMO_RUN_ID="scheduled__${TODAY}T00:00:00+00:00"
 
-say() { printf '[%4ss] %s\n' "$SECONDS" "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# Messages show paths relative to the checkout (.env, .local/logs/...), not this machine's.
+say() { local m="$*"; printf '[%4ss] %s\n' "$SECONDS" "${m//$REPO\//}"; }
+die() { local m="$*"; printf 'error: %s\n' "${m//$REPO\//}" >&2; exit 1; }
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
@@ -232,8 +233,8 @@ cmd_local() {
         --timeout "${MLOPS_DEPLOY_TIMEOUT:-900}" "${rerun[@]}" || rc=$?
     echo
     echo "Log in to Airflow as 'operator' (may trigger), 'viewer' (read-only) or 'admin'; the"
-    echo "passwords are MLOPS_AIRFLOW_*_PASSWORD in $ENV_FILE (MLflow: 'viewer', MLOPS_MLFLOW_VIEWER_PASSWORD)."
-    echo "./deploy.sh status | ./deploy.sh stop (data stays in $STATE)"
+    echo "passwords are MLOPS_AIRFLOW_*_PASSWORD in .env (MLflow: 'viewer', MLOPS_MLFLOW_VIEWER_PASSWORD)."
+    echo "./deploy.sh status | ./deploy.sh stop (data stays in .local)"
     return $rc
 }
 
@@ -268,7 +269,8 @@ cmd_test() {
     if ((${#args[@]} == 0)) || [[ "${args[0]}" == -* ]]; then
         args=(tests/unit tests/integration "${args[@]}")
     fi
-    exec "$VENV/bin/python" -m pytest "${args[@]}" -q -p no:cacheprovider
+    # --durations: the slowest tests in every CI log, to keep the suite under its time budget.
+    exec "$VENV/bin/python" -m pytest "${args[@]}" -q -p no:cacheprovider --durations=15
 }
 
 cmd_airflow() {

@@ -108,11 +108,19 @@ def ensure_env_file(path: Path) -> str:
         text += "".join(f"{key}={SECRETS[key]()}\n" for key in missing)
         write_private(path, text)
         said = ("Created " if len(missing) == len(SECRETS) else
-                f"Added {', '.join(missing)} to ") + f"{path} (random secrets, mode 600)"
+                f"Added {', '.join(missing)} to ") + f"{_shown(path)} (random secrets, mode 600)"
     if path.stat().st_mode & 0o077:
         path.chmod(0o600)
-        said += f"{'; r' if said else 'R'}estricted {path} to mode 600"
+        said += f"{'; r' if said else 'R'}estricted {_shown(path)} to mode 600"
     return said
+
+
+def _shown(path: Path) -> str:
+    """``path`` as printed: relative to the checkout when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

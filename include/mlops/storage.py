@@ -148,8 +148,8 @@ class ObjectStore:
             return ObjectNotFoundError(f"{what}: object does not exist")
         if code == "NoSuchBucket":
             return PipelineError(f"{what}: bucket does not exist on {self.endpoint}; create it, "
-                                 "or fix the URI (the dataset's source_uri or the artifacts_uri "
-                                 "Param)", runbook="bad-data.md")
+                                 "or fix the URI (the dataset's source_uri or the policy's "
+                                 "artifacts_uri)", runbook="bad-data.md")
         if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"}:
             return CredentialsError(f"{what}: S3 at {self.endpoint} rejected the credentials "
                                     f"({code}); check {self.conn_hint or 'the S3 connection'}")

@@ -34,7 +34,8 @@ def save(model: Any, directory: Path) -> Path:
     import mlflow.sklearn
 
     mlflow.sklearn.save_model(model, str(directory), serialization_format="skops",
-                              skops_trusted_types=modeling.untrusted_types(model))
+                              skops_trusted_types=modeling.untrusted_types(model),
+                              pip_requirements=["scikit-learn"])  # no slow requirement inference
     return directory
 
 

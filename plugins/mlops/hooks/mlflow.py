@@ -71,7 +71,7 @@ class MlflowHook(BaseHook):
 
     def container_environment(self) -> tuple[dict[str, str], dict[str, str]]:
         """``(public, secret)`` environment for a container that talks to this server: the URL,
-        then the basic-auth login and password (for ``private_environment``, never logged)."""
+        then the basic-auth login and password (handed over as a file, never logged)."""
         conn = self._conn
         secret = {}
         if conn.login:

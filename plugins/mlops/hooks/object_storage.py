@@ -30,7 +30,7 @@ class ObjectStorageHook(BaseHook):
     def container_environment(self) -> tuple[dict[str, str], dict[str, str]]:
         """``(public, secret)`` environment for a container that reads and writes this store
         (``include.mlops.storage.ObjectStore.from_env``): endpoint and region, then the keys
-        (for ``private_environment``, never logged)."""
+        (handed over as a file, never logged)."""
         from airflow.sdk.log import mask_secret
 
         conn = self._conn

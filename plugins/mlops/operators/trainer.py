@@ -85,6 +85,7 @@ class TrainModelOperator(MlopsStageOperator):
         self.image_id: str | None = None  # the pinned image that ran (sha256:…)
         self.container_id: str | None = None  # in flight, for on_kill
         self.container_name: str | None = None
+        self._killed = False  # on_kill stopped the container: its exit is not an OOM
         self._gpu_fallback: str | None = None  # why no GPU was used although one was asked for
 
     @cached_property
@@ -144,7 +145,8 @@ class TrainModelOperator(MlopsStageOperator):
         wall = time.monotonic() - started
         self.log.info("Trainer container %s exited %s after %.1f s", spec.name,
                       ran.state.get("ExitCode"), wall)
-        self.raise_for_failure(config, ran.result, ran.state, timed_out=ran.timed_out)
+        self.raise_for_failure(config, ran.result, ran.state, timed_out=ran.timed_out,
+                               killed=self._killed)
         result = ran.result
         return self.record(stage, result, trainer="docker",
                            device=result.get("device", spec.environment["MLOPS_TRAINER_DEVICE"]),
@@ -281,6 +283,7 @@ class TrainModelOperator(MlopsStageOperator):
         container so no orphan keeps the GPU."""
         container_id = self.container_id
         if container_id:
+            self._killed = True
             self.log.info("Task killed: stopping trainer container %s", self.container_name)
             self.hook.stop(container_id)
             self.hook.remove(container_id)
