@@ -347,11 +347,17 @@ def ensure_mlflow_users(url: str, *, admin_password: str, users: dict[str, str],
     auth client as the admin. The ``manage`` accounts get MANAGE on every experiment and
     registered model that exists already (a stack that ran without auth before); what they
     create later is theirs. Everyone else keeps the default: read-only."""
+    import warnings
+
     from mlflow.exceptions import MlflowException
-    from mlflow.server import get_app_client
 
     sys.path.insert(0, str(REPO))
-    with MlflowLogin("admin", admin_password):
+    with MlflowLogin("admin", admin_password), warnings.catch_warnings():
+        # MLflow's server package imports starlette's deprecated WSGI middleware (MLflow's own
+        # concern, nothing a user can act on): only that warning, only in this block.
+        warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+        from mlflow.server import get_app_client
+
         auth = get_app_client("basic-auth", tracking_uri=url)
         for username, password in users.items():
             try:
@@ -369,7 +375,12 @@ def ensure_mlflow_users(url: str, *, admin_password: str, users: dict[str, str],
             resources += [("registered_model", m.name) for m in client.search_registered_models()]
             for username in manage:
                 for kind, resource_id in resources:
-                    auth.grant_user_permission(username, kind, resource_id, "MANAGE")
+                    if auth.get_user_permission(username, kind, resource_id).permission != "MANAGE":
+                        try:
+                            auth.revoke_user_permission(username, kind, resource_id)
+                        except MlflowException:
+                            pass  # no direct grant yet (the default applied)
+                        auth.grant_user_permission(username, kind, resource_id, "MANAGE")
 
 
 def start_throwaway_services(workdir: Path, secrets: dict[str, str]) -> tuple[Service, Service]:
