@@ -169,6 +169,16 @@ def _noop(value: Any) -> bool:
     return value is None or value == {}
 
 
+def _deployment_value(path: str, policy: Policy) -> Any:
+    """What the deployment itself uses for a top-level key (a conf repeating it changes nothing:
+    runs triggered from an older trigger form carry every Param, and can still be cleared)."""
+    return {"artifacts_uri": policy.artifacts_uri, "force": False,
+            "trainer": os.environ.get("MLOPS_TRAINER") or "inprocess"}.get(path, _UNSET)
+
+
+_UNSET = object()
+
+
 def refused_keys(conf: dict[str, Any], policy: Policy, dag_keys: tuple[str, ...]
                  ) -> list[tuple[str, str]]:
     """``(key, why)`` for every key of ``conf`` that this run may not set."""
@@ -176,7 +186,7 @@ def refused_keys(conf: dict[str, Any], policy: Policy, dag_keys: tuple[str, ...]
 
     def visit(path: str, value: Any) -> None:
         head = path.split(".")[0]
-        if _noop(value):
+        if _noop(value) or value == _deployment_value(path, policy):
             return
         if head in NEVER:
             refused.append((path, f"never overridable from a run: {NEVER[head]}"))

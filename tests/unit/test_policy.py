@@ -35,9 +35,13 @@ DIGEST = "sha256:" + "ab" * 32
                  id="hyperparameters"),
     pytest.param({"partition_date": None, "training": {}, "gate": {}, "container": None},
                  id="no-op-values"),  # what a trigger form sends for untouched fields
+    pytest.param({"artifacts_uri": "s3://mlops", "trainer": "inprocess", "container": {},
+                  "source_uri": None, "force": False},
+                 id="older-form"),  # a run from before the policy: every Param at its default
 ])
-def test_the_default_policy_allows(conf: dict[str, Any]) -> None:
-    check_run_conf(conf, Policy(), TRAINING)
+def test_the_default_policy_allows(conf: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLOPS_TRAINER", raising=False)
+    check_run_conf(conf, Policy(artifacts_uri="s3://mlops"), TRAINING)
 
 
 @pytest.mark.parametrize(("conf", "key", "why"), [
@@ -55,10 +59,14 @@ def test_the_default_policy_allows(conf: dict[str, Any]) -> None:
     pytest.param({"source_uri": "s3://other/data"}, "source_uri", "allow-list", id="source"),
     pytest.param({"model_name": "someone_elses"}, "model_name", "allow-list", id="model-name"),
     pytest.param({"trainer": "docker"}, "trainer", "allow-list", id="trainer"),
+    pytest.param({"force": True, "artifacts_uri": "s3://mlops-scratch"}, "artifacts_uri",
+                 "never overridable", id="artifacts-elsewhere"),
     pytest.param({"partiton_date": "2025-01-02"}, "partiton_date",
                  "unknown conf key; did you mean 'partition_date'?", id="misspelt"),
 ])
-def test_the_default_policy_refuses(conf: dict[str, Any], key: str, why: str) -> None:
+def test_the_default_policy_refuses(conf: dict[str, Any], key: str, why: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLOPS_TRAINER", raising=False)
     with pytest.raises(OverrideRefusedError) as err:
         check_run_conf(conf, Policy(), TRAINING)
     message = str(err.value)
