@@ -84,6 +84,9 @@ ensure_venv() {
     local site
     site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$site/airflow_mlops_repo.pth"
+    # The project's own modules as bytecode (under a second): every DAG parse and task imports
+    # them, and where PYTHONDONTWRITEBYTECODE is set Python would compile them on every import.
+    "$VENV/bin/python" -m compileall -q -j 0 "$REPO/include" "$REPO/plugins" "$REPO/dags" >/dev/null
 }
 
 # -- Secrets ---------------------------------------------------------------------------------------

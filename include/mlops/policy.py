@@ -75,7 +75,7 @@ def _known_path(path: str) -> bool:
 class Policy(BaseModel):
     """The deployment's policy (``$MLOPS_POLICY_FILE``); see docs/security.md."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # Conf keys a run may set: top-level keys (``partition_date``) or dotted paths into a
     # section (``training.hyperparameters``); a listed key allows everything below it.
