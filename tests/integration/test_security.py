@@ -157,6 +157,16 @@ def test_mlflow_people_read_only_the_workers_move_aliases(services: Any) -> None
     assert requests.post(runs, json={"experiment_id": experiment}, auth=viewer,
                          timeout=30).status_code == 403
     assert requests.get(f"{services.mlflow_url}/health", timeout=30).status_code == 200
+    # Only the admin administers accounts.
+    create = f"{services.mlflow_url}/api/2.0/mlflow/users/create"
+    admin = ("admin", services.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"])
+    account = {"username": "it-sec-new-user", "password": "a-long-enough-password-1"}
+    for who in (viewer, worker):
+        assert requests.post(create, json=account, auth=who, timeout=30).status_code == 403, who
+    assert requests.post(create, json=account, auth=admin, timeout=30).status_code == 200
+    assert requests.delete(f"{services.mlflow_url}/api/2.0/mlflow/users/delete",
+                           json={"username": account["username"]}, auth=admin,
+                           timeout=30).status_code == 200
 
 
 # -- S3: a key per party --------------------------------------------------------------------------
