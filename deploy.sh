@@ -68,9 +68,11 @@ ensure_venv() {
     version="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [[ "$version" == "3.11" || "$version" == "3.12" ]] \
         || die "$VENV has Python $version; 3.11 or 3.12 is required (remove $VENV to rebuild it)"
-    local want have
-    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    local want have site
+    # "+bytecode": a venv installed before bytecode was compiled at install time gets it once.
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)+bytecode"
     have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     if [[ "$want" != "$have" ]]; then
         say "Installing requirements.txt into $VENV (it changed since the last install)"
         if [[ ! -x "$VENV/bin/uv" ]]; then
@@ -78,11 +80,15 @@ ensure_venv() {
             "$VENV/bin/python" -m pip install -q uv
         fi
         VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q -r requirements.txt
+        # Bytecode now, once (about 30 s on 2 cores): uv writes none, and where
+        # PYTHONDONTWRITEBYTECODE is set every task process would compile pandas, scikit-learn,
+        # MLflow and Great Expectations again at import (docs/benchmarks.md).
+        say "Compiling the installed packages to bytecode"
+        "$VENV/bin/python" -m compileall -q -j 0 "$site" >/dev/null \
+            || say "warning: some installed files did not compile to bytecode; they are compiled at import"
         echo "$want" >"$VENV/.requirements.sha256"
     fi
     # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
-    local site
-    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$site/airflow_mlops_repo.pth"
     # The project's own modules as bytecode (under a second): every DAG parse and task imports
     # them, and where PYTHONDONTWRITEBYTECODE is set Python would compile them on every import.
@@ -127,7 +133,6 @@ airflow_env() {
         MLOPS_AIRFLOW_PORT="$AIRFLOW_PORT"
     export AIRFLOW_HOME="$STATE/airflow"
     export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
-    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
     export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
     export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
     export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -136,9 +141,14 @@ airflow_env() {
     export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
     export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
-    # admin, operator (may trigger), viewer (read-only); passwords from .env (docs/security.md)
-    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="$("$VENV/bin/python" "$REPO/scripts/stack.py" auth-users)"
-    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
+    # From scripts/stack.py: the users admin, operator (may trigger) and viewer (read-only;
+    # passwords from .env, docs/security.md), and the executor: a LocalExecutor whose task workers
+    # start from a forkserver that imported the stages' libraries once (docs/benchmarks.md).
+    local setting
+    while IFS= read -r setting; do
+        export "${setting?}"
+    done < <("$VENV/bin/python" "$REPO/scripts/stack.py" airflow-settings)
+    [[ -n "${AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD:-}" ]] || die "scripts/stack.py airflow-settings failed"
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/passwords.json"
     export AIRFLOW__API__HOST=127.0.0.1
     export AIRFLOW__API__PORT="$AIRFLOW_PORT"
@@ -263,17 +273,40 @@ cmd_status() {
 
 cmd_test() {
     ensure_venv
-    # The docker trainer's tests run real containers (tests/integration/test_docker_trainer.py).
-    ensure_docker
-    build_images
-    local args=("$@")
-    # Default to the whole suite, unit tests first; `./deploy.sh test tests/unit -x` picks paths
-    # and options.
-    if ((${#args[@]} == 0)) || [[ "${args[0]}" == -* ]]; then
-        args=(tests/unit tests/integration "${args[@]}")
+    local args=("$@") pytest=("$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15)
+    # An explicit selection (`./deploy.sh test tests/unit -x`) runs as given; the Docker engine
+    # and the trainer image only when it reaches the integration tests.
+    if ((${#args[@]})) && [[ "${args[0]}" != -* ]]; then
+        if [[ " ${args[*]} " == *integration* ]]; then
+            ensure_docker
+            build_images
+        fi
+        exec "${pytest[@]}" "${args[@]}"
     fi
-    # --durations: the slowest tests in every CI log, to keep the suite under its time budget.
-    exec "$VENV/bin/python" -m pytest "${args[@]}" -q -p no:cacheprovider --durations=15
+    # The whole suite: the unit tests first, while the Docker engine is installed and the trainer
+    # image built in the background (tests/integration/test_docker_trainer.py runs real
+    # containers); a unit failure is reported before any of that is waited for.
+    mkdir -p "$STATE/logs"
+    local image_file="$STATE/logs/trainer-image.id"
+    rm -f "$image_file"
+    say "Docker engine and trainer image in the background (log: $STATE/logs/docker-setup.log)"
+    ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file" ) \
+        >"$STATE/logs/docker-setup.log" 2>&1 &
+    local setup=$!
+    say "Unit tests"
+    "${pytest[@]}" tests/unit "${args[@]}" || {
+        kill "$setup" 2>/dev/null
+        die "unit tests failed (above); the integration tests did not run"
+    }
+    if ! wait "$setup"; then
+        cat "$STATE/logs/docker-setup.log" >&2
+        die "setting up the Docker engine or the trainer image failed (above)"
+    fi
+    sed 's/^/  /' "$STATE/logs/docker-setup.log"
+    MLOPS_TRAINER_IMAGE="${MLOPS_TRAINER_IMAGE:-$(cat "$image_file")}"
+    export MLOPS_TRAINER_IMAGE
+    say "Integration tests"
+    exec "${pytest[@]}" tests/integration "${args[@]}"
 }
 
 cmd_airflow() {

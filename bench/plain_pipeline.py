@@ -2,8 +2,8 @@
 process with no Airflow (ingest → check → validate → features → train → evaluate → gate →
 register → promote against the same MLflow server and S3 store).
 
-Configured by environment: MLFLOW_TRACKING_URI, MLOPS_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY. Prints one JSON line with the timings.
+Configured by environment: MLFLOW_TRACKING_URI (and MLFLOW_TRACKING_USERNAME/PASSWORD for a server
+with basic-auth), MLOPS_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. Prints one JSON line with the timings.
 
     python bench/plain_pipeline.py --model bench_plain --source s3://mlops-data/bench --date 2025-06-01
 """
@@ -47,7 +47,9 @@ def main() -> None:
         steps[name] = round(time.perf_counter() - t, 3)
         return out
 
-    champion = tracking.alias_lookup(os.environ["MLFLOW_TRACKING_URI"], args.model)
+    login = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) \
+        if os.environ.get("MLFLOW_TRACKING_USERNAME") else None  # as the workers (basic-auth)
+    champion = tracking.alias_lookup(os.environ["MLFLOW_TRACKING_URI"], args.model, auth=login)
     changed = step("check_changed", pipeline.check_changed, config, store, [args.date],
                    champion, dag_run_id=dag_run_id)
     if changed["changed"]:

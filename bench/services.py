@@ -20,6 +20,7 @@ class BenchServices:
     s3_url: str
     mlflow_url: str
     secrets: dict[str, str]
+    pids: tuple[int, ...] = ()  # SeaweedFS's and MLflow's (each leads its process group)
 
     @property
     def access_key(self) -> str:  # the S3 admin's (source data)
@@ -55,7 +56,7 @@ def bench_services(prefix: str) -> Iterator[BenchServices]:
     found = generate_secrets()
     s3, mlflow = start_throwaway_services(work, found)
     try:
-        yield BenchServices(work, s3.url, mlflow.url, found)
+        yield BenchServices(work, s3.url, mlflow.url, found, (s3.proc.pid, mlflow.proc.pid))
     finally:
         mlflow.stop()
         s3.stop()

@@ -701,6 +701,67 @@ def simple_auth_users() -> str:
     return ",".join(f"{user}:{role}" for user, (role, _) in AIRFLOW_USERS.items())
 
 
+def scheduler_settings() -> dict[str, str]:
+    """The scheduler's task workers start from a forkserver that imported what the DAGs and
+    their stages import, once (plugins/mlops/worker_preload.py), and it is started with the
+    scheduler (mlops.executor.PreloadedLocalExecutor), so no task, the first of a run included,
+    imports pandas, scikit-learn, MLflow or Great Expectations again. Scheduler only: the
+    dag-processor and triggerer keep the platform default."""
+    sys.path[:0] = [p for p in (str(REPO), str(REPO / "plugins")) if p not in sys.path]
+    from mlops.worker_preload import preload_setting
+
+    return {"AIRFLOW__CORE__EXECUTOR": "mlops.executor.PreloadedLocalExecutor",
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": preload_setting()}
+
+
+def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
+                        passwords_file: Path, base: dict[str, str] | None = None,
+                        preload: bool = True) -> dict[str, str]:
+    """The complete environment of throw-away Airflow processes (tests, benchmarks) as
+    ``./deploy.sh`` sets it: SQLite in ``home``, LocalExecutor, the local stack's users, the
+    api-server on 127.0.0.1:``port``. Nothing AIRFLOW* and no credential is taken from ``base``
+    (default: this process's environment): the workers' are in Connections, encrypted with the
+    Fernet key, and the processes hold only Airflow's own keys. ``preload=False``: tasks start
+    from a plain LocalExecutor worker (the comparison in bench/scheduler_bench.py)."""
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in (os.environ if base is None else base).items()
+           if not key.startswith(("AIRFLOW", "PYTEST_", "MLFLOW_TRACKING_USERNAME",
+                                  "MLFLOW_TRACKING_PASSWORD", "AWS_"))}
+    env.update({key: secrets[key] for key in AIRFLOW_PROCESS_SECRETS})
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple."
+                                      "simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "MLOPS_ARTIFACTS_URI": f"s3://{ARTIFACTS_BUCKET}",
+        "GX_ANALYTICS_ENABLED": "False",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    })
+    if preload:
+        env.update(scheduler_settings())
+    return env
+
+
 def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str
                         ) -> dict[str, dict[str, Any]]:
     """The workers' Connections: MLflow as its service account, S3 with the workers' key."""
@@ -870,7 +931,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the local stack (used by deploy.sh; reads MLOPS_* and AIRFLOW_* env)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("secrets", help="create .env ($MLOPS_ENV_FILE) or add missing secrets")
-    sub.add_parser("auth-users", help="print [core] simple_auth_manager_users")
+    sub.add_parser("airflow-settings", help="print KEY=VALUE lines: the users, the scheduler's "
+                   "task workers (forkserver, preloaded modules)")
     sub.add_parser("configure-airflow", help="users' passwords, Connections, promotion pool")
     sub.add_parser("up-s3", help="start SeaweedFS (or reuse the running one)")
     sub.add_parser("up-mlflow", help="start the MLflow server (or reuse the running one)")
@@ -888,8 +950,10 @@ def main(argv: list[str] | None = None) -> int:
             said = ensure_env_file(env_file())
             if said:
                 print(said, flush=True)
-        elif args.command == "auth-users":
-            print(simple_auth_users())
+        elif args.command == "airflow-settings":
+            settings = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
+                        **scheduler_settings()}
+            print("\n".join(f"{key}={value}" for key, value in settings.items()))
         elif args.command == "configure-airflow":
             configure_airflow(
                 _secrets(), mlflow_url=stack.url("mlflow"), s3_url=stack.url("seaweedfs"),

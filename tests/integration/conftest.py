@@ -351,48 +351,13 @@ class Airflow:
 
 
 def _airflow_env(home: Path, port: int, services: Any, password_file: Path) -> dict[str, str]:
-    """The complete environment of the Airflow processes, as ./deploy.sh sets it. Nothing
-    AIRFLOW* is inherited (pytest's own process has the dag.test() settings of
-    tests/conftest.py), and no credential: the workers' are in Connections in the metadata DB,
-    encrypted with the Fernet key, and the processes hold only Airflow's own keys."""
-    from stack import AIRFLOW_PROCESS_SECRETS, simple_auth_users
+    """The Airflow processes' environment as ./deploy.sh sets it (scripts/stack.py), with the
+    tests' retries and log level."""
+    from stack import airflow_process_env
 
-    url = f"http://127.0.0.1:{port}"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("AIRFLOW", "PYTEST_", "MLFLOW_TRACKING_USERNAME",
-                                  "MLFLOW_TRACKING_PASSWORD", "AWS_"))}
-    env.update({key: services.secrets[key] for key in AIRFLOW_PROCESS_SECRETS})
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple."
-                                      "simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "MLOPS_TASK_RETRIES": "0",
-        "MLOPS_RETRY_DELAY_SECONDS": "1",
-        "MLOPS_ARTIFACTS_URI": "s3://mlops",
-        "GX_ANALYTICS_ENABLED": "False",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-    })
+    env = airflow_process_env(home, port, services.secrets, passwords_file=password_file)
+    env.update({"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "MLOPS_TASK_RETRIES": "0",
+                "MLOPS_RETRY_DELAY_SECONDS": "1"})
     return env
 
 

@@ -1,0 +1,128 @@
+"""What the scheduler's task workers import once, before any task: the modules the DAGs and their
+stages import, derived from the code rather than listed by hand.
+
+The LocalExecutor (Airflow >= 3.3) starts its workers from a ``forkserver`` process when
+``[scheduler] mp_start_method = forkserver``; ``[scheduler] mp_forkserver_preload`` names the
+modules that process imports once. Each worker is forked from it, and each task is forked from a
+worker, so a task starts with pandas, scikit-learn, MLflow, Great Expectations and the project's
+stage modules already imported instead of paying 2-8 s to import them again in a fresh process
+(docs/benchmarks.md, "Training DAG through the scheduler").
+
+The list is every module reachable from ``dags/*.py`` through the project's own modules
+(``include.mlops.*``, ``mlops.*``), following imports at module level *and* inside functions
+(the stages import their heavy libraries inside ``execute()`` so that DAG files parse fast). No
+module here is imported to compute it: the files are read with :mod:`ast` and located on disk.
+
+Fork safety (tests/unit/test_worker_preload.py): importing the list starts no Python thread and
+opens no socket; the native thread pools some libraries start at load (OpenBLAS, jemalloc) shut
+down around ``fork()`` through ``pthread_atfork``, and a test forks a preloaded process and uses
+them in the child.
+
+No Airflow import: ``scripts/stack.py`` calls this to write the setting.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, PathFinder
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PROJECT_PACKAGES = ("include.mlops", "mlops")
+# What every task process runs besides the DAG's own imports: the worker loop, the supervisor
+# that forks the task, and the task runner inside it.
+AIRFLOW_TASK_MODULES = ("airflow.executors.local_executor", "airflow.sdk.execution_time.supervisor",
+                        "airflow.sdk.execution_time.task_runner")
+# Imported by a stage, but not safe to import before a fork; the tasks that use it import it.
+NOT_PRELOADED = {
+    "evidently": "creates an asyncio event loop (a socket pair and a thread object) at import "
+                 "(evidently.legacy.utils.sync), which every forked task would share",
+}
+# Libraries whose native thread pools start when they load and stop and restart around fork()
+# through pthread_atfork: OpenBLAS (numpy's and scipy's) and jemalloc (pyarrow's allocator).
+# tests/unit/test_worker_preload.py allows these threads and no other.
+NATIVE_POOLS = ("numpy", "pyarrow", "scipy.linalg")
+
+
+def locate(name: str, path: list[str] | None = None) -> Path | None:
+    """The file (or namespace folder) of module ``name`` on ``path`` (default ``sys.path``),
+    found without importing anything; None when there is no such module."""
+    head, *rest = name.split(".")
+    spec = PathFinder.find_spec(head, path)
+    if spec is None:
+        return None
+    found = Path(spec.origin) if spec.has_location and spec.origin else None
+    locations = [Path(p) for p in spec.submodule_search_locations or []]
+    if found is None and locations:
+        found = locations[0]
+    for part in rest:
+        found, folders = None, locations
+        locations = []
+        for folder in folders:
+            candidates = [folder / part / "__init__.py",
+                          *(folder / f"{part}{suffix}" for suffix in (".py", *EXTENSION_SUFFIXES))]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is not None:
+                locations = [folder / part] if found.name == "__init__.py" else []
+                break
+            if (folder / part).is_dir():  # a namespace package
+                found, locations = folder / part, [folder / part]
+                break
+        if found is None:
+            return None
+    return found
+
+
+def _imports(source: Path) -> set[str]:
+    """Absolute module names that ``source`` imports anywhere (``from a import b`` gives ``a``
+    and, when ``b`` is a module, ``a.b``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if alias.name != "*")
+    return names
+
+
+def _is_project(name: str) -> bool:
+    return any(name == p or name.startswith(f"{p}.") for p in PROJECT_PACKAGES)
+
+
+def preload_modules(dags_folder: Path | None = None) -> list[str]:
+    """Every module the DAG files in ``dags_folder`` (default: the project's ``dags/``) reach
+    through the project's modules, third-party ones included; standard-library modules left out
+    (the interpreter has most of them already) and so are those in :data:`NOT_PRELOADED`.
+    Ordered libraries, Airflow, project; sorted within each, so the setting is stable."""
+    sources = [*sorted((dags_folder or REPO / "dags").glob("*.py"))]
+    seen_sources: set[Path] = set()
+    found: set[str] = set(AIRFLOW_TASK_MODULES)
+    while sources:
+        source = sources.pop()
+        if source in seen_sources:
+            continue
+        seen_sources.add(source)
+        for name in _imports(source):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top == "__future__" or top in NOT_PRELOADED:
+                continue
+            where = locate(name)
+            if where is None:  # a class or function imported by name, not a module
+                continue
+            found.add(name)
+            if _is_project(name) and where.suffix == ".py":
+                sources.append(where)
+    # Libraries first, Airflow next, the project last: skops scans every loaded module for its
+    # types when it is imported, and Airflow's deprecated module attributes would each warn.
+    def order(name: str) -> tuple[int, str]:
+        return (2 if _is_project(name) else 1 if name.split(".")[0] == "airflow" else 0, name)
+
+    return sorted(found, key=order)
+
+
+def preload_setting(dags_folder: Path | None = None) -> str:
+    """``[scheduler] mp_forkserver_preload``: the list, comma-separated."""
+    return ",".join(preload_modules(dags_folder))
