@@ -701,6 +701,9 @@ def simple_auth_users() -> str:
     return ",".join(f"{user}:{role}" for user, (role, _) in AIRFLOW_USERS.items())
 
 
+SCHEDULER_IDLE_SLEEP = "0.2"
+
+
 def scheduler_settings() -> dict[str, str]:
     """The scheduler's task workers start from a forkserver that imported what the DAGs and
     their stages import, once (plugins/mlops/worker_preload.py), and it is started with the
@@ -712,7 +715,10 @@ def scheduler_settings() -> dict[str, str]:
 
     return {"AIRFLOW__CORE__EXECUTOR": "mlops.executor.PreloadedLocalExecutor",
             "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": preload_setting()}
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": preload_setting(),
+            # A loop with nothing to do sleeps this long (default 1 s): the wait between a
+            # task's end and the next one's start. Its idle cost: docs/benchmarks.md.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP}
 
 
 def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
