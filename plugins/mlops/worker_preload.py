@@ -31,9 +31,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 PROJECT_PACKAGES = ("include.mlops", "mlops")
 # What every task process runs besides the DAG's own imports: the worker loop, the supervisor
-# that forks the task, and the task runner inside it.
+# that forks the task, the task runner inside it and the DagBag it parses the DAG file with
+# (0.2 s per task when imported there).
 AIRFLOW_TASK_MODULES = ("airflow.executors.local_executor", "airflow.sdk.execution_time.supervisor",
-                        "airflow.sdk.execution_time.task_runner")
+                        "airflow.sdk.execution_time.task_runner", "airflow.dag_processing.dagbag")
+# Modules the libraries import lazily inside the calls the stages make (no import statement of
+# ours names them): what `PYTHONPROFILEIMPORTTIME=1 python bench/scheduler_bench.py` showed each
+# task importing, 10-100 ms each. A module missing here costs its import in each task, nothing else.
+LIBRARY_RUNTIME_MODULES = (
+    "boto3.s3.transfer",  # ObjectStore uploads
+    "git",  # MLflow's source-version lookup at run creation
+    "jinja2.ext",  # Airflow's template rendering
+    "mlflow.pyfunc.loaders",  # mlflow.sklearn.log_model
+    "mlflow.tracing.processor.base_mlflow",  # MlflowClient's first call
+    "mlflow.tracking.request_header.registry",  # every MLflow REST call
+    "narwhals._pandas_like.namespace",  # MLflow's dataset logging
+    "pyarrow.dataset",  # Parquet reads
+)
+# Imported last: warms, once, what every task would otherwise build for itself and what is safe
+# to share across forks (botocore's S3 service model); see its docstring.
+WARMUP_MODULE = "mlops.worker_warmup"
 # Imported by a stage, but not safe to import before a fork; the tasks that use it import it.
 NOT_PRELOADED = {
     "evidently": "creates an asyncio event loop (a socket pair and a thread object) at import "
@@ -99,7 +116,7 @@ def preload_modules(dags_folder: Path | None = None) -> list[str]:
     Ordered libraries, Airflow, project; sorted within each, so the setting is stable."""
     sources = [*sorted((dags_folder or REPO / "dags").glob("*.py"))]
     seen_sources: set[Path] = set()
-    found: set[str] = set(AIRFLOW_TASK_MODULES)
+    found: set[str] = {*AIRFLOW_TASK_MODULES, *LIBRARY_RUNTIME_MODULES}
     while sources:
         source = sources.pop()
         if source in seen_sources:
@@ -120,7 +137,7 @@ def preload_modules(dags_folder: Path | None = None) -> list[str]:
     def order(name: str) -> tuple[int, str]:
         return (2 if _is_project(name) else 1 if name.split(".")[0] == "airflow" else 0, name)
 
-    return sorted(found, key=order)
+    return [*sorted(found, key=order), WARMUP_MODULE]
 
 
 def preload_setting(dags_folder: Path | None = None) -> str:

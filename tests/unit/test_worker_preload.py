@@ -56,11 +56,11 @@ def test_the_list_follows_only_what_the_dags_reach(tmp_path: Path) -> None:
 
 
 def test_locate_finds_modules_without_importing_them() -> None:
-    code = ("import sys; sys.path[:0] = [%r, %r]; from mlops.worker_preload import locate; "
+    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'plugins')!r}]; "
+            "from mlops.worker_preload import locate; "
             "found = [str(locate(n)) for n in ('sklearn.ensemble', 'pyarrow.parquet', "
             "'include.mlops.pipeline', 'mlflow.entities.Metric', 'no_such_module')]; "
-            "print(found); assert 'sklearn' not in sys.modules and 'pyarrow' not in sys.modules"
-            % (str(REPO), str(REPO / "plugins")))
+            "print(found); assert 'sklearn' not in sys.modules and 'pyarrow' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

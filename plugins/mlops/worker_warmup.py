@@ -1,0 +1,24 @@
+"""Imported once by the scheduler's forkserver, last (:mod:`mlops.worker_preload`), never by a
+DAG file or a task: it fills caches that every task would otherwise fill for itself and that
+are plain data, safe to share with the forked tasks.
+
+- botocore's service models: the first S3 client of a process loads and parses S3's API
+  description (JSON, about 0.15-0.5 s). An S3 client is built here from the default session
+  with placeholder keys and closed at once; it never connects (no endpoint is called and
+  tests/unit/test_worker_preload.py checks that no socket is open after the preload). The
+  tasks' clients (include/mlops/storage.py ``make_s3_client``) come from the same default
+  session, with their own credentials, and find the model loaded.
+"""
+
+from __future__ import annotations
+
+
+def warm_botocore() -> None:
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="warmup",
+                          aws_secret_access_key="warmup")  # placeholders: never sent anywhere
+    client.close()
+
+
+warm_botocore()
