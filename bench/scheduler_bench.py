@@ -42,7 +42,7 @@ from report import write_section  # noqa: E402
 from services import bench_services  # noqa: E402
 
 DAG_ID = "training"
-PARTS = ("api-server", "dag-processor", "scheduler")
+PARTS = ("api-server", "dag-processor", "scheduler", "triggerer")  # as ./deploy.sh local
 STEPS = ("check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
          "register", "promote")
 DAY = date(2025, 6, 1)
@@ -138,6 +138,24 @@ def group_pids(pgids: list[int]) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def process_name(pid: int) -> str:
+    """A short name for the memory breakdown: the Airflow part, forkserver, worker, mlflow..."""
+    cmd = cmdline(pid)
+    if "serve-logs" in cmd:
+        return "log servers"
+    for part in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        if f"airflow {part}" in cmd or f"airflow {part.replace('-', '_')}" in cmd:
+            return part
+    if "forkserver" in cmd:
+        return "forkserver"
+    if "LocalExecutor" in cmd:
+        return "task workers"
+    for name in ("mlflow", "weed", "gunicorn", "uvicorn", "huey"):
+        if name in cmd:
+            return "mlflow" if name != "weed" else "seaweedfs"
+    return cmd.split(" ")[0].rsplit("/", 1)[-1] or str(pid)
 
 
 def cmdline(pid: int) -> str:
@@ -249,6 +267,10 @@ def main() -> None:
             services_pss = pss_mb(group_pids(list(services.pids)))
             workers = {pid: rss_mb(pid) for pid in pids
                        if "LocalExecutor" in cmdline(pid) or "forkserver" in cmdline(pid)}
+            by_process: dict[str, float] = {}
+            for pid in pids + group_pids(list(services.pids)):
+                name = process_name(pid)
+                by_process[name] = by_process.get(name, 0.0) + pss_mb([pid])
             worker_lines = [f"{'forkserver' if 'forkserver' in cmdline(pid) else 'worker'} "
                             f"{rss:.0f} MB" for pid, rss in sorted(workers.items())]
         except BaseException:
@@ -267,7 +289,7 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine "
         f"(`python bench/scheduler_bench.py{' --no-preload' if args.no_preload else ''}`), "
         f"{variant}: SeaweedFS, MLflow with basic-auth and Airflow (api-server, scheduler with "
-        "the LocalExecutor, dag-processor; SQLite) on this machine, configured as "
+        "the LocalExecutor, dag-processor, triggerer; SQLite) on this machine, configured as "
         f"`./deploy.sh local` does. Per size, {args.rounds} rounds alternate the plain script "
         "(bench/plain_pipeline.py, one fresh process) and a forced run triggered over REST "
         "(queued → success, from the API's times); medians. Bytecode compiled as "
@@ -306,6 +328,9 @@ def main() -> None:
         + (", ".join(worker_lines) or "none") + ". The idle scheduler (its loop sleeps "
         f"{env.get('AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME', '1')} s when it has nothing "
         f"to do) used {scheduler_cpu:.1%} of one core over {IDLE_WINDOW} s.",
+        "",
+        "PSS by process: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in
+                                       sorted(by_process.items(), key=lambda kv: -kv[1])) + ".",
         "",
     ]
     for rows, res in results.items():

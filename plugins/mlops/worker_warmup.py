@@ -8,9 +8,15 @@ are plain data, safe to share with the forked tasks.
   tests/unit/test_worker_preload.py checks that no socket is open after the preload). The
   tasks' clients (include/mlops/storage.py ``make_s3_client``) come from the same default
   session, with their own credentials, and find the model loaded.
+- ``gc.freeze()`` at the end: everything imported so far moves to the collector's permanent
+  generation, so the garbage collector of a worker or task never walks (and so never writes to,
+  breaking the copy-on-write sharing of) those objects' pages. The same thing Airflow's
+  LocalExecutor does before it forks workers itself.
 """
 
 from __future__ import annotations
+
+import gc
 
 
 def warm_botocore() -> None:
@@ -22,3 +28,4 @@ def warm_botocore() -> None:
 
 
 warm_botocore()
+gc.freeze()
