@@ -72,7 +72,8 @@ def main() -> None:
                         dag_context=context)
         if decision["approved"]:
             version = step("register", pipeline.register, stage, model_uri=model["model_uri"],
-                           manifest_uri=ingested["manifest_uri"], dag_context=context)
+                           manifest_uri=ingested["manifest_uri"], dag_context=context,
+                           reproducibility_uri=model["reproducibility_uri"])
             step("promote", pipeline.promote, stage, version=version["version"],
                  reasons=decision["reasons"], dag_context=context)
     print(json.dumps({"wall_s": round(time.perf_counter() - started, 3), "steps": steps}))

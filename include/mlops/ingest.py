@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_COLUMN = "_source_file"  # which file each row came from; dropped before training
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+READ_CONCURRENCY = 8  # files downloaded at once by ingest()
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,14 @@ def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date],
 
     listing = listing or discover(config, store, dates)
     frames, files = [], []
-    for entry in listing.files:
+    # Downloads overlap (a lookback of N days is N files or more); parsing stays in file order,
+    # and the first file that cannot be read, in that order, is the error reported.
+    with ThreadPoolExecutor(max_workers=max(1, min(READ_CONCURRENCY, len(listing.files)))) as pool:
+        payloads = pool.map(store.read_bytes, [entry["uri"] for entry in listing.files])
+        downloaded = list(zip(listing.files, payloads, strict=True))
+    for entry, payload in downloaded:
         obj = ObjectInfo(entry["uri"], entry["size"], entry["etag"])
-        frame = read_file(obj.uri, store.read_bytes(obj.uri), config)
+        frame = read_file(obj.uri, payload, config)
         frame = conform(frame, config, obj.uri)
         frame[SOURCE_COLUMN] = obj.uri
         frames.append(frame)

@@ -209,6 +209,7 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
         metrics = {"train_seconds": run.data.metrics.get("train_seconds"),
                    "train_rows": int(run.data.params.get("train_rows", 0))}
         return {"model_uri": run.data.tags["mlops.model_uri"], "repro_key": repro["repro_key"],
+                "reproducibility_uri": stage.put_json("reproducibility.json", repro),
                 "metrics": metrics}
 
     frame = stage.read_frame(train_uri)
@@ -223,7 +224,9 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
     stage.client.log_batch(stage.mlflow_run_id, params=[
         Param(k, str(v)) for k, v in params.items() if k not in existing])
     _log_dataset(stage, frame, data_manifest)
-    stage.client.log_dict(stage.mlflow_run_id, repro, "reproducibility.json")
+    # register tags the version from this file: what this model was trained from, not a second
+    # look at the code and packages (that could differ by then, and costs 0.15 s).
+    repro_uri = stage.put_json("reproducibility.json", repro, mlflow_path="reproducibility.json")
     features = [c.name for c in config.feature_columns]
     info = tracking.log_sklearn_model(run_id=stage.mlflow_run_id, model=model, name="model",
                                       input_example=frame[features].head(5),
@@ -234,6 +237,7 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
     log.info("Trained %s (%s) on %d rows in %.1fs; model %s", config.registered_model_name,
              config.training.family, len(frame), train_seconds, info.model_uri)
     return {"model_uri": info.model_uri, "repro_key": repro["repro_key"],
+            "reproducibility_uri": repro_uri,
             "metrics": {"train_seconds": round(train_seconds, 3), "train_rows": len(frame)}}
 
 
@@ -359,11 +363,17 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
 
 
 # -- register and promote ---------------------------------------------------------------------------
-def register(stage: Stage, *, model_uri: str, manifest_uri: str,
-             dag_context: dict[str, Any]) -> dict[str, Any]:
-    data_manifest = stage.get_json(manifest_uri)
-    repro = reproducibility.manifest(config=stage.config, data_manifest=data_manifest,
-                                     snapshot_uri=data_manifest["snapshot_uri"])
+def register(stage: Stage, *, model_uri: str, manifest_uri: str, dag_context: dict[str, Any],
+             reproducibility_uri: str | None = None) -> dict[str, Any]:
+    """Register the model as a new version tagged with its reproducibility manifest: the one
+    ``train`` wrote (``reproducibility_uri``), or, for a model from an older train task that
+    returned none, one rebuilt from the data manifest."""
+    if reproducibility_uri:
+        repro = stage.get_json(reproducibility_uri)
+    else:
+        data_manifest = stage.get_json(manifest_uri)
+        repro = reproducibility.manifest(config=stage.config, data_manifest=data_manifest,
+                                         snapshot_uri=data_manifest["snapshot_uri"])
     tags = {
         "mlops.repro_key": repro["repro_key"],
         "mlops.data_fingerprint": repro["data"]["fingerprint"],

@@ -20,13 +20,58 @@ TRACKED_PACKAGES = ("scikit-learn", "pandas", "numpy", "pyarrow", "mlflow-skinny
                     "great-expectations", "skops", "scipy", "xgboost", "xgboost-cpu")
 
 
+# The code that turns a partition into a model: these modules, what they import from this
+# package (at module level or inside functions), and these functions of pipeline.py (the rest of
+# pipeline.py evaluates, gates and registers: editing it must not retrain every model).
+TRAINING_MODULES = ("modeling", "ingest")
+TRAINING_PIPELINE_FUNCTIONS = ("ingest", "build_features", "train")
+
+
+def _package_imports(path: Path) -> set[str]:
+    """This package's modules that ``path`` imports anywhere (``include.mlops.<name>``)."""
+    import ast
+
+    prefix = f"{__package__}."
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                 if isinstance(node, ast.ImportFrom) and node.module else [])
+        for name in names:
+            if name.startswith(prefix) and (PACKAGE_ROOT / f"{name[len(prefix):]}.py").is_file():
+                found.add(name[len(prefix):])
+    return found
+
+
+def training_sources() -> list[str]:
+    """The package's modules the training path imports, closed over their imports; sorted."""
+    todo, seen = list(TRAINING_MODULES), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_package_imports(PACKAGE_ROOT / f"{name}.py"))
+    return sorted(seen)
+
+
 @lru_cache(maxsize=1)
 def source_hash() -> str:
-    """sha256 of this package's Python sources: changes whenever the ML code changes."""
+    """sha256 of the code that trains a model: the modules of :func:`training_sources` (path
+    and content) and the training functions of pipeline.py (their source). An edit anywhere
+    else in the package (drift, scoring, the gate, a docstring of ``promote``) leaves it, and
+    so every champion's repro key, unchanged."""
+    import ast
+
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
-        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
+    for name in training_sources():
+        digest.update(f"{name}.py".encode())
+        digest.update((PACKAGE_ROOT / f"{name}.py").read_bytes())
+    pipeline = (PACKAGE_ROOT / "pipeline.py").read_text()
+    functions = {node.name: ast.get_source_segment(pipeline, node)
+                 for node in ast.parse(pipeline).body if isinstance(node, ast.FunctionDef)}
+    for name in TRAINING_PIPELINE_FUNCTIONS:
+        digest.update(f"pipeline.{name}".encode())
+        digest.update(functions[name].encode())
     return digest.hexdigest()
 
 

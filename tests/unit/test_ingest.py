@@ -8,6 +8,8 @@ import hashlib
 import logging
 import random
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -34,7 +36,7 @@ from include.mlops.ingest import (
     read_parquet_bytes,
     to_parquet_bytes,
 )
-from include.mlops.storage import ObjectStore
+from include.mlops.storage import ObjectNotFoundError, ObjectStore
 from tests.unit.helpers import churn_config
 
 D1, D2, D3 = date(2025, 1, 1), date(2025, 1, 2), date(2025, 1, 3)
@@ -160,6 +162,44 @@ def test_ingest_reads_partitions_and_records_manifest(source: Path, fmt: str) ->
     assert list(result.frame.columns) == [c.name for c in config.columns] + [SOURCE_COLUMN]
     assert result.frame[SOURCE_COLUMN].value_counts().to_dict() == \
         {str(part(source, d, fmt)): ROWS for d in (D1, D2, D3)}
+
+
+class SlowStore(ObjectStore):
+    """A local store whose reads take 0.2 s and record how many were in flight at once."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        super().__init__()
+        self.fail, self.in_flight, self.most = fail, 0, 0
+        self.lock = threading.Lock()
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            time.sleep(0.2)
+            if self.fail and self.fail in uri:
+                raise ObjectNotFoundError(f"read {uri}: gone")
+            return super().read_bytes(uri)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_partitions_download_at_once_and_stay_in_order(source: Path, fmt: str) -> None:
+    store = SlowStore()
+    result = ingest(config_for(source), store, [D1, D2, D3])
+    assert store.most == 3  # the three files were read concurrently
+    assert [f["partition"] for f in result.manifest["files"]] == \
+        ["date=2025-01-01", "date=2025-01-02", "date=2025-01-03"]
+    assert list(result.frame[SOURCE_COLUMN].unique()) == \
+        [str(part(source, d, fmt)) for d in (D1, D2, D3)]
+    assert result.frame.equals(ingest(config_for(source), ObjectStore(), [D1, D2, D3]).frame)
+
+
+def test_an_unreadable_partition_is_named_even_when_read_concurrently(source: Path) -> None:
+    with pytest.raises(ObjectNotFoundError, match="date=2025-01-02"):
+        ingest(config_for(source), SlowStore(fail="date=2025-01-02"), [D1, D2, D3])
 
 
 def test_ingest_reads_only_the_requested_days(source: Path) -> None:

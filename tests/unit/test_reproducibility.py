@@ -43,6 +43,39 @@ def test_source_hash_is_stable_and_tracks_source_changes(package_copy: Path) -> 
     assert reproducibility.source_hash() != before
 
 
+def _edited(package_copy: Path, module: str, old: str, new: str) -> str:
+    path = package_copy / f"{module}.py"
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {module}.py"
+    path.write_text(text.replace(old, new, 1))
+    reproducibility.source_hash.cache_clear()
+    return reproducibility.source_hash()
+
+
+def test_source_hash_covers_only_what_the_training_path_imports(package_copy: Path) -> None:
+    """A docstring edit in drift.py, or in pipeline.promote, must not retrain every champion."""
+    assert reproducibility.training_sources() == ["config", "errors", "ingest", "modeling",
+                                                  "storage"]
+    before = reproducibility.source_hash()
+    assert _edited(package_copy, "drift", '"""', '"""Edited. ') == before
+    assert _edited(package_copy, "pipeline", "def promote(", "def promote(  ") == before
+    assert _edited(package_copy, "scoring", '"""', '"""Edited. ') == before
+    # ... while the training functions of pipeline.py, and what modeling imports, count.
+    changed = _edited(package_copy, "pipeline", "def train(", "def train(  ")
+    assert changed != before
+    assert _edited(package_copy, "config", '"""', '"""Edited. ') != changed
+
+
+def test_a_module_newly_imported_by_the_training_path_joins_the_hash(package_copy: Path) -> None:
+    before = reproducibility.source_hash()
+    _edited(package_copy, "modeling", "from include.mlops.errors import",
+            "from include.mlops import abtest  # noqa\nfrom include.mlops.errors import")
+    assert "abtest" in reproducibility.training_sources()
+    with_abtest = reproducibility.source_hash()
+    assert with_abtest != before
+    assert _edited(package_copy, "abtest", '"""', '"""Edited. ') != with_abtest
+
+
 def test_source_hash_ignores_non_python_files(package_copy: Path) -> None:
     before = reproducibility.source_hash()
     (package_copy / "notes.md").write_text("docs are not code")

@@ -436,7 +436,8 @@ class RegisterModelOperator(MlopsStageOperator):
 
         return register(stage, model_uri=self.model["model_uri"],
                         manifest_uri=self.ingest_result["manifest_uri"],
-                        dag_context=self.dag_context(context))
+                        dag_context=self.dag_context(context),
+                        reproducibility_uri=self.model.get("reproducibility_uri"))
 
 
 class PromoteModelOperator(MlopsStageOperator):
