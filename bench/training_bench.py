@@ -58,11 +58,25 @@ def main() -> None:
                "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
                        capture_output=True)
+        import shutil
+
+        import yaml
+
+        from include.mlops.config import deep_merge
         from include.mlops.demo_data import write_partitions
 
         store = services.store()
         day = date(2025, 6, 1)
         write_partitions(store, "s3://mlops-data/bench", day, 1, rows=args.rows, fmt="parquet")
+        # A dataset config per round, as a deployment declares one (a run's conf may name the
+        # dataset, not its source or model name: docs/security.md).
+        datasets = work / "datasets"
+        shutil.copytree(REPO / "include" / "datasets", datasets)
+        raw = yaml.safe_load((datasets / "churn_demo.yaml").read_text())
+        for i in range(args.repeat):
+            (datasets / f"bench_dag_{i}.yaml").write_text(yaml.safe_dump(deep_merge(raw, {
+                "source_uri": "s3://mlops-data/bench", "model_name": f"bench_dag_{i}"})))
+        env["MLOPS_DATASETS_DIR"] = str(datasets)
 
         plain, plain_unchanged, cold, unchanged = [], [], [], []
         for i in range(args.repeat):
@@ -72,7 +86,7 @@ def main() -> None:
             plain.append(run_json(plain_cmd, env))
             plain_unchanged.append(run_json(plain_cmd, env))
             assert list(plain_unchanged[-1]["steps"]) == ["check_changed"]
-            conf = json.dumps({"model_name": f"bench_dag_{i}", "source_uri": "s3://mlops-data/bench"})
+            conf = json.dumps({"dataset": f"bench_dag_{i}"})
             dag_cmd = [sys.executable, str(REPO / "bench/dag_run.py"), "--logical-date",
                        "2025-06-02", "--conf", conf]
             cold.append(run_json(dag_cmd, env))

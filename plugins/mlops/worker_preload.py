@@ -8,10 +8,15 @@ worker, so a task starts with pandas, scikit-learn, MLflow, Great Expectations a
 stage modules already imported instead of paying 2-8 s to import them again in a fresh process
 (docs/benchmarks.md, "Training DAG through the scheduler").
 
-The list is every module reachable from ``dags/*.py`` through the project's own modules
+The list is every library module reachable from ``dags/*.py`` through the project's own modules
 (``include.mlops.*``, ``mlops.*``), following imports at module level *and* inside functions
 (the stages import their heavy libraries inside ``execute()`` so that DAG files parse fast). No
 module here is imported to compute it: the files are read with :mod:`ast` and located on disk.
+
+The project's own modules are followed but not preloaded: each task imports them from disk
+(about 50 ms), so a changed stage or a ``git pull`` takes effect at the next task, as without a
+preload, and the code that trains a model is always the code its source hash was computed
+from. Upgrading a *library* needs a scheduler restart (the workers keep what they imported).
 
 Fork safety (tests/unit/test_worker_preload.py): importing the list starts no Python thread and
 opens no socket; the native thread pools some libraries start at load (OpenBLAS, jemalloc) shut
@@ -110,10 +115,10 @@ def _is_project(name: str) -> bool:
 
 
 def preload_modules(dags_folder: Path | None = None) -> list[str]:
-    """Every module the DAG files in ``dags_folder`` (default: the project's ``dags/``) reach
-    through the project's modules, third-party ones included; standard-library modules left out
-    (the interpreter has most of them already) and so are those in :data:`NOT_PRELOADED`.
-    Ordered libraries, Airflow, project; sorted within each, so the setting is stable."""
+    """Every library module the DAG files in ``dags_folder`` (default: the project's ``dags/``)
+    reach through the project's modules; the project's own modules, the standard library (the
+    interpreter has most of it already) and :data:`NOT_PRELOADED` left out; the warm-up module
+    last. Ordered libraries, then Airflow, sorted within each, so the setting is stable."""
     sources = [*sorted((dags_folder or REPO / "dags").glob("*.py"))]
     seen_sources: set[Path] = set()
     found: set[str] = {*AIRFLOW_TASK_MODULES, *LIBRARY_RUNTIME_MODULES}
@@ -132,12 +137,12 @@ def preload_modules(dags_folder: Path | None = None) -> list[str]:
             found.add(name)
             if _is_project(name) and where.suffix == ".py":
                 sources.append(where)
-    # Libraries first, Airflow next, the project last: skops scans every loaded module for its
-    # types when it is imported, and Airflow's deprecated module attributes would each warn.
+    # Libraries first, Airflow next: skops scans every loaded module for its types when it is
+    # imported, and Airflow's deprecated module attributes would each warn.
     def order(name: str) -> tuple[int, str]:
-        return (2 if _is_project(name) else 1 if name.split(".")[0] == "airflow" else 0, name)
+        return (1 if name.split(".")[0] == "airflow" else 0, name)
 
-    return [*sorted(found, key=order), WARMUP_MODULE]
+    return [*sorted((n for n in found if not _is_project(n)), key=order), WARMUP_MODULE]
 
 
 def preload_setting(dags_folder: Path | None = None) -> str:

@@ -27,5 +27,13 @@ def warm_botocore() -> None:
     client.close()
 
 
-warm_botocore()
+# The forkserver lets only ImportError pass at preload; anything else would stop it and every
+# task with it. A warm-up is an optimisation: when it fails, tasks build the model themselves.
+try:
+    warm_botocore()
+except Exception as err:  # noqa: BLE001
+    import logging
+
+    logging.getLogger(__name__).warning("botocore warm-up skipped (each task loads S3's "
+                                        "service model itself): %s", err)
 gc.freeze()

@@ -13,8 +13,10 @@ what is asserted here; it only takes the ``max_active_runs=1`` slot for a few se
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 from summary import AirflowApi
 
@@ -168,3 +170,29 @@ def test_drifted_day_closes_the_loop_through_asset_schedules(services, airflow):
         airflow.wait(other)
         assert airflow.states(other)["train"] == "skipped", airflow.states(other)
     assert registered_versions(client, model) == versions
+
+
+def test_tasks_run_in_workers_forked_from_the_preloaded_forkserver(airflow):
+    """The scheduler runs as ./deploy.sh starts it: its LocalExecutor's workers are children of
+    a forkserver that imported the stages' libraries once (plugins/mlops/worker_preload.py),
+    started with the scheduler (mlops.executor), not at the first task."""
+    log = airflow.logs["scheduler"].read_text()
+    assert "Task workers' forkserver ready in" in log, log[-3000:]
+    scheduler = airflow.procs["scheduler"].pid
+    group = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == scheduler:
+                    group[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+    servers = [pid for pid, cmd in group.items() if b"multiprocessing.forkserver" in cmd]
+    assert len(servers) == 1, group
+    assert b"sklearn.ensemble" in group[servers[0]] and b"great_expectations" in group[servers[0]]
+    assert b"include.mlops" not in group[servers[0]]  # the project's code: read at each task
+    workers = [pid for pid, cmd in group.items() if b"LocalExecutor" in cmd]
+    assert workers, "no LocalExecutor worker yet: run the other scheduler tests first"
+    for pid in workers:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert parent == servers[0], (pid, parent)
