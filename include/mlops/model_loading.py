@@ -65,8 +65,9 @@ def model_file(local_dir: Path, what: str) -> Path:
 def load_local(local_dir: Path, family: str, *, what: str | None = None) -> Any:
     """Load the model saved in ``local_dir`` if every type it would build is allowed for
     ``family``; raise :class:`ModelRefusedError` naming the first other type otherwise."""
-    import skops.io
+    from include.mlops.modeling import skops_io
 
+    skops = skops_io()
     what = what or str(local_dir)
     allowed = ALLOWED_TYPES.get(family)
     if allowed is None:
@@ -74,7 +75,7 @@ def load_local(local_dir: Path, family: str, *, what: str | None = None) -> Any:
                            f"allow-list (known: {', '.join(ALLOWED_TYPES)})")
     path = model_file(local_dir, what)
     try:
-        found = set(skops.io.get_untrusted_types(file=path))
+        found = set(skops.get_untrusted_types(file=path))
     except Exception as err:  # noqa: BLE001 - not a skops archive at all
         raise refuse(what, f"its model file is not a readable skops archive "
                            f"({type(err).__name__})") from None
@@ -84,7 +85,7 @@ def load_local(local_dir: Path, family: str, *, what: str | None = None) -> Any:
             if len(outside) > 1 else ""
         raise refuse(what, f"it lists type {outside[0]!r}{more}, outside the allow-list of "
                            f"model family {family!r}")
-    return skops.io.load(path, trusted=sorted(found))
+    return skops.load(path, trusted=sorted(found))
 
 
 def load_model(model_uri: str, family: str) -> Any:

@@ -223,6 +223,19 @@ def plot(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> bytes:
 
 def untrusted_types(model: Any) -> list[str]:
     """Types skops refuses to load by default; we trust them because we just built the model."""
-    import skops.io
+    skops = skops_io()
 
-    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    return sorted(skops.get_untrusted_types(data=skops.dumps(model)))
+
+
+def skops_io() -> Any:
+    """``skops.io``, imported without the noise of its import-time scan: it looks its types up
+    with ``getattr`` on every loaded module, and in an Airflow process each deprecated attribute
+    of ``airflow.utils.*`` that it touches warns (thousands of log lines per task). Only the
+    warnings raised from inside skops's scan are ignored, and only during the import."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"skops\.io\._utils")
+        import skops.io
+    return skops.io
