@@ -185,6 +185,7 @@ def main() -> None:
         start_airflow_part,
         stop_group,
         wait_until,
+        warm_execution_api,
     )
     from summary import AirflowApi, wait_for_dag
 
@@ -238,6 +239,7 @@ def main() -> None:
                                secrets["MLOPS_AIRFLOW_ADMIN_PASSWORD"])
             wait_until(lambda: http_ok(f"{api.url}/api/v2/monitor/health"), 180,
                        "Airflow api-server", procs["api-server"], home / "logs/api-server.log")
+            warm_execution_api(api.url)  # as ./deploy.sh does
             wait_for_dag(admin, DAG_ID, timeout=180)
             admin.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
             tasks = admin.json("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]

@@ -822,6 +822,15 @@ def start_airflow_part(part: str, *, port: int, log_path: Path, cwd: Path,
                                 cwd=cwd, env=env, start_new_session=True)
 
 
+def warm_execution_api(url: str) -> float:
+    """Ask the api-server's execution API (what task processes talk to) for its health once:
+    its first request builds that app (about 5 s on 2 cores), which the first task of the first
+    run would otherwise wait for. Returns the seconds it took."""
+    started = time.monotonic()
+    wait_until(lambda: http_ok(f"{url}/execution/health"), 120, "Airflow execution API")
+    return time.monotonic() - started
+
+
 def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
     """api-server, scheduler, dag-processor, triggerer as four detached processes.
 
@@ -845,6 +854,8 @@ def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
             health = f"{stack.url('api-server')}/api/v2/monitor/health"
             wait_until(lambda: http_ok(health), timeout, "Airflow api-server",
                        started.get("api-server"), stack.log_file("api-server"))
+            if "api-server" in started:
+                warm_execution_api(stack.url("api-server"))
         for part, proc in started.items():  # the others have no port: they must still be up
             if proc.poll() is not None:
                 raise RuntimeError(f"{part} exited with {proc.returncode}; see "

@@ -30,4 +30,14 @@ class PreloadedLocalExecutor(LocalExecutor):
             return
         started = time.monotonic()
         forkserver.ensure_running()
+        # ensure_running() returns before the preload is done; the first process forked from it
+        # waits for it. Fork a no-op one now, so that is over before any task is queued (and
+        # the preload does not compete for the CPU with the first task).
+        probe = multiprocessing.Process(target=_ready, name="forkserver-ready")
+        probe.start()
+        probe.join(timeout=300)
         self.log.info("Task workers' forkserver ready in %.1f s", time.monotonic() - started)
+
+
+def _ready() -> None:
+    """Runs in the first process forked from the forkserver: nothing to do."""

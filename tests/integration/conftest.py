@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import AIRFLOW_USERS, BIN, free_port, http_ok, start_airflow_part, stop_group, wait_until
+from stack import (
+    AIRFLOW_USERS,
+    BIN,
+    free_port,
+    http_ok,
+    start_airflow_part,
+    stop_group,
+    wait_until,
+    warm_execution_api,
+)
 from summary import AirflowApi, log_lines, task_instances, wait_for_dag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -394,6 +403,7 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
                                                    env=env)
         wait_until(lambda: http_ok(f"{found.api.url}/api/v2/monitor/health"), 120,
                    "Airflow api-server", found.procs["api-server"], logs["api-server"])
+        warm_execution_api(found.api.url)  # as ./deploy.sh does
         dead = {part: proc.returncode for part, proc in found.procs.items() if proc.poll() is not None}
         assert not dead, f"exited while starting: {dead}"
         for dag_id in (DAG_ID, *LOOP_DAGS):
