@@ -57,6 +57,8 @@ find_python() {
     die "Python 3.11 or 3.12 is required (tried python3.11, python3.12, python3)"
 }
 
+# ensure_venv [--compile-later]: with --compile-later the installed packages' bytecode is left to
+# compile_venv (./deploy.sh test runs it in the background, beside the unit tests).
 ensure_venv() {
     if [[ ! -x "$VENV/bin/python" ]]; then
         local python
@@ -69,8 +71,7 @@ ensure_venv() {
     [[ "$version" == "3.11" || "$version" == "3.12" ]] \
         || die "$VENV has Python $version; 3.11 or 3.12 is required (remove $VENV to rebuild it)"
     local want have site
-    # "+bytecode": a venv installed before bytecode was compiled at install time gets it once.
-    want="$(sha256sum requirements.txt | cut -d' ' -f1)+bytecode"
+    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
     have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
     site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     if [[ "$want" != "$have" ]]; then
@@ -80,19 +81,29 @@ ensure_venv() {
             "$VENV/bin/python" -m pip install -q uv
         fi
         VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q -r requirements.txt
-        # Bytecode now, once (about 30 s on 2 cores): uv writes none, and where
-        # PYTHONDONTWRITEBYTECODE is set every task process would compile pandas, scikit-learn,
-        # MLflow and Great Expectations again at import (docs/benchmarks.md).
-        say "Compiling the installed packages to bytecode"
-        "$VENV/bin/python" -m compileall -q -j 0 "$site" >/dev/null \
-            || say "warning: some installed files did not compile to bytecode; they are compiled at import"
         echo "$want" >"$VENV/.requirements.sha256"
+        rm -f "$VENV/.bytecode"
     fi
+    [[ "${1:-}" == "--compile-later" ]] || compile_venv
+    # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
     # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
     printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$site/airflow_mlops_repo.pth"
     # The project's own modules as bytecode (under a second): every DAG parse and task imports
     # them, and where PYTHONDONTWRITEBYTECODE is set Python would compile them on every import.
     "$VENV/bin/python" -m compileall -q -j 0 "$REPO/include" "$REPO/plugins" "$REPO/dags" >/dev/null
+}
+
+# The installed packages' bytecode, once per install (about 35 s on 2 cores): uv writes none, and
+# where PYTHONDONTWRITEBYTECODE is set every task process would compile pandas, scikit-learn,
+# MLflow and Great Expectations again at import (docs/benchmarks.md).
+compile_venv() {
+    [[ -f "$VENV/.bytecode" ]] && return
+    local site
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    say "Compiling the installed packages to bytecode"
+    "$VENV/bin/python" -m compileall -q -j 0 "$site" >/dev/null \
+        || say "warning: some installed files did not compile to bytecode; they are compiled at import"
+    touch "$VENV/.bytecode"
 }
 
 # -- Secrets ---------------------------------------------------------------------------------------
@@ -272,25 +283,27 @@ cmd_status() {
 }
 
 cmd_test() {
-    ensure_venv
+    ensure_venv --compile-later
     local args=("$@") pytest=("$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15)
     # An explicit selection (`./deploy.sh test tests/unit -x`) runs as given; the Docker engine
     # and the trainer image only when it reaches the integration tests.
     if ((${#args[@]})) && [[ "${args[0]}" != -* ]]; then
+        compile_venv
         if [[ " ${args[*]} " == *integration* ]]; then
             ensure_docker
             build_images
         fi
         exec "${pytest[@]}" "${args[@]}"
     fi
-    # The whole suite: the unit tests first, while the Docker engine is installed and the trainer
-    # image built in the background (tests/integration/test_docker_trainer.py runs real
-    # containers); a unit failure is reported before any of that is waited for.
+    # The whole suite: the unit tests first, while the packages are compiled to bytecode, the
+    # Docker engine is installed and the trainer image built in the background
+    # (tests/integration/test_docker_trainer.py runs real containers); a unit failure is reported
+    # before any of that is waited for.
     mkdir -p "$STATE/logs"
     local image_file="$STATE/logs/trainer-image.id"
     rm -f "$image_file"
-    say "Docker engine and trainer image in the background (log: $STATE/logs/docker-setup.log)"
-    ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file" ) \
+    say "Bytecode, Docker engine and trainer image in the background (log: $STATE/logs/docker-setup.log)"
+    ( compile_venv && ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file" ) \
         >"$STATE/logs/docker-setup.log" 2>&1 &
     local setup=$!
     say "Unit tests"

@@ -181,11 +181,8 @@ def main() -> None:
         airflow_process_env,
         configure_airflow,
         free_port,
-        http_ok,
-        start_airflow_part,
+        start_airflow,
         stop_group,
-        wait_until,
-        warm_execution_api,
     )
     from summary import AirflowApi, wait_for_dag
 
@@ -230,16 +227,12 @@ def main() -> None:
                           passwords_file=passwords, scratch=home, env=env)
         procs = {}
         try:
-            for part in PARTS:
-                procs[part] = start_airflow_part(part, port=port, cwd=home, env=env,
-                                                 log_path=home / "logs" / f"{part}.log")
+            procs = start_airflow(PARTS, port=port, home=home, env=env,
+                                  logs={part: home / "logs" / f"{part}.log" for part in PARTS})
             api = AirflowApi(f"http://127.0.0.1:{port}", "operator",
                              secrets["MLOPS_AIRFLOW_OPERATOR_PASSWORD"])
             admin = AirflowApi(f"http://127.0.0.1:{port}", "admin",
                                secrets["MLOPS_AIRFLOW_ADMIN_PASSWORD"])
-            wait_until(lambda: http_ok(f"{api.url}/api/v2/monitor/health"), 180,
-                       "Airflow api-server", procs["api-server"], home / "logs/api-server.log")
-            warm_execution_api(api.url)  # as ./deploy.sh does
             wait_for_dag(admin, DAG_ID, timeout=180)
             admin.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
             tasks = admin.json("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]

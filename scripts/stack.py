@@ -831,6 +831,30 @@ def warm_execution_api(url: str) -> float:
     return time.monotonic() - started
 
 
+def start_airflow(parts: tuple[str, ...], *, port: int, home: Path, env: dict[str, str],
+                  logs: dict[str, Path], timeout: float = 180) -> dict[str, subprocess.Popen]:
+    """Throw-away Airflow processes (tests, benchmarks): ``parts`` started with ``env``, then
+    wait for the api-server's health, warm its execution API as ``./deploy.sh`` does, and check
+    that none exited. On failure the started processes are stopped and the error raised."""
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for part in parts:
+            procs[part] = start_airflow_part(part, port=port, log_path=logs[part], cwd=home,
+                                             env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout,
+                   "Airflow api-server", procs.get("api-server"), logs.get("api-server"))
+        warm_execution_api(url)
+        dead = {part: proc.returncode for part, proc in procs.items() if proc.poll() is not None}
+        if dead:
+            raise RuntimeError(f"exited while starting: {dead}")
+    except BaseException:
+        for proc in procs.values():
+            stop_group(proc.pid, timeout=15)
+        raise
+    return procs
+
+
 def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
     """api-server, scheduler, dag-processor, triggerer as four detached processes.
 

@@ -18,16 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import (
-    AIRFLOW_USERS,
-    BIN,
-    free_port,
-    http_ok,
-    start_airflow_part,
-    stop_group,
-    wait_until,
-    warm_execution_api,
-)
+from stack import AIRFLOW_USERS, BIN, free_port, start_airflow, stop_group
 from summary import AirflowApi, log_lines, task_instances, wait_for_dag
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,14 +389,8 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
            for user, (_, key) in AIRFLOW_USERS.items()}
     found = Airflow(api["admin"], home, logs, users=api)
     try:
-        for part in PARTS:
-            found.procs[part] = start_airflow_part(part, port=port, log_path=logs[part], cwd=home,
-                                                   env=env)
-        wait_until(lambda: http_ok(f"{found.api.url}/api/v2/monitor/health"), 120,
-                   "Airflow api-server", found.procs["api-server"], logs["api-server"])
-        warm_execution_api(found.api.url)  # as ./deploy.sh does
-        dead = {part: proc.returncode for part, proc in found.procs.items() if proc.poll() is not None}
-        assert not dead, f"exited while starting: {dead}"
+        found.procs.update(start_airflow(PARTS, port=port, home=home, env=env, logs=logs,
+                                         timeout=120))
         for dag_id in (DAG_ID, *LOOP_DAGS):
             dag = wait_for_dag(found.api, dag_id, timeout=120)
             assert dag["is_paused"], "DAGS_ARE_PAUSED_AT_CREATION=True did not apply"
