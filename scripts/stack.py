@@ -705,8 +705,8 @@ SCHEDULER_IDLE_SLEEP = "0.2"
 
 
 def scheduler_settings() -> dict[str, str]:
-    """The scheduler's task workers start from a forkserver that imported what the DAGs and
-    their stages import, once (plugins/mlops/worker_preload.py), and it is started with the
+    """The scheduler's task workers start from a forkserver that imported the libraries the DAGs
+    and their stages import, once (plugins/mlops/worker_preload.py), and it is started with the
     scheduler (mlops.executor.PreloadedLocalExecutor), so no task, the first of a run included,
     imports pandas, scikit-learn, MLflow or Great Expectations again. Scheduler only: the
     dag-processor and triggerer keep the platform default."""

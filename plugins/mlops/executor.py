@@ -3,10 +3,10 @@
 With ``[scheduler] mp_start_method = forkserver`` (what ``./deploy.sh`` sets, scripts/stack.py
 ``scheduler_settings``), Airflow's LocalExecutor starts each worker from a forkserver process that
 imported ``[scheduler] mp_forkserver_preload`` once (:mod:`mlops.worker_preload`): pandas,
-scikit-learn, MLflow, Great Expectations and the project's stages. Python starts that process at
-the first worker, so the first task after a scheduler start would wait for those imports (about
-8 s on a 2-core machine). This executor starts it when the scheduler starts, before any task is
-queued. Everything else is Airflow's LocalExecutor, unchanged.
+scikit-learn, MLflow, Great Expectations and the other libraries the stages use. Python starts
+that process at the first worker, so the first task after a scheduler start would wait for those
+imports (about 8 s on a 2-core machine). This executor starts it when the scheduler starts and
+waits for it, before any task is queued. Everything else is Airflow's LocalExecutor, unchanged.
 
     [core] executor = mlops.executor.PreloadedLocalExecutor
 """
