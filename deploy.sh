@@ -70,10 +70,9 @@ ensure_venv() {
     version="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [[ "$version" == "3.11" || "$version" == "3.12" ]] \
         || die "$VENV has Python $version; 3.11 or 3.12 is required (remove $VENV to rebuild it)"
-    local want have site
+    local want have
     want="$(sha256sum requirements.txt | cut -d' ' -f1)"
     have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
-    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     if [[ "$want" != "$have" ]]; then
         say "Installing requirements.txt into $VENV (it changed since the last install)"
         if [[ ! -x "$VENV/bin/uv" ]]; then
@@ -86,11 +85,14 @@ ensure_venv() {
     fi
     [[ "${1:-}" == "--compile-later" ]] || compile_venv
     # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
-    # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
-    printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$site/airflow_mlops_repo.pth"
+    printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$(venv_site)/airflow_mlops_repo.pth"
     # The project's own modules as bytecode (under a second): every DAG parse and task imports
     # them, and where PYTHONDONTWRITEBYTECODE is set Python would compile them on every import.
     "$VENV/bin/python" -m compileall -q -j 0 "$REPO/include" "$REPO/plugins" "$REPO/dags" >/dev/null
+}
+
+venv_site() {
+    "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
 }
 
 # The installed packages' bytecode, once per install (about 35 s on 2 cores): uv writes none, and
@@ -98,10 +100,8 @@ ensure_venv() {
 # MLflow and Great Expectations again at import (docs/benchmarks.md).
 compile_venv() {
     [[ -f "$VENV/.bytecode" ]] && return
-    local site
-    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     say "Compiling the installed packages to bytecode"
-    "$VENV/bin/python" -m compileall -q -j 0 "$site" >/dev/null \
+    "$VENV/bin/python" -m compileall -q -j 0 "$(venv_site)" >/dev/null \
         || say "warning: some installed files did not compile to bytecode; they are compiled at import"
     touch "$VENV/.bytecode"
 }

@@ -822,29 +822,29 @@ def start_airflow_part(part: str, *, port: int, log_path: Path, cwd: Path,
                                 cwd=cwd, env=env, start_new_session=True)
 
 
-def warm_execution_api(url: str) -> float:
-    """Ask the api-server's execution API (what task processes talk to) for its health once:
-    its first request builds that app (about 5 s on 2 cores), which the first task of the first
-    run would otherwise wait for. Returns the seconds it took."""
-    started = time.monotonic()
-    wait_until(lambda: http_ok(f"{url}/execution/health"), 120, "Airflow execution API")
-    return time.monotonic() - started
+def wait_for_api_server(url: str, timeout: float, proc: subprocess.Popen | None = None,
+                        log_path: Path | None = None) -> None:
+    """Wait for the api-server's health, then ask its execution API (what task processes talk
+    to) once: that first request builds the app (about 5 s on 2 cores), which the first task
+    of the first run would otherwise wait for."""
+    wait_until(lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout, "Airflow api-server",
+               proc, log_path)
+    wait_until(lambda: http_ok(f"{url}/execution/health"), 120, "Airflow execution API", proc,
+               log_path)
 
 
 def start_airflow(parts: tuple[str, ...], *, port: int, home: Path, env: dict[str, str],
                   logs: dict[str, Path], timeout: float = 180) -> dict[str, subprocess.Popen]:
     """Throw-away Airflow processes (tests, benchmarks): ``parts`` started with ``env``, then
-    wait for the api-server's health, warm its execution API as ``./deploy.sh`` does, and check
+    wait for the api-server as ``./deploy.sh`` does (:func:`wait_for_api_server`), and check
     that none exited. On failure the started processes are stopped and the error raised."""
     procs: dict[str, subprocess.Popen] = {}
     try:
         for part in parts:
             procs[part] = start_airflow_part(part, port=port, log_path=logs[part], cwd=home,
                                              env=env)
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(f"{url}/api/v2/monitor/health"), timeout,
-                   "Airflow api-server", procs.get("api-server"), logs.get("api-server"))
-        warm_execution_api(url)
+        wait_for_api_server(f"http://127.0.0.1:{port}", timeout, procs.get("api-server"),
+                            logs.get("api-server"))
         dead = {part: proc.returncode for part, proc in procs.items() if proc.poll() is not None}
         if dead:
             raise RuntimeError(f"exited while starting: {dead}")
@@ -875,11 +875,8 @@ def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
         _say(part, "started", proc.pid, stack.url(part))
     try:
         if "api-server" in started or read_pid(stack, "api-server"):
-            health = f"{stack.url('api-server')}/api/v2/monitor/health"
-            wait_until(lambda: http_ok(health), timeout, "Airflow api-server",
-                       started.get("api-server"), stack.log_file("api-server"))
-            if "api-server" in started:
-                warm_execution_api(stack.url("api-server"))
+            wait_for_api_server(stack.url("api-server"), timeout, started.get("api-server"),
+                                stack.log_file("api-server"))
         for part, proc in started.items():  # the others have no port: they must still be up
             if proc.poll() is not None:
                 raise RuntimeError(f"{part} exited with {proc.returncode}; see "

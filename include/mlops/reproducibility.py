@@ -29,18 +29,11 @@ TRAINING_PIPELINE_FUNCTIONS = ("ingest", "build_features", "train")
 
 def _package_imports(path: Path) -> set[str]:
     """This package's modules that ``path`` imports anywhere (``include.mlops.<name>``)."""
-    import ast
+    from include.mlops.sources import imported_names
 
     prefix = f"{__package__}."
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
-                 [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-                 if isinstance(node, ast.ImportFrom) and node.module else [])
-        for name in names:
-            if name.startswith(prefix) and (PACKAGE_ROOT / f"{name[len(prefix):]}.py").is_file():
-                found.add(name[len(prefix):])
-    return found
+    return {name[len(prefix):] for name in imported_names(path)
+            if name.startswith(prefix) and (PACKAGE_ROOT / f"{name[len(prefix):]}.py").is_file()}
 
 
 def training_sources() -> list[str]:

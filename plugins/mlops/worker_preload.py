@@ -4,14 +4,16 @@ stages import, derived from the code rather than listed by hand.
 The LocalExecutor (Airflow >= 3.3) starts its workers from a ``forkserver`` process when
 ``[scheduler] mp_start_method = forkserver``; ``[scheduler] mp_forkserver_preload`` names the
 modules that process imports once. Each worker is forked from it, and each task is forked from a
-worker, so a task starts with pandas, scikit-learn, MLflow, Great Expectations and the project's
-stage modules already imported instead of paying 2-8 s to import them again in a fresh process
+worker, so a task starts with pandas, scikit-learn, MLflow, Great Expectations and the other
+libraries its stage uses already imported instead of paying 2-8 s to import them again in a fresh
+process
 (docs/benchmarks.md, "Training DAG through the scheduler").
 
 The list is every library module reachable from ``dags/*.py`` through the project's own modules
 (``include.mlops.*``, ``mlops.*``), following imports at module level *and* inside functions
 (the stages import their heavy libraries inside ``execute()`` so that DAG files parse fast). No
-module here is imported to compute it: the files are read with :mod:`ast` and located on disk.
+module here is imported to compute it: the files are read with :mod:`ast`
+(:func:`include.mlops.sources.imported_names`) and located on disk.
 
 The project's own modules are followed but not preloaded: each task imports them from disk
 (about 50 ms), so a changed stage or a ``git pull`` takes effect at the next task, as without a
@@ -28,10 +30,11 @@ No Airflow import: ``scripts/stack.py`` calls this to write the setting.
 
 from __future__ import annotations
 
-import ast
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, PathFinder
 from pathlib import Path
+
+from include.mlops.sources import imported_names
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PROJECT_PACKAGES = ("include.mlops", "mlops")
@@ -96,20 +99,6 @@ def locate(name: str, path: list[str] | None = None) -> Path | None:
     return found
 
 
-def _imports(source: Path) -> set[str]:
-    """Absolute module names that ``source`` imports anywhere (``from a import b`` gives ``a``
-    and, when ``b`` is a module, ``a.b``)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if alias.name != "*")
-    return names
-
-
 def _is_project(name: str) -> bool:
     return any(name == p or name.startswith(f"{p}.") for p in PROJECT_PACKAGES)
 
@@ -127,7 +116,7 @@ def preload_modules(dags_folder: Path | None = None) -> list[str]:
         if source in seen_sources:
             continue
         seen_sources.add(source)
-        for name in _imports(source):
+        for name in imported_names(source):
             top = name.split(".")[0]
             if top in sys.stdlib_module_names or top == "__future__" or top in NOT_PRELOADED:
                 continue
