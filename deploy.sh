@@ -148,13 +148,13 @@ airflow_env() {
     export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
     export AIRFLOW__CORE__LOAD_EXAMPLES=False
     export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
-    export AIRFLOW__CORE__PARALLELISM=4
     export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
     export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
     # From scripts/stack.py: the users admin, operator (may trigger) and viewer (read-only;
-    # passwords from .env, docs/security.md), and the executor: a LocalExecutor whose task workers
-    # start from a forkserver that imported the stages' libraries once (docs/benchmarks.md).
+    # passwords from .env, docs/security.md), and the executor: a LocalExecutor with one task
+    # worker per core (AIRFLOW__CORE__PARALLELISM overrides it), whose workers start from a
+    # forkserver that imported the stages' libraries once (docs/benchmarks.md).
     local setting
     while IFS= read -r setting; do
         export "${setting?}"
@@ -295,31 +295,26 @@ cmd_test() {
         fi
         exec "${pytest[@]}" "${args[@]}"
     fi
-    # The whole suite: the unit tests first, while the packages are compiled to bytecode, the
-    # Docker engine is installed and the trainer image built in the background
+    # The whole suite: the unit tests first, while the packages are compiled to bytecode and, in
+    # the background, the Docker engine is installed and the trainer image built
     # (tests/integration/test_docker_trainer.py runs real containers); a unit failure is reported
-    # before any of that is waited for.
+    # before any of that is waited for. The integration tests that need the image run last
+    # (tests/integration/conftest.py), so the rest start while it is still being built.
     mkdir -p "$STATE/logs"
-    local image_file="$STATE/logs/trainer-image.id"
-    rm -f "$image_file"
-    say "Bytecode, Docker engine and trainer image in the background (log: $STATE/logs/docker-setup.log)"
-    ( compile_venv && ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file" ) \
-        >"$STATE/logs/docker-setup.log" 2>&1 &
-    local setup=$!
+    local image_file="$STATE/logs/trainer-image.id" setup_log="$STATE/logs/docker-setup.log"
+    rm -f "$image_file" "$image_file.failed"
+    say "Bytecode; Docker engine and trainer image in the background (log: $setup_log)"
+    ( ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
+          && mv "$image_file.tmp" "$image_file" ) || true
+      [[ -s "$image_file" ]] || touch "$image_file.failed" ) >"$setup_log" 2>&1 &
+    ( compile_venv ) >"$STATE/logs/bytecode.log" 2>&1 &
+    local compile=$!
     say "Unit tests"
-    "${pytest[@]}" tests/unit "${args[@]}" || {
-        kill "$setup" 2>/dev/null
-        die "unit tests failed (above); the integration tests did not run"
-    }
-    if ! wait "$setup"; then
-        cat "$STATE/logs/docker-setup.log" >&2
-        die "setting up the Docker engine or the trainer image failed (above)"
-    fi
-    sed 's/^/  /' "$STATE/logs/docker-setup.log"
-    MLOPS_TRAINER_IMAGE="${MLOPS_TRAINER_IMAGE:-$(cat "$image_file")}"
-    export MLOPS_TRAINER_IMAGE
+    "${pytest[@]}" tests/unit "${args[@]}" || die "unit tests failed (above); the integration tests did not run"
+    wait "$compile" || { cat "$STATE/logs/bytecode.log" >&2; die "compiling the packages to bytecode failed (above)"; }
     say "Integration tests"
-    exec "${pytest[@]}" tests/integration "${args[@]}"
+    MLOPS_TRAINER_IMAGE_FILE="$image_file" MLOPS_TRAINER_SETUP_LOG="$setup_log" \
+        exec "${pytest[@]}" tests/integration "${args[@]}"
 }
 
 cmd_airflow() {

@@ -702,6 +702,25 @@ def simple_auth_users() -> str:
 
 
 SCHEDULER_IDLE_SLEEP = "0.2"
+WORKER_LOG_SERVER_PORT = "8793"  # Airflow's default
+
+
+def task_slots(environ: dict[str, str] | None = None) -> str:
+    """``[core] parallelism``: 4 task workers, unless the environment sets it."""
+    environ = os.environ if environ is None else environ
+    return environ.get("AIRFLOW__CORE__PARALLELISM") or "4"
+
+
+def local_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What the one-machine stack sets beyond :func:`scheduler_settings`: the number of task
+    workers, and one log server for the whole machine. The scheduler's log server also serves
+    the triggerer's logs (same folder), so the triggerer starts none of its own
+    (``--skip-serve-logs``; about 80 MB less)."""
+    environ = os.environ if environ is None else environ
+    port = environ.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT") or WORKER_LOG_SERVER_PORT
+    return {"AIRFLOW__CORE__PARALLELISM": task_slots(environ),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": port,
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": port}
 
 
 def scheduler_settings() -> dict[str, str]:
@@ -741,7 +760,6 @@ def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -763,6 +781,7 @@ def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     })
+    env.update(local_settings(env))
     if preload:
         env.update(scheduler_settings())
     return env
@@ -816,6 +835,8 @@ def start_airflow_part(part: str, *, port: int, log_path: Path, cwd: Path,
     cmd = [str(BIN / "airflow"), part]
     if part == "api-server":
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    elif part == "triggerer":
+        cmd += ["--skip-serve-logs"]  # the scheduler's log server serves its logs (local_settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -969,8 +990,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the local stack (used by deploy.sh; reads MLOPS_* and AIRFLOW_* env)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("secrets", help="create .env ($MLOPS_ENV_FILE) or add missing secrets")
-    sub.add_parser("airflow-settings", help="print KEY=VALUE lines: the users, the scheduler's "
-                   "task workers (forkserver, preloaded modules)")
+    sub.add_parser("airflow-settings", help="print KEY=VALUE lines: the users, the task workers "
+                   "(how many; forkserver, preloaded modules), the log server port")
     sub.add_parser("configure-airflow", help="users' passwords, Connections, promotion pool")
     sub.add_parser("up-s3", help="start SeaweedFS (or reuse the running one)")
     sub.add_parser("up-mlflow", help="start the MLflow server (or reuse the running one)")
@@ -990,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(said, flush=True)
         elif args.command == "airflow-settings":
             settings = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
-                        **scheduler_settings()}
+                        **local_settings(), **scheduler_settings()}
             print("\n".join(f"{key}={value}" for key, value in settings.items()))
         elif args.command == "configure-airflow":
             configure_airflow(

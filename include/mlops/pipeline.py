@@ -242,14 +242,9 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
 
 
 def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
-    import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag
-
-    dataset = mlflow.data.from_pandas(frame, source=manifest["snapshot_uri"],
-                                      name=stage.config.name, targets=stage.config.target,
-                                      digest=manifest["fingerprint"][:32])
-    stage.client.log_inputs(stage.mlflow_run_id, datasets=[DatasetInput(
-        dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+    stage.client.log_inputs(stage.mlflow_run_id, datasets=[tracking.dataset_input(
+        frame, source=manifest["snapshot_uri"], name=stage.config.name,
+        targets=stage.config.target, digest=manifest["fingerprint"][:32], context="training")])
 
 
 # -- evaluate ---------------------------------------------------------------------------------------

@@ -164,6 +164,53 @@ def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
     )
 
 
+def _column_spec(column: Any) -> Any | None:
+    """The MLflow ``ColSpec`` of a numeric, boolean or all-string column, read from its dtype:
+    what MLflow's own inference gives, without its look at every value in Python (about 1.7 s
+    per 100,000 rows x 12 columns). None for any other column."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.types import ColSpec, DataType
+
+    if not isinstance(column.dtype, np.dtype):  # an extension dtype: left to MLflow
+        return None
+    kind = column.dtype.kind
+    simple = {("b", 1): DataType.boolean, ("i", 4): DataType.integer, ("i", 8): DataType.long,
+              ("f", 4): DataType.float, ("f", 8): DataType.double}
+    if (kind, column.dtype.itemsize) in simple:
+        spec = simple[(kind, column.dtype.itemsize)]
+    elif kind == "O" and pd.api.types.infer_dtype(column, skipna=True) == "string":
+        spec = DataType.string
+    else:
+        return None
+    return ColSpec(spec, name=column.name, required=not bool(column.isna().any()))
+
+
+def dataset_input(frame: Any, *, source: str, name: str, targets: str, digest: str,
+                  context: str) -> Any:
+    """``frame`` as an MLflow run input (``client.log_inputs``): name, digest, source, schema and
+    profile, exactly as ``mlflow.data.from_pandas`` describes it. When every column is numeric,
+    boolean or all strings, the schema is read from the dtypes (:func:`_column_spec`);
+    otherwise MLflow infers it."""
+    import json
+
+    import mlflow.data
+    from mlflow.data.dataset import Dataset as DatasetBase
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets,
+                                      digest=digest)
+    described = DatasetBase.to_dict(dataset)  # name, digest, source, source type (no schema)
+    specs = [_column_spec(frame[column]) for column in frame.columns]
+    schema = Schema(specs) if all(spec is not None for spec in specs) else dataset.schema
+    return DatasetInput(Dataset(
+        name=described["name"], digest=described["digest"],
+        source_type=described["source_type"], source=described["source"],
+        schema=json.dumps({"mlflow_colspec": schema.to_dict()}) if schema else None,
+        profile=json.dumps(dataset.profile)), tags=[InputTag("mlflow.data.context", context)])
+
+
 def registered_version(client: Any, model_name: str, run_id: str) -> Any | None:
     """The version already registered from ``run_id`` (a retried register task reuses it)."""
     try:

@@ -28,6 +28,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    # The tests that need the trainer image (the Docker trainer's, and the scheduler stack's,
+    # which pins it) run last, in their own order: ./deploy.sh test starts this session while
+    # the Docker engine and the image are still being prepared (trainer_image waits for them).
+    items.sort(key=lambda item: "trainer_image" in getattr(item, "fixturenames", ()))
 
 
 # The test deployment's policy: these tests pick their own model names, sources, trainers and
@@ -249,16 +253,41 @@ def docker_client() -> Any:
     return client
 
 
+IMAGE_WAIT = 1500  # s: a fresh machine installs the Docker engine and builds the base image
+
+
+def _image_from_background(id_file: Path) -> str:
+    """The image id that ./deploy.sh test's background set-up writes to ``id_file`` (or
+    ``<id_file>.failed`` with its log beside it, in ``$MLOPS_TRAINER_SETUP_LOG``)."""
+    failed = id_file.with_name(id_file.name + ".failed")
+    deadline = time.monotonic() + IMAGE_WAIT
+    while not id_file.exists() and not failed.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the trainer image was not ready after {IMAGE_WAIT} s ({id_file})")
+        time.sleep(1)
+    log = Path(os.environ.get("MLOPS_TRAINER_SETUP_LOG", "/nonexistent"))
+    if failed.exists():
+        pytest.fail("setting up the Docker engine or building the trainer image failed; "
+                    f"{log}:\n{_tail(log, 4000)}")
+    return id_file.read_text().strip()
+
+
 @pytest.fixture(scope="session")
 def trainer_image() -> Any:
     """The trainer image, built offline (cached by content hash: a no-op when current); its id
-    is what this test deployment pins (MLOPS_TRAINER_IMAGE), as ./deploy.sh does."""
-    docker_client()
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_images.py")],
-                            capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, f"build_images.py failed:\n{result.stderr[-4000:]}"
-    image_id = result.stdout.strip().splitlines()[-1]
-    assert image_id.startswith("sha256:"), result.stdout
+    is what this test deployment pins (MLOPS_TRAINER_IMAGE), as ./deploy.sh does. Under
+    ./deploy.sh test it is being built in the background ($MLOPS_TRAINER_IMAGE_FILE): wait."""
+    id_file = os.environ.get("MLOPS_TRAINER_IMAGE_FILE")
+    if id_file:
+        image_id = _image_from_background(Path(id_file))
+        docker_client()
+    else:
+        docker_client()
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_images.py")],
+                                capture_output=True, text=True, timeout=IMAGE_WAIT)
+        assert result.returncode == 0, f"build_images.py failed:\n{result.stderr[-4000:]}"
+        image_id = result.stdout.strip().splitlines()[-1]
+    assert image_id.startswith("sha256:"), image_id
     saved = os.environ.get("MLOPS_TRAINER_IMAGE")
     os.environ["MLOPS_TRAINER_IMAGE"] = image_id
     yield image_id
