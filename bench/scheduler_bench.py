@@ -145,8 +145,8 @@ def group_pids(pgids: list[int]) -> list[int]:
 def process_name(pid: int) -> str:
     """A short name for the memory breakdown: the Airflow part, forkserver, worker, mlflow..."""
     cmd = cmdline(pid)
-    if "serve-logs" in cmd:
-        return "log servers"
+    if cmd.startswith("airflow serve-logs"):  # its process title (the triggerer's command line
+        return "log servers"                  # may say --skip-serve-logs)
     for part in ("api-server", "scheduler", "dag-processor", "triggerer"):
         if f"airflow {part}" in cmd or f"airflow {part.replace('-', '_')}" in cmd:
             return part
