@@ -295,23 +295,27 @@ cmd_test() {
         fi
         exec "${pytest[@]}" "${args[@]}"
     fi
-    # The whole suite: the unit tests first, while the packages are compiled to bytecode and, in
-    # the background, the Docker engine is installed and the trainer image built
+    # The whole suite: the unit tests first, while in the background the packages are compiled
+    # to bytecode, then the Docker engine is installed and the trainer image built
     # (tests/integration/test_docker_trainer.py runs real containers); a unit failure is reported
-    # before any of that is waited for. The integration tests that need the image run last
-    # (tests/integration/conftest.py), so the rest start while it is still being built.
+    # before any of that is waited for. The integration tests wait for the bytecode only: those
+    # that need the image run last (tests/integration/conftest.py) and wait for it there.
     mkdir -p "$STATE/logs"
-    local image_file="$STATE/logs/trainer-image.id" setup_log="$STATE/logs/docker-setup.log"
-    rm -f "$image_file" "$image_file.failed"
-    say "Bytecode; Docker engine and trainer image in the background (log: $setup_log)"
-    ( ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
-          && mv "$image_file.tmp" "$image_file" ) || true
-      [[ -s "$image_file" ]] || touch "$image_file.failed" ) >"$setup_log" 2>&1 &
-    ( compile_venv ) >"$STATE/logs/bytecode.log" 2>&1 &
-    local compile=$!
+    local compiled="$STATE/logs/bytecode.done" image_file="$STATE/logs/trainer-image.id"
+    local setup_log="$STATE/logs/docker-setup.log"
+    rm -f "$compiled" "$compiled.failed" "$image_file" "$image_file.failed"
+    say "Bytecode, then Docker engine and trainer image, in the background (log: $setup_log)"
+    (
+        if compile_venv >"$STATE/logs/bytecode.log" 2>&1; then touch "$compiled"
+        else touch "$compiled.failed"; fi
+        ( ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
+              && mv "$image_file.tmp" "$image_file" ) || true
+          [[ -s "$image_file" ]] || touch "$image_file.failed" ) >"$setup_log" 2>&1
+    ) &
     say "Unit tests"
     "${pytest[@]}" tests/unit "${args[@]}" || die "unit tests failed (above); the integration tests did not run"
-    wait "$compile" || { cat "$STATE/logs/bytecode.log" >&2; die "compiling the packages to bytecode failed (above)"; }
+    while [[ ! -e "$compiled" && ! -e "$compiled.failed" ]]; do sleep 1; done
+    [[ -e "$compiled" ]] || { cat "$STATE/logs/bytecode.log" >&2; die "compiling the packages to bytecode failed (above)"; }
     say "Integration tests"
     MLOPS_TRAINER_IMAGE_FILE="$image_file" MLOPS_TRAINER_SETUP_LOG="$setup_log" \
         exec "${pytest[@]}" tests/integration "${args[@]}"

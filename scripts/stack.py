@@ -282,12 +282,15 @@ def _s3_ready(url: str, access_key: str, secret_key: str) -> bool:
 
 def start_mlflow(home: Path, *, port: int, artifacts_destination: str, s3_url: str,
                  access_key: str, secret_key: str, log_path: Path,
-                 auth: dict[str, str] | None = None) -> Service:
-    """MLflow server: SQLite backend in ``home``, artifacts proxied to S3 with MLflow's own key.
+                 auth: dict[str, str] | None = None, backend_uri: str | None = None,
+                 auth_db_uri: str | None = None) -> Service:
+    """MLflow server: SQLite backend in ``home`` (or ``backend_uri``, e.g. PostgreSQL), artifacts
+    proxied to S3 with MLflow's own key.
 
     ``auth`` (``admin_password``, ``flask_secret_key``): MLflow's basic-auth app, every request
     but ``/health`` needs a login, and users without a grant may only read. The admin account
-    is created from ``admin_password`` on the first start (MLflow has no default password)."""
+    is created from ``admin_password`` on the first start (MLflow has no default password). Its
+    users live in ``auth_db_uri`` (default: SQLite in ``home``)."""
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": access_key,
            "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_DEFAULT_REGION": "us-east-1",
@@ -295,12 +298,13 @@ def start_mlflow(home: Path, *, port: int, artifacts_destination: str, s3_url: s
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(key, None)
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+           "--backend-store-uri", backend_uri or f"sqlite:///{home / 'mlflow.db'}",
            "--artifacts-destination", artifacts_destination, "--workers", "1"]
     if auth:
         ini = home / "basic_auth.ini"
+        default_auth_db = f"sqlite:///{home / 'basic_auth.db'}"
         write_private(ini, "[mlflow]\ndefault_permission = READ\n"
-                           f"database_uri = sqlite:///{home / 'basic_auth.db'}\n"
+                           f"database_uri = {auth_db_uri or default_auth_db}\n"
                            "admin_username = admin\n"
                            f"admin_password = {auth['admin_password']}\n"
                            "authorization_function = mlflow.server.auth:"
