@@ -21,6 +21,7 @@ from stack import (
     MLFLOW_BUCKET,
     MLFLOW_VIEWER,
     MLFLOW_WORKER,
+    MlflowLogin,
     airflow_process_env,
     configure_airflow,
     ensure_mlflow_users,
@@ -166,8 +167,11 @@ def test_training_runs_through_celery_workers_on_postgres_and_redis(services, ce
         assert "Celery worker preloaded the stages' libraries" in \
             celery_stack.logs[name].read_text(errors="replace"), name
     # MLflow on PostgreSQL: the model is registered and promoted there.
-    client = MlflowClient(celery_stack.mlflow_url)  # as the workers' account (services)
-    version = client.get_model_version_by_alias(model, "champion")
+    with MlflowLogin(MLFLOW_WORKER, services.secrets["MLOPS_MLFLOW_WORKER_PASSWORD"]):
+        # Both URIs explicit: an earlier test in the session may have set a process-wide one.
+        client = MlflowClient(tracking_uri=celery_stack.mlflow_url,
+                              registry_uri=celery_stack.mlflow_url)
+        version = client.get_model_version_by_alias(model, "champion")
     assert version.version == "1"
     log = celery_stack.task_log(run_id, "promote")
     assert f"Promoted {model} v1 to @champion" in log, log[-3000:]
