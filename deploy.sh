@@ -152,9 +152,9 @@ airflow_env() {
     export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
     # From scripts/stack.py: the users admin, operator (may trigger) and viewer (read-only;
-    # passwords from .env, docs/security.md), and the executor: a LocalExecutor with one task
-    # worker per core (AIRFLOW__CORE__PARALLELISM overrides it), whose workers start from a
-    # forkserver that imported the stages' libraries once (docs/benchmarks.md).
+    # passwords from .env, docs/security.md), the executor: a LocalExecutor with 4 task workers
+    # (AIRFLOW__CORE__PARALLELISM overrides it), whose workers start from a forkserver that
+    # imported the stages' libraries once (docs/benchmarks.md), and one log server.
     local setting
     while IFS= read -r setting; do
         export "${setting?}"
