@@ -7,6 +7,10 @@
 #   ./deploy.sh stop              stop every service (data in .local/ is kept)
 #   ./deploy.sh test [ARGS...]    venv, then pytest (tests start the services they need)
 #   ./deploy.sh airflow ARGS...   the airflow CLI against the local stack (e.g. `dags list`)
+#   ./deploy.sh compose up [--gpu] | down | status | logs [ARGS...]
+#                                 the production stack (docker-compose.yaml: Celery workers,
+#                                 PostgreSQL, Redis, MLflow with auth, S3): .env.compose secrets,
+#                                 images built offline, health, the demo run on a Celery worker
 #
 # Environment: MLOPS_S3_PORT (8333), MLOPS_MLFLOW_PORT (5000), MLOPS_AIRFLOW_PORT (8080),
 # MLOPS_DEPLOY_TIMEOUT (seconds to wait for the training run, 900), MLOPS_TRAINER (inprocess;
@@ -39,7 +43,7 @@ say() { local m="$*"; printf '[%4ss] %s\n' "$SECONDS" "${m//$REPO\//}"; }
 die() { local m="$*"; printf 'error: %s\n' "${m//$REPO\//}" >&2; exit 1; }
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------
@@ -191,11 +195,12 @@ ensure_docker() {
         sudo=(sudo)
     fi
     mkdir -p "$STATE/logs"
-    if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-        command -v apt-get >/dev/null 2>&1 || die "no Docker engine: install Docker (and debootstrap) with your package manager"
-        say "Installing the Docker engine (Debian docker.io) and debootstrap"
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
+        || ! command -v docker-compose >/dev/null 2>&1; then
+        command -v apt-get >/dev/null 2>&1 || die "no Docker engine: install Docker (and debootstrap, docker-compose) with your package manager"
+        say "Installing the Docker engine (Debian docker.io), docker-compose and debootstrap"
         { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq docker.io debootstrap; } >"$STATE/logs/apt-docker.log" 2>&1 \
+            apt-get install -y -qq docker.io docker-compose debootstrap; } >"$STATE/logs/apt-docker.log" 2>&1 \
             || { tail -n 20 "$STATE/logs/apt-docker.log" >&2; die "installing docker.io failed"; }
     fi
     say "Starting dockerd (log: $STATE/logs/dockerd.log)"
@@ -215,7 +220,9 @@ build_images() {
     mkdir -p "$STATE/logs"
     say "Trainer image (scripts/build_images.py; log: $STATE/logs/build-images.log)"
     local out
-    out="$("$VENV/bin/python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log")" \
+    local python="$VENV/bin/python"  # the compose host may have no venv: the script needs none
+    [[ -x "$python" ]] || python="$(find_python)"
+    out="$("$python" "$REPO/scripts/build_images.py" 2>"$STATE/logs/build-images.log")" \
         || { tail -n 30 "$STATE/logs/build-images.log" >&2; die "building the trainer image failed"; }
     export MLOPS_TRAINER_IMAGE="${MLOPS_TRAINER_IMAGE:-$(tail -n 1 <<<"$out")}"
     say "Trainer image $(tail -n 2 <<<"$out" | head -n 1) is ready; pinned: MLOPS_TRAINER_IMAGE=$MLOPS_TRAINER_IMAGE"
@@ -291,6 +298,7 @@ cmd_test() {
         compile_venv
         if [[ " ${args[*]} " == *integration* ]]; then
             ensure_docker
+            command -v docker-compose >/dev/null 2>&1 || ensure_compose_client
             build_images
         fi
         exec "${pytest[@]}" "${args[@]}"
@@ -302,15 +310,21 @@ cmd_test() {
     # that need the image run last (tests/integration/conftest.py) and wait for it there.
     mkdir -p "$STATE/logs"
     local compiled="$STATE/logs/bytecode.done" image_file="$STATE/logs/trainer-image.id"
-    local setup_log="$STATE/logs/docker-setup.log"
-    rm -f "$compiled" "$compiled.failed" "$image_file" "$image_file.failed"
+    local setup_log="$STATE/logs/docker-setup.log" compose_file="$STATE/logs/compose-images.env"
+    rm -f "$compiled" "$compiled.failed" "$image_file" "$image_file.failed" "$compose_file" \
+        "$compose_file.failed"
     say "Bytecode, then Docker engine and trainer image, in the background (log: $setup_log)"
     (
         if compile_venv >"$STATE/logs/bytecode.log" 2>&1; then touch "$compiled"
         else touch "$compiled.failed"; fi
-        ( ( ensure_docker && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
+        ( ( ensure_compose_client && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
               && mv "$image_file.tmp" "$image_file" ) || true
-          [[ -s "$image_file" ]] || touch "$image_file.failed" ) >"$setup_log" 2>&1
+          [[ -s "$image_file" ]] || touch "$image_file.failed"
+          # Then the production stack's images (tests/integration/test_compose_stack.py).
+          ( [[ -s "$image_file" ]] && "$VENV/bin/python" "$REPO/scripts/build_images.py" \
+                --images "$COMPOSE_IMAGES" --env >"$compose_file.tmp" \
+              && mv "$compose_file.tmp" "$compose_file" ) || true
+          [[ -s "$compose_file" ]] || touch "$compose_file.failed" ) >"$setup_log" 2>&1
     ) &
     say "Unit tests"
     "${pytest[@]}" tests/unit "${args[@]}" || die "unit tests failed (above); the integration tests did not run"
@@ -318,7 +332,7 @@ cmd_test() {
     [[ -e "$compiled" ]] || { cat "$STATE/logs/bytecode.log" >&2; die "compiling the packages to bytecode failed (above)"; }
     say "Integration tests"
     MLOPS_TRAINER_IMAGE_FILE="$image_file" MLOPS_TRAINER_SETUP_LOG="$setup_log" \
-        exec "${pytest[@]}" tests/integration "${args[@]}"
+        MLOPS_COMPOSE_IMAGES_FILE="$compose_file" exec "${pytest[@]}" tests/integration "${args[@]}"
 }
 
 cmd_airflow() {
@@ -326,6 +340,148 @@ cmd_airflow() {
     load_env
     airflow_env
     exec "$VENV/bin/airflow" "$@"
+}
+
+# -- The production stack (docker-compose.yaml; docs/deployment.md) -------------------------------
+COMPOSE_ENV="${MLOPS_COMPOSE_ENV_FILE:-$REPO/.env.compose}"
+COMPOSE_PROJECT="${MLOPS_COMPOSE_PROJECT:-mlops}"
+COMPOSE_AIRFLOW_PORT="${MLOPS_COMPOSE_AIRFLOW_PORT:-8280}"
+COMPOSE_MLFLOW_PORT="${MLOPS_COMPOSE_MLFLOW_PORT:-5500}"
+COMPOSE_IMAGES="airflow,postgres,redis"
+
+# PROFILES: the optional services to start (`up --gpu`: the Docker proxy and the gpu worker);
+# down, status and logs always see every profile's services.
+compose() {
+    MLOPS_COMPOSE_PROJECT="$COMPOSE_PROJECT" docker-compose -p "$COMPOSE_PROJECT" \
+        --env-file "$COMPOSE_ENV" -f "$REPO/docker-compose.yaml" "${PROFILES[@]}" "$@"
+}
+PROFILES=(--profile gpu)
+
+# The host needs only Python's standard library, a Docker engine and Debian's docker-compose 1.29
+# (compose v2 reads the same file); the images carry everything else.
+ensure_compose_client() {
+    ensure_docker
+    command -v docker-compose >/dev/null 2>&1 && return
+    command -v apt-get >/dev/null 2>&1 || die "docker-compose is missing: install it (Debian: apt-get install docker-compose; or Docker's compose plugin)"
+    say "Installing docker-compose (Debian)"
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq docker-compose; } >"$STATE/logs/apt-compose.log" 2>&1 \
+        || { tail -n 20 "$STATE/logs/apt-compose.log" >&2; die "installing docker-compose failed"; }
+}
+
+compose_secrets() {
+    local python
+    python="$(find_python)"
+    MLOPS_ENV_FILE="$COMPOSE_ENV" "$python" "$REPO/scripts/stack.py" secrets --compose "$COMPOSE_ENV" \
+        | sed "s#$REPO/##"
+}
+
+# The images by content hash (a no-op when current); their tags are exported for docker-compose.
+compose_images() {
+    local python out line
+    python="$(find_python)"
+    mkdir -p "$STATE/logs"
+    say "Images $COMPOSE_IMAGES (scripts/build_images.py; log: $STATE/logs/build-images.log)"
+    out="$("$python" "$REPO/scripts/build_images.py" --images "$COMPOSE_IMAGES" --env \
+        2>>"$STATE/logs/build-images.log")" \
+        || { tail -n 30 "$STATE/logs/build-images.log" >&2; die "building the images failed"; }
+    while IFS= read -r line; do
+        [[ "$line" == MLOPS_*_IMAGE=* ]] || continue
+        export "${line?}"
+        say "  ${line}"
+    done <<<"$out"
+}
+
+# Wait until every running container of the project is healthy (or has no health check).
+compose_wait_healthy() {
+    local timeout="${1:-300}" started=$SECONDS ids states bad
+    while :; do
+        ids="$(compose ps -q)"
+        [[ -n "$ids" ]] || die "no containers in project $COMPOSE_PROJECT"
+        # shellcheck disable=SC2086
+        states="$(docker inspect --format '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' $ids)"
+        bad="$(awk '($2=="running" && $3!="healthy" && $3!="none") || ($2=="exited" && $4!="0") || ($2!="running" && $2!="exited")' <<<"$states")"
+        [[ -z "$bad" ]] && return 0
+        if ((SECONDS - started > timeout)); then
+            echo "$bad" >&2
+            die "not healthy after ${timeout}s (above); ./deploy.sh compose logs SERVICE"
+        fi
+        sleep 3
+    done
+}
+
+compose_up() {
+    local gpu=0
+    while (($#)); do
+        case "$1" in
+            --gpu) gpu=1 ;;
+            *) die "unknown option for compose up: $1 (--gpu: train in the trainer container on a gpu-queue worker)" ;;
+        esac
+        shift
+    done
+    PROFILES=()
+    mkdir -p "$STATE/logs"
+    chmod 700 "$STATE"
+    compose_secrets
+    ensure_compose_client
+    if ((gpu)); then
+        COMPOSE_IMAGES="$COMPOSE_IMAGES,docker-proxy"
+        PROFILES=(--profile gpu)
+        export MLOPS_TRAINER_QUEUE=gpu
+        build_images  # the trainer; exports MLOPS_TRAINER_IMAGE (its id: the pin)
+    fi
+    compose_images
+    local workers="${MLOPS_WORKERS:-2}"
+    say "Starting the stack (project $COMPOSE_PROJECT, $workers Celery workers$( ((gpu)) \
+        && echo ", a gpu-queue worker that trains in $MLOPS_TRAINER_IMAGE"))"
+    compose up -d --remove-orphans --scale "airflow-worker=$workers" 2>&1 | sed 's/^/  /' \
+        || die "docker-compose up failed (above); ./deploy.sh compose status, ./deploy.sh compose logs SERVICE"
+    say "Waiting for every service to be healthy"
+    compose_wait_healthy "${MLOPS_COMPOSE_TIMEOUT:-600}"
+    say "Healthy"
+    [[ "${MLOPS_COMPOSE_DEMO:-1}" == "1" ]] || { compose_print_access; return 0; }
+    say "Demo data: s3://mlops-data/churn, $DEMO_DAYS days from $DEMO_START (deterministic)"
+    compose run --rm --no-deps -T airflow-init demo-data --dest s3://mlops-data/churn \
+        --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 | grep -v "Found credentials" | sed 's/^/  /'
+    say "Training run for yesterday's partition on a Celery worker: $DEMO_RUN_ID"
+    local rc=0
+    compose run --rm --no-deps -T -e MLOPS_AIRFLOW_URL=http://airflow-apiserver:8080 \
+        -e MLOPS_MLFLOW_URL=http://mlflow:5000 \
+        -e "MLOPS_AIRFLOW_UI_URL=http://localhost:$COMPOSE_AIRFLOW_PORT" \
+        -e "MLOPS_MLFLOW_UI_URL=http://localhost:$COMPOSE_MLFLOW_PORT" \
+        airflow-init python scripts/summary.py run \
+        --dag-id training --run-id "$DEMO_RUN_ID" --logical-date "$DEMO_LOGICAL_DATE" \
+        --timeout "${MLOPS_DEPLOY_TIMEOUT:-900}" || rc=$?
+    compose_print_access
+    return $rc
+}
+
+compose_print_access() {
+    echo
+    echo "Airflow: http://localhost:$COMPOSE_AIRFLOW_PORT  (users admin, operator: may trigger, viewer: read-only)"
+    echo "MLflow:  http://localhost:$COMPOSE_MLFLOW_PORT  (users admin, viewer: read-only)"
+    echo "Passwords: MLOPS_AIRFLOW_*_PASSWORD and MLOPS_MLFLOW_*_PASSWORD in .env.compose (mode 600)."
+    echo "./deploy.sh compose status | logs [SERVICE] | down (volumes are kept; down -v deletes them)"
+}
+
+cmd_compose() {
+    local sub="${1:-}"
+    (($#)) && shift
+    case "$sub" in
+        up) compose_up "$@" ;;
+        down)
+            [[ -f "$COMPOSE_ENV" ]] || die "no .env.compose: nothing was started"
+            compose down "$@" ;;
+        status)
+            [[ -f "$COMPOSE_ENV" ]] || die "no .env.compose: run ./deploy.sh compose up"
+            compose ps "$@" ;;
+        logs)
+            [[ -f "$COMPOSE_ENV" ]] || die "no .env.compose: run ./deploy.sh compose up"
+            compose logs --tail="${MLOPS_LOG_LINES:-200}" "$@" ;;
+        *) die "usage: ./deploy.sh compose up|down|status|logs [ARGS...]" ;;
+    esac
 }
 
 main() {
@@ -338,6 +494,7 @@ main() {
         status) cmd_status "$@" ;;
         test) cmd_test "$@" ;;
         airflow) cmd_airflow "$@" ;;
+        compose) cmd_compose "$@" ;;
         -h | --help | help) usage ;;
         *) usage >&2; exit 2 ;;
     esac

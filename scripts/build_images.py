@@ -1,13 +1,19 @@
-"""Build the trainer image offline: a Debian base from debootstrap + ``docker import``, then
-docker/trainer/Dockerfile on it. Both are tagged with a content hash, so a second build with the
-same inputs is a no-op (seconds: one ``docker image inspect`` each).
+"""Build the project's images offline: a Debian base from debootstrap + ``docker import``, then
+docker/<name>/Dockerfile on it for each image. All are tagged with a content hash of their inputs,
+so a second build with the same inputs is a no-op (seconds: one ``docker image inspect`` each).
 
     python scripts/build_images.py                       # base (if missing) + trainer
+    python scripts/build_images.py --images all --env    # + the production stack's images
     python scripts/build_images.py --base-image python:3.11-slim-bookworm   # registry users
     python scripts/build_images.py --extra-ca /path/corp-ca.pem
 
-Prints the trainer image's tag, then on the last line of stdout its id (``sha256:…``): the
-digest the deployment pins (``MLOPS_TRAINER_IMAGE``; the operator runs no other image).
+Images: trainer (the GPU-capable training container), airflow (every Python service of
+docker-compose.yaml: Airflow, MLflow, SeaweedFS), postgres, redis, docker-proxy (the workers'
+restricted view of the Docker engine).
+
+Prints the last image's tag, then on the last line of stdout its id (``sha256:…``): for the
+trainer, the digest the deployment pins (``MLOPS_TRAINER_IMAGE``; the operator runs no other
+image). With ``--env``: one ``MLOPS_<NAME>_IMAGE=<tag>`` line per image instead.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_DIR = REPO / "docker" / "trainer"
+DOCKER_DIR = REPO / "docker"
+IMAGES = ("trainer", "airflow", "postgres", "redis", "docker-proxy")
 DEBIAN_SUITE = "bookworm"  # Python 3.11, like the project's venv
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,ca-certificates"
-BASE_REPO, TRAINER_REPO = "mlops-trainer-base", "mlops-trainer"
+BASE_REPO = "mlops-trainer-base"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -86,39 +93,81 @@ def ml_source_hash() -> str:
     return source_hash()
 
 
+def _tree(*folders: str) -> dict[str, bytes]:
+    files = {}
+    for folder in folders:
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files[str(path.relative_to(REPO))] = path.read_bytes()
+    return files
+
+
+def _dir_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+# Each image: its Docker context (name in the context -> bytes), built from docker/<name>/ on the
+# base. The production stack (docker-compose.yaml) runs airflow (every Python service: Airflow,
+# MLflow, SeaweedFS), postgres, redis and docker-proxy; the workers start trainer containers.
+def image_files(name: str, extra_ca: Path | None) -> dict[str, bytes]:
+    files = _dir_files(DOCKER_DIR / name)
+    files["extra-ca.crt"] = extra_ca.read_bytes() if extra_ca else b""
+    if name == "trainer":
+        files.update(_tree("include"))
+    elif name == "airflow":
+        files["requirements.txt"] = (REPO / "requirements.txt").read_bytes()
+        files.update(_tree("dags", "plugins", "include", "scripts"))
+    return files
+
+
 def trainer_inputs(base: str, extra_ca: Path | None) -> tuple[str, dict[str, bytes]]:
     """Everything that goes into the trainer image, and its content hash."""
-    files = {"Dockerfile": (TRAINER_DIR / "Dockerfile").read_bytes(),
-             "requirements.txt": (TRAINER_DIR / "requirements.txt").read_bytes(),
-             "extra-ca.crt": extra_ca.read_bytes() if extra_ca else b""}
-    for path in sorted((REPO / "include").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            files[str(path.relative_to(REPO))] = path.read_bytes()
-    digest = sha(base.encode(), *(name.encode() + b"\0" + data for name, data in files.items()))
+    return _inputs("trainer", base, extra_ca)
+
+
+def _inputs(name: str, base: str, extra_ca: Path | None) -> tuple[str, dict[str, bytes]]:
+    files = image_files(name, extra_ca)
+    digest = sha(base.encode(), *(key.encode() + b"\0" + data for key, data in files.items()))
     return digest, files
 
 
-def build_trainer(base: str, extra_ca: Path | None) -> str:
-    digest, files = trainer_inputs(base, extra_ca)
-    tag = f"{TRAINER_REPO}:{digest}"
+def build_image(name: str, base: str, extra_ca: Path | None) -> str:
+    """docker/<name>/Dockerfile on ``base``, tagged mlops-<name>:<content hash> and :latest; a
+    no-op when an image with that hash exists."""
+    digest, files = _inputs(name, base, extra_ca)
+    repo = f"mlops-{name}"
+    tag = f"{repo}:{digest}"
     if image_exists(tag):
-        log(f"trainer image {tag} exists (inputs unchanged)")
+        log(f"{name} image {tag} exists (inputs unchanged)")
         # :latest follows the checkout (after a branch switch it may point at another build).
-        subprocess.run(["docker", "tag", tag, f"{TRAINER_REPO}:latest"], check=True)
+        subprocess.run(["docker", "tag", tag, f"{repo}:latest"], check=True)
         return tag
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="trainer-context-") as context:
-        for name, data in files.items():
-            target = Path(context) / name
+    labels = []
+    if name == "trainer":
+        # The operator compares this label with the worker's code (a stale image retrains daily).
+        labels = ["--label", f"mlops.source_hash={ml_source_hash()}"]
+    with tempfile.TemporaryDirectory(prefix=f"{name}-context-") as context:
+        for key, data in files.items():
+            target = Path(context) / key
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        # The operator compares this label with the worker's code (a stale image retrains daily).
+            if data.startswith(b"#!"):
+                target.chmod(0o755)
         subprocess.run(["docker", "build", "--network", "host", "--build-arg",
-                        f"BASE_IMAGE={base}", "--label", f"mlops.source_hash={ml_source_hash()}",
-                        "-t", tag, "-t", f"{TRAINER_REPO}:latest", context],
+                        f"BASE_IMAGE={base}", *labels, "-t", tag, "-t", f"{repo}:latest", context],
                        check=True, stdout=sys.stderr)
-    log(f"built trainer image {tag} in {time.monotonic() - started:.0f}s")
+    log(f"built {name} image {tag} in {time.monotonic() - started:.0f}s")
     return tag
+
+
+def build_trainer(base: str, extra_ca: Path | None) -> str:
+    return build_image("trainer", base, extra_ca)
+
+
+def image_variable(name: str) -> str:
+    """The docker-compose.yaml variable that names the image, e.g. MLOPS_AIRFLOW_IMAGE."""
+    return f"MLOPS_{name.upper().replace('-', '_')}_IMAGE"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +177,25 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ["MLOPS_EXTRA_CA"]) if os.environ.get(
                             "MLOPS_EXTRA_CA") else (HOST_CA if HOST_CA.exists() else None),
                         help="CA bundle trusted by pip inside the build (default: the host's)")
+    parser.add_argument("--images", default="trainer",
+                        help=f"comma-separated, from {', '.join(IMAGES)}, or 'all' "
+                             "(default: trainer)")
+    parser.add_argument("--env", action="store_true",
+                        help="print VARIABLE=tag lines for docker-compose.yaml "
+                             "(MLOPS_AIRFLOW_IMAGE=mlops-airflow:<hash>, ...) instead")
     args = parser.parse_args(argv)
+    names = list(IMAGES) if args.images == "all" else [n.strip() for n in args.images.split(",")]
+    unknown = sorted(set(names) - set(IMAGES))
+    if unknown:
+        parser.error(f"unknown image(s) {unknown}; choose from {', '.join(IMAGES)}")
     docker_available()
     base = args.base_image or build_base()
-    tag = build_trainer(base, args.extra_ca)
+    tags = {name: build_image(name, base, args.extra_ca) for name in names}
+    if args.env:
+        for name, tag in tags.items():
+            print(f"{image_variable(name)}={tag}")
+        return 0
+    tag = tags[names[-1]]
     image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
                               check=True, capture_output=True, text=True).stdout.strip()
     print(tag)

@@ -43,9 +43,11 @@ def _token(size: int) -> Any:
 
 
 def _fernet() -> str:
-    from cryptography.fernet import Fernet
+    """``cryptography.fernet.Fernet.generate_key()``, in the standard library (the host that runs
+    ``./deploy.sh compose`` needs no packages)."""
+    import base64
 
-    return Fernet.generate_key().decode()
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 SECRETS: dict[str, Any] = {
@@ -65,6 +67,15 @@ SECRETS: dict[str, Any] = {
     "MLOPS_S3_MLFLOW_SECRET_KEY": _token(30),
     "MLOPS_S3_WORKER_ACCESS_KEY": _access_key,
     "MLOPS_S3_WORKER_SECRET_KEY": _token(30),
+}
+# The production stack (docker-compose.yaml, .env.compose) has the same secrets and its own database
+# and broker passwords.
+COMPOSE_SECRETS: dict[str, Any] = {
+    **SECRETS,
+    "MLOPS_DB_SUPERUSER_PASSWORD": _token(24),
+    "MLOPS_DB_AIRFLOW_PASSWORD": _token(24),
+    "MLOPS_DB_MLFLOW_PASSWORD": _token(24),
+    "MLOPS_REDIS_PASSWORD": _token(24),
 }
 # Keys of SECRETS that the Airflow processes themselves need (their own configuration); every
 # other secret stays out of their environment: workers get theirs from Connections.
@@ -88,16 +99,19 @@ def generate_secrets() -> dict[str, str]:
     return {key: make() for key, make in SECRETS.items()}
 
 
-def ensure_env_file(path: Path) -> str:
-    """Create ``path`` with every secret, or add the missing ones; mode 600. Returns what it did."""
+def ensure_env_file(path: Path, wanted: dict[str, Any] | None = None,
+                    stack: str = "the local stack (./deploy.sh local)") -> str:
+    """Create ``path`` with every secret of ``wanted`` (default :data:`SECRETS`), or add the
+    missing ones; mode 600. Returns what it did."""
     from datetime import UTC, datetime
 
+    wanted = SECRETS if wanted is None else wanted
     text = path.read_text() if path.exists() else ""
     present = read_env_file(path) if text else {}
-    missing = [key for key in SECRETS if key not in present]
+    missing = [key for key in wanted if key not in present]
     said = ""
     if not text:
-        text = ("# Secrets of the local stack (./deploy.sh local), generated "
+        text = (f"# Secrets of {stack}, generated "
                 f"{datetime.now(UTC):%Y-%m-%d}. Keep this file private (mode 600); who holds "
                 "which secret and how to rotate it: docs/security.md.\n"
                 "# Airflow users: admin, operator (may trigger), viewer (read-only); MLflow "
@@ -105,9 +119,9 @@ def ensure_env_file(path: Path) -> str:
     if missing:
         if not text.endswith("\n"):
             text += "\n"
-        text += "".join(f"{key}={SECRETS[key]()}\n" for key in missing)
+        text += "".join(f"{key}={wanted[key]()}\n" for key in missing)
         write_private(path, text)
-        said = ("Created " if len(missing) == len(SECRETS) else
+        said = ("Created " if len(missing) == len(wanted) else
                 f"Added {', '.join(missing)} to ") + f"{_shown(path)} (random secrets, mode 600)"
     if path.stat().st_mode & 0o077:
         path.chmod(0o600)
@@ -993,7 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the local stack (used by deploy.sh; reads MLOPS_* and AIRFLOW_* env)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("secrets", help="create .env ($MLOPS_ENV_FILE) or add missing secrets")
+    secrets_cmd = sub.add_parser("secrets", help="create .env ($MLOPS_ENV_FILE) or add missing "
+                                 "secrets")
+    secrets_cmd.add_argument("--compose", type=Path, metavar="FILE",
+                             help="the production stack's .env.compose instead (its database "
+                                  "and broker passwords too)")
     sub.add_parser("airflow-settings", help="print KEY=VALUE lines: the users, the task workers "
                    "(how many; forkserver, preloaded modules), the log server port")
     sub.add_parser("configure-airflow", help="users' passwords, Connections, promotion pool")
@@ -1009,7 +1027,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(STOP_ORDER)}")
     try:
-        if args.command == "secrets":
+        if args.command == "secrets" and args.compose:
+            said = ensure_env_file(args.compose, COMPOSE_SECRETS,
+                                   "the production stack (./deploy.sh compose up)")
+            if said:
+                print(said, flush=True)
+        elif args.command == "secrets":
             said = ensure_env_file(env_file())
             if said:
                 print(said, flush=True)

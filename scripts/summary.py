@@ -51,6 +51,9 @@ class AirflowApi:
 
     def __init__(self, url: str, username: str, password: str) -> None:
         self.url = url.rstrip("/")
+        # Links printed for people: the address their browser uses (MLOPS_AIRFLOW_UI_URL) when
+        # this script reaches the server by another (inside the compose network).
+        self.ui_url = os.environ.get("MLOPS_AIRFLOW_UI_URL", self.url).rstrip("/")
         self._auth = {"username": username, "password": password}
         self._http = httpx.Client(base_url=self.url, timeout=30)
         self._token: str | None = None
@@ -263,10 +266,15 @@ def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str
         show_log_tail(api, dag_id, run_id, tis[task_id])
     _other_runs(api, dag_id, run_id)
     _say("")
-    _say(f"Airflow UI: {api.url}/dags/{dag_id}  (this run: {api.url}/dags/{dag_id}/runs/"
+    _say(f"Airflow UI: {api.ui_url}/dags/{dag_id}  (this run: {api.ui_url}/dags/{dag_id}/runs/"
          f"{quote(run_id, safe='')})")
-    _say(f"MLflow UI:  {mlflow_url}")
+    _say(f"MLflow UI:  {_mlflow_ui(mlflow_url)}")
     return str(state)
+
+
+def _mlflow_ui(mlflow_url: str) -> str:
+    """The MLflow address printed for people (MLOPS_MLFLOW_UI_URL, else the one used here)."""
+    return os.environ.get("MLOPS_MLFLOW_UI_URL", mlflow_url).rstrip("/")
 
 
 def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any]) -> None:
@@ -295,7 +303,7 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
     mlrun = runs[0]
     info, tags, metrics = mlrun.info, mlrun.data.tags, mlrun.data.metrics
     _say(f"  MLflow run {info.run_id} ({info.status}, outcome {tags.get('mlops.outcome', '-')}): "
-         f"{mlflow_url}/#/experiments/{info.experiment_id}/runs/{info.run_id}")
+         f"{_mlflow_ui(mlflow_url)}/#/experiments/{info.experiment_id}/runs/{info.run_id}")
 
     def artifact(path: str) -> dict[str, Any] | None:
         try:
@@ -339,7 +347,7 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
              + ("is @champion" if is_champion else
                 f"(not @champion; @champion is v{champion_version})" if champion_version else
                 "(no @champion yet)")
-             + f": {mlflow_url}/#/models/{quote(version.name, safe='')}/versions/{version.version}")
+             + f": {_mlflow_ui(mlflow_url)}/#/models/{quote(version.name, safe='')}/versions/{version.version}")
 
 
 def log_entries(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[Any] | None:
@@ -384,7 +392,7 @@ def show_log_tail(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any],
                   lines: int = 20) -> None:
     task_id, attempt = ti["task_id"], max(int(ti.get("try_number") or 1), 1)
     _say(f"\n  failed task {task_id} (try {attempt}): last log lines "
-         f"({api.url}/dags/{dag_id}/runs/{quote(run_id, safe='')}/tasks/{task_id}):")
+         f"({api.ui_url}/dags/{dag_id}/runs/{quote(run_id, safe='')}/tasks/{task_id}):")
     rendered = log_lines(api, dag_id, run_id, ti)
     if rendered is None:
         _say("    (log not available from the API; see .local/airflow/logs/)")

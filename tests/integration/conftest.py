@@ -31,7 +31,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The tests that need the trainer image (the Docker trainer's, and the scheduler stack's,
     # which pins it) run last, in their own order: ./deploy.sh test starts this session while
     # the Docker engine and the image are still being prepared (trainer_image waits for them).
-    items.sort(key=lambda item: "trainer_image" in getattr(item, "fixturenames", ()))
+    # The production stack's (compose_stack) come after them: its images are built after the
+    # trainer's.
+    def needs(item: pytest.Item) -> tuple[bool, bool]:
+        names = getattr(item, "fixturenames", ())
+        return "trainer_image" in names or "compose_stack" in names, "compose_stack" in names
+
+    items.sort(key=needs)
 
 
 # The test deployment's policy: these tests pick their own model names, sources, trainers and

@@ -86,3 +86,18 @@ def test_unknown_trainer_is_a_config_error() -> None:
     operator = TrainModelOperator(task_id="train", features={}, ingest_result={}, trainer="gpu")
     with pytest.raises(ConfigError, match="trainer 'gpu' is not one of inprocess, docker"):
         operator.run(None, {"params": {}})  # type: ignore[arg-type]
+
+
+def test_training_goes_to_the_deployments_trainer_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production stack parses the DAG with MLOPS_TRAINER_QUEUE=gpu: the train task goes to
+    the workers that reach a Docker engine; without it, to Airflow's default queue; a queue
+    given in the DAG file wins."""
+    from airflow.configuration import conf
+
+    monkeypatch.delenv("MLOPS_TRAINER_QUEUE", raising=False)
+    default = TrainModelOperator(task_id="train", features={}, ingest_result={})
+    assert default.queue == conf.get("operators", "default_queue")
+    monkeypatch.setenv("MLOPS_TRAINER_QUEUE", "gpu")
+    assert TrainModelOperator(task_id="train", features={}, ingest_result={}).queue == "gpu"
+    assert TrainModelOperator(task_id="train", features={}, ingest_result={},
+                              queue="big").queue == "big"

@@ -56,7 +56,9 @@ class TrainModelOperator(MlopsStageOperator):
         docker-compose)
     :param docker_url: the engine (default ``$DOCKER_HOST`` or the local socket);
         ``docker_conn_id`` logs in to a private registry; ``tls_*`` as the Docker provider's
-    :param kwargs: MlopsStageOperator arguments
+    :param kwargs: MlopsStageOperator arguments. ``queue`` defaults to ``$MLOPS_TRAINER_QUEUE``
+        when the DAG file is parsed with it set: the production stack routes training to the
+        Celery workers that reach a Docker engine (the ``gpu`` queue, docs/deployment.md)
     """
 
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "features",
@@ -70,6 +72,8 @@ class TrainModelOperator(MlopsStageOperator):
                  tls_client_key: str | None = None, tls_verify: bool = True,
                  tls_hostname: str | bool | None = None, api_version: str | None = None,
                  **kwargs: Any) -> None:
+        if os.environ.get("MLOPS_TRAINER_QUEUE"):
+            kwargs.setdefault("queue", os.environ["MLOPS_TRAINER_QUEUE"])
         super().__init__(**kwargs)
         self.features = features
         self.ingest_result = ingest_result

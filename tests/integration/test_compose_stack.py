@@ -1,0 +1,348 @@
+"""The production stack as users start it: ``./deploy.sh compose up`` on docker-compose.yaml, with
+images built offline (scripts/build_images.py), PostgreSQL, Redis, MLflow with basic-auth, S3,
+the FAB auth manager and two Celery workers. One stack for the module, on its own compose project,
+ports and secrets file, removed with its volumes after.
+
+Checked: the demo training run succeeds on a Celery worker; every service is healthy and only the
+two UIs are published (to 127.0.0.1); a second ``up`` recreates nothing; each FAB role may do what
+it should over REST and no more; no generated secret reaches a task log, XCom, rendered field,
+run conf, MLflow param or tag, or any container's log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from stack import free_port, read_env_file
+
+from tests.integration.conftest import REPO, _tail
+
+UP_TIMEOUT = 1500  # s: a fresh machine builds the images first (about 4 min on 2 cores)
+WORKERS = 2
+
+
+class ComposeStack:
+    def __init__(self, tmp: Path) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.project = f"mlopsit{tag}"
+        self.env_file = tmp / "env.compose"
+        self.airflow_port, self.mlflow_port = free_port(), free_port()
+        self.env = {**os.environ, "MLOPS_COMPOSE_PROJECT": self.project,
+                    "MLOPS_COMPOSE_ENV_FILE": str(self.env_file),
+                    "MLOPS_COMPOSE_AIRFLOW_PORT": str(self.airflow_port),
+                    "MLOPS_COMPOSE_MLFLOW_PORT": str(self.mlflow_port),
+                    "MLOPS_WORKERS": str(WORKERS), "MLOPS_STATE_DIR": str(tmp / "state")}
+        self.airflow_url = f"http://127.0.0.1:{self.airflow_port}"
+        self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
+        self.outputs: dict[str, str] = {}
+
+    def deploy(self, *args: str, timeout: float = UP_TIMEOUT,
+               extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(REPO / "deploy.sh"), "compose", *args], cwd=REPO,
+                              env={**self.env, **(extra or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def compose(self, *args: str) -> str:
+        result = subprocess.run(["docker-compose", "-p", self.project, "--env-file",
+                                 str(self.env_file), "-f", str(REPO / "docker-compose.yaml"),
+                                 *args], capture_output=True, text=True, env=self.env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return read_env_file(self.env_file)
+
+    def containers(self) -> list[dict[str, Any]]:
+        ids = self.compose("ps", "-q").split()
+        out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
+                             check=True).stdout
+        return json.loads(out)
+
+    def token(self, user: str) -> str:
+        password = self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"]
+        response = httpx.post(f"{self.airflow_url}/auth/token",
+                              json={"username": user, "password": password}, timeout=30)
+        assert response.status_code in (200, 201), (user, response.status_code, response.text)
+        return response.json()["access_token"]
+
+    def api(self, user: str) -> httpx.Client:
+        return httpx.Client(base_url=self.airflow_url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.token(user)}"})
+
+
+def _wait_for_background_images() -> None:
+    """Under ./deploy.sh test the images are built in the background: wait for that build
+    rather than start a second one beside it."""
+    marker = os.environ.get("MLOPS_COMPOSE_IMAGES_FILE")
+    if not marker:
+        return
+    done, failed = Path(marker), Path(marker + ".failed")
+    deadline = time.monotonic() + UP_TIMEOUT
+    while not done.exists() and not failed.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the compose images were not built after {UP_TIMEOUT} s ({marker})")
+        time.sleep(2)
+    if failed.exists():
+        log = Path(os.environ.get("MLOPS_TRAINER_SETUP_LOG", "/nonexistent"))
+        pytest.fail(f"building the compose images failed; {log}:\n{_tail(log, 4000)}")
+
+
+@pytest.fixture(scope="module")
+def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    _wait_for_background_images()
+    stack = ComposeStack(tmp_path_factory.mktemp("compose"))
+    started = time.monotonic()
+    try:
+        result = stack.deploy("up")
+        stack.outputs["up"] = result.stdout + result.stderr
+        stack.outputs["up_seconds"] = f"{time.monotonic() - started:.0f}"
+        assert result.returncode == 0, (
+            f"./deploy.sh compose up failed ({result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-6000:]}\n{_service_logs(stack)}")
+        yield stack
+    finally:
+        down = stack.deploy("down", "-v", "--remove-orphans", timeout=300)
+        assert down.returncode == 0, (down.stdout + down.stderr)[-2000:]
+
+
+def _service_logs(stack: ComposeStack) -> str:
+    result = subprocess.run(["docker-compose", "-p", stack.project, "--env-file",
+                             str(stack.env_file), "-f", str(REPO / "docker-compose.yaml"), "logs",
+                             "--tail=30"], capture_output=True, text=True, env=stack.env)
+    return result.stdout[-8000:]
+
+
+def _run_id(output: str) -> str:
+    match = re.search(r"DAG run training / (\S+): SUCCESS", output)
+    assert match, f"no successful training run in the output:\n{output[-4000:]}"
+    return match.group(1)
+
+
+def test_up_runs_the_demo_on_a_celery_worker_and_publishes_only_the_uis(compose_stack) -> None:
+    output = compose_stack.outputs["up"]
+    run_id = _run_id(output)
+    assert "is @champion" in output, output[-3000:]
+    # The links people follow are the published ones, not the compose network's names.
+    assert f"http://localhost:{compose_stack.airflow_port}/dags/training" in output
+    assert "airflow-apiserver:8080" not in output and "http://mlflow:5000" not in output
+    assert compose_stack.env_file.stat().st_mode & 0o777 == 0o600
+
+    containers = compose_stack.containers()
+    workers = {c["Config"]["Hostname"] for c in containers
+               if c["Config"]["Labels"].get("com.docker.compose.service") == "airflow-worker"}
+    assert len(workers) == WORKERS
+    with compose_stack.api("viewer") as api:
+        tis = api.get(f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances").json()
+    ran_on = {ti["task_id"]: ti["hostname"] for ti in tis["task_instances"]}
+    assert set(ran_on.values()) <= workers, ran_on  # every task on a Celery worker container
+
+    published = {}
+    for container in containers:
+        service = container["Config"]["Labels"]["com.docker.compose.service"]
+        state = container["State"]
+        if service == "airflow-init":
+            assert state["Status"] == "exited" and state["ExitCode"] == 0, state
+            continue
+        assert state["Health"]["Status"] == "healthy", (service, state["Health"]["Log"][-1:])
+        assert container["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", service
+        assert container["HostConfig"]["Memory"] > 0, f"{service} has no memory limit"
+        for bindings in (container["NetworkSettings"]["Ports"] or {}).values():
+            for binding in bindings or []:
+                published[service] = (binding["HostIp"], int(binding["HostPort"]))
+    assert published == {"airflow-apiserver": ("127.0.0.1", compose_stack.airflow_port),
+                         "mlflow": ("127.0.0.1", compose_stack.mlflow_port)}
+
+
+def test_a_second_up_recreates_nothing(compose_stack) -> None:
+    before = {c["Id"] for c in compose_stack.containers()
+              if c["State"]["Status"] == "running"}
+    started = time.monotonic()
+    result = compose_stack.deploy("up", extra={"MLOPS_COMPOSE_DEMO": "0"}, timeout=600)
+    compose_stack.outputs["second_up_seconds"] = f"{time.monotonic() - started:.0f}"
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "Recreating" not in result.stdout + result.stderr, result.stdout[-3000:]
+    after = {c["Id"] for c in compose_stack.containers() if c["State"]["Status"] == "running"}
+    assert after == before
+    print(f"\nfirst up {compose_stack.outputs['up_seconds']} s, second up "
+          f"{compose_stack.outputs['second_up_seconds']} s")
+
+
+def test_each_role_may_do_what_it_should_and_no_more(compose_stack) -> None:
+    """FAB roles over REST: operator (User) triggers and reads, never Connections or pools;
+    viewer (Viewer) only reads; admin may do everything. Anonymous and wrong passwords: 401."""
+    run = {"logical_date": None, "conf": {"partition_date": "2099-01-01"}}
+    allowed: dict[str, dict[str, int]] = {}
+    for user in ("admin", "operator", "viewer"):
+        with compose_stack.api(user) as api:
+            allowed[user] = {
+                "read runs": api.get("/api/v2/dags/training/dagRuns").status_code,
+                "trigger": api.post("/api/v2/dags/training/dagRuns",
+                                    json={**run, "dag_run_id": f"role_{user}"}).status_code,
+                "read connections": api.get("/api/v2/connections").status_code,
+                "edit pool": api.patch("/api/v2/pools/mlops_promotion",
+                                       json={"name": "mlops_promotion", "slots": 1,
+                                             "include_deferred": False}).status_code,
+            }
+    assert allowed == {
+        "admin": {"read runs": 200, "trigger": 200, "read connections": 200, "edit pool": 200},
+        "operator": {"read runs": 200, "trigger": 200, "read connections": 403, "edit pool": 403},
+        "viewer": {"read runs": 200, "trigger": 403, "read connections": 403, "edit pool": 403},
+    }
+    assert httpx.get(f"{compose_stack.airflow_url}/api/v2/dags", timeout=30).status_code == 401
+    wrong = httpx.post(f"{compose_stack.airflow_url}/auth/token",
+                       json={"username": "admin", "password": "admin"}, timeout=30)
+    assert wrong.status_code == 401
+    # MLflow: no anonymous access; the viewer reads what the workers made and may not change it
+    # (move @champion, log a run into their experiment) or administer accounts.
+    mlflow = f"{compose_stack.mlflow_url}/api/2.0/mlflow"
+    viewer = ("viewer", compose_stack.secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"])
+    alias = {"name": "churn_demo", "alias": "champion"}
+    assert httpx.get(f"{mlflow}/registered-models/alias", params=alias,
+                     timeout=30).status_code == 401
+    champion = httpx.get(f"{mlflow}/registered-models/alias", params=alias, auth=viewer,
+                         timeout=30)
+    assert champion.status_code == 200, champion.text
+    experiment = champion.json()["model_version"]["run_id"]
+    run = httpx.get(f"{mlflow}/runs/get", params={"run_id": experiment}, auth=viewer,
+                    timeout=30).json()["run"]
+    refused = {
+        "move alias": httpx.post(f"{mlflow}/registered-models/alias", auth=viewer, timeout=30,
+                                 json={**alias, "version": "1"}).status_code,
+        "log a run": httpx.post(f"{mlflow}/runs/create", auth=viewer, timeout=30,
+                                json={"experiment_id": run["info"]["experiment_id"]}).status_code,
+        "create a user": httpx.post(f"{mlflow}/users/create", auth=viewer, timeout=30,
+                                    json={"username": "x-new", "password": "x" * 20}).status_code,
+    }
+    assert refused == {"move alias": 403, "log a run": 403, "create a user": 403}
+    with compose_stack.api("admin") as api:  # the role runs above must not linger
+        for user in ("admin", "operator"):
+            api.patch(f"/api/v2/dags/training/dagRuns/role_{user}", json={"state": "failed"})
+
+
+def test_no_generated_secret_reaches_anything_people_read(compose_stack) -> None:
+    run_id = _run_id(compose_stack.outputs["up"])
+    found: dict[str, str] = {"deploy.sh compose up output": compose_stack.outputs["up"]}
+    with compose_stack.api("admin") as api:
+        base = f"/api/v2/dags/training/dagRuns/{run_id}"
+        found["dag run"] = api.get(base).text
+        for ti in api.get(f"{base}/taskInstances").json()["task_instances"]:
+            task = ti["task_id"]
+            found[f"task instance {task}"] = json.dumps(ti)
+            for attempt in range(1, int(ti["try_number"] or 1) + 1):
+                log = api.get(f"{base}/taskInstances/{task}/logs/{attempt}",
+                              headers={"Accept": "application/json"})
+                assert log.status_code == 200, (task, log.status_code)
+                found[f"task log {task}/{attempt}"] = log.text
+            found[f"XCom {task}"] = api.get(
+                f"{base}/taskInstances/{task}/xcomEntries",
+                params={"deserialize": "true"}).text
+    assert any("Train" in text or "train" in text for key, text in found.items()
+               if key.startswith("task log train")), "the train task's log was not read"
+    admin = ("admin", compose_stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"])
+    runs = httpx.post(f"{compose_stack.mlflow_url}/api/2.0/mlflow/runs/search",
+                      json={"experiment_ids": ["0", "1", "2"], "max_results": 100}, auth=admin,
+                      timeout=30).json().get("runs", [])
+    assert runs, "no MLflow run to check"
+    for run in runs:
+        found[f"MLflow run {run['info']['run_id']}"] = json.dumps(run["data"])
+    for container in compose_stack.containers():
+        name = container["Name"]
+        logs = subprocess.run(["docker", "logs", container["Id"]], capture_output=True,
+                              text=True)
+        found[f"container log {name}"] = logs.stdout + logs.stderr
+    leaks = [(key, where) for key, value in compose_stack.secrets.items() if len(value) >= 8
+             for where, text in found.items() if value in text]
+    assert not leaks, f"secrets found (key, where): {leaks}"
+
+
+def _wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/api/v2/dags/training/dagRuns/{run_id}").json()
+        if run.get("state") in ("success", "failed"):
+            return run
+        time.sleep(3)
+    pytest.fail(f"training run {run_id} did not finish in {timeout} s")
+
+
+def test_gpu_profile_trains_in_the_container_through_the_proxy_only(compose_stack) -> None:
+    """``up --gpu``: the train task goes to the gpu queue, whose worker runs the trainer
+    container through docker-proxy; the proxy refuses a host mount, a privileged container and
+    an exec; no other service sees the engine."""
+    result = compose_stack.deploy("up", "--gpu", extra={"MLOPS_COMPOSE_DEMO": "0"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    containers = compose_stack.containers()
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for container in containers:
+        by_service.setdefault(container["Config"]["Labels"]["com.docker.compose.service"],
+                              []).append(container)
+    (gpu_worker,) = by_service["airflow-worker-gpu"]
+    for service, members in by_service.items():
+        for container in members:
+            mounts = [m.get("Source", "") for m in container["Mounts"]]
+            env = "\n".join(container["Config"]["Env"] or [])
+            if service == "docker-proxy":
+                assert any(m.endswith("docker.sock") for m in mounts)
+                continue
+            assert not any("docker.sock" in m for m in mounts), (service, mounts)
+            assert ("DOCKER_HOST=tcp://docker-proxy:2375" in env) == (
+                service == "airflow-worker-gpu"), service
+
+    day = (time.gmtime(time.time() - 2 * 86400))
+    partition = time.strftime("%Y-%m-%d", day)
+    with compose_stack.api("operator") as api:
+        response = api.post("/api/v2/dags/training/dagRuns",
+                            json={"dag_run_id": "gpu_profile", "logical_date": None,
+                                  "conf": {"partition_date": partition}})
+        assert response.status_code == 200, response.text
+        run = _wait_for_run(api, "gpu_profile")
+        tis = {ti["task_id"]: ti for ti in api.get(
+            "/api/v2/dags/training/dagRuns/gpu_profile/taskInstances").json()["task_instances"]}
+        log = api.get("/api/v2/dags/training/dagRuns/gpu_profile/taskInstances/train/logs/"
+                      f"{tis['train']['try_number']}", headers={"Accept": "application/json"}).text
+    assert tis["train"]["state"] == "success", (run, log[-3000:])
+    assert tis["train"]["queue"] == "gpu" and tis["ingest"]["queue"] == "default"
+    assert tis["train"]["hostname"] == gpu_worker["Config"]["Hostname"]
+    # The container ran through the proxy, on the compose network, and exited 0.
+    assert "on tcp://docker-proxy:2375" in log, log[-3000:]
+    assert f"network {compose_stack.project}_default" in log, log[-3000:]
+    assert re.search(r"Trainer container \S+ exited 0 after", log), log[-3000:]
+
+    probe = (
+        "import docker, json\n"
+        "c = docker.APIClient(base_url='tcp://docker-proxy:2375')\n"
+        "image = c.inspect_image(__import__('os').environ['MLOPS_TRAINER_IMAGE'])['Id']\n"
+        "out = {}\n"
+        "for name, hc in [('bind', c.create_host_config(binds=['/:/host'])),\n"
+        "                 ('privileged', c.create_host_config(privileged=True)),\n"
+        "                 ('pid_host', c.create_host_config(pid_mode='host')),\n"
+        "                 ('plain', c.create_host_config(mem_limit='64m'))]:\n"
+        "    try:\n"
+        "        cid = c.create_container(image, command=['true'], host_config=hc)['Id']\n"
+        "        c.remove_container(cid)\n"
+        "        out[name] = 'created'\n"
+        "    except docker.errors.APIError as err:\n"
+        "        out[name] = err.status_code\n"
+        "for name, call in [('volumes', lambda: c.volumes()), ('pull', lambda: c.pull('busybox')),\n"
+        "                   ('build', lambda: list(c.build(fileobj=__import__('io').BytesIO(b'FROM scratch'))))]:\n"
+        "    try:\n"
+        "        call()\n"
+        "        out[name] = 'allowed'\n"
+        "    except docker.errors.APIError as err:\n"
+        "        out[name] = err.status_code\n"
+        "print(json.dumps(out))\n")
+    result = subprocess.run(["docker", "exec", gpu_worker["Id"], "python", "-c", probe],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    refused = json.loads(result.stdout.strip().splitlines()[-1])
+    assert refused == {"bind": 403, "privileged": 403, "pid_host": 403, "plain": "created",
+                       "volumes": 403, "pull": 403, "build": 403}, refused
