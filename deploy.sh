@@ -322,7 +322,7 @@ cmd_test() {
           [[ -s "$image_file" ]] || touch "$image_file.failed"
           # Then the production stack's images (tests/integration/test_compose_stack.py).
           ( [[ -s "$image_file" ]] && "$VENV/bin/python" "$REPO/scripts/build_images.py" \
-                --images "$COMPOSE_IMAGES" --env >"$compose_file.tmp" \
+                --images "$COMPOSE_IMAGES,docker-proxy" --env >"$compose_file.tmp" \
               && mv "$compose_file.tmp" "$compose_file" ) || true
           [[ -s "$compose_file" ]] || touch "$compose_file.failed" ) >"$setup_log" 2>&1
     ) &
