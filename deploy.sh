@@ -7,7 +7,9 @@
 #   ./deploy.sh stop              stop every service (data in .local/ is kept)
 #   ./deploy.sh test [ARGS...]    venv, then pytest (tests start the services they need)
 #   ./deploy.sh airflow ARGS...   the airflow CLI against the local stack (e.g. `dags list`)
-#   ./deploy.sh compose up [--gpu] | down | status | logs [ARGS...]
+#   ./deploy.sh backup [DIR]      databases and S3 buckets of the local stack, while it runs
+#   ./deploy.sh restore DIR       replace the local stack's state with a backup (docs/backup.md)
+#   ./deploy.sh compose up [--gpu] | down | status | logs | backup [DIR] | restore DIR
 #                                 the production stack (docker-compose.yaml: Celery workers,
 #                                 PostgreSQL, Redis, MLflow with auth, S3): .env.compose secrets,
 #                                 images built offline, health, the demo run on a Celery worker
@@ -43,7 +45,7 @@ say() { local m="$*"; printf '[%4ss] %s\n' "$SECONDS" "${m//$REPO\//}"; }
 die() { local m="$*"; printf 'error: %s\n' "${m//$REPO\//}" >&2; exit 1; }
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------
@@ -342,6 +344,63 @@ cmd_airflow() {
     exec "$VENV/bin/airflow" "$@"
 }
 
+# -- Backup and restore (docs/backup.md) -----------------------------------------------------------
+backup_dir() {
+    local dir="${1:-$STATE/backups/$(date -u +%Y%m%dT%H%M%SZ)}"
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    (cd "$dir" && pwd)
+}
+
+backup_py() { "$VENV/bin/python" "$REPO/scripts/backup.py" "$@"; }
+
+cmd_backup() {
+    [[ -f "$ENV_FILE" && -x "$VENV/bin/python" ]] || die "no local stack here (.env, .venv): run ./deploy.sh local"
+    load_env
+    airflow_env
+    local dir
+    dir="$(backup_dir "${1:-}")"
+    say "Backing up the local stack into $dir (it keeps running)"
+    backup_py sqlite-backup "$AIRFLOW_HOME/airflow.db" "$dir/airflow.db"
+    backup_py sqlite-backup "$STATE/mlflow/mlflow.db" "$dir/mlflow.db"
+    backup_py sqlite-backup "$STATE/mlflow/basic_auth.db" "$dir/mlflow_auth.db"
+    with_s3_admin backup_py s3-export --out "$dir/s3.tar" 2>&1 | sed 's/^/  /'
+    install -m 600 "$ENV_FILE" "$dir/env"
+    chmod 600 "$dir"/*
+    backup_py manifest "$dir" --stack embedded || die "writing the manifest failed"
+    say "Backup complete: $dir (it holds .env: keep it as private as .env)"
+}
+
+cmd_restore() {
+    local dir="${1:-}"
+    [[ -n "$dir" && -d "$dir" ]] || die "usage: ./deploy.sh restore DIR (a folder made by ./deploy.sh backup)"
+    ensure_venv
+    dir="$(cd "$dir" && pwd)"
+    backup_py verify "$dir" --stack embedded || die "$dir is not a complete backup (above); nothing was changed"
+    if [[ -f "$ENV_FILE" ]] && ! cmp -s "$ENV_FILE" "$dir/env"; then
+        cp -p "$ENV_FILE" "$ENV_FILE.before-restore"
+        say "The backup's secrets replace .env (the old one: .env.before-restore)"
+    fi
+    install -m 600 "$dir/env" "$ENV_FILE"
+    load_env
+    airflow_env
+    say "Stopping Airflow and MLflow (S3 keeps running)"
+    stack down scheduler triggerer dag-processor api-server mlflow
+    stack up-s3
+    say "Restoring the databases and the S3 buckets from $dir"
+    mkdir -p "$AIRFLOW_HOME" "$STATE/mlflow"
+    backup_py sqlite-backup "$dir/airflow.db" "$AIRFLOW_HOME/airflow.db"
+    backup_py sqlite-backup "$dir/mlflow.db" "$STATE/mlflow/mlflow.db"
+    backup_py sqlite-backup "$dir/mlflow_auth.db" "$STATE/mlflow/basic_auth.db"
+    with_s3_admin backup_py s3-import --in "$dir/s3.tar" 2>&1 | sed 's/^/  /'
+    stack up-mlflow
+    airflow db migrate >"$STATE/logs/db-migrate.log" 2>&1 \
+        || { tail -n 30 "$STATE/logs/db-migrate.log"; die "airflow db migrate failed"; }
+    stack configure-airflow
+    stack up-airflow
+    say "Restored from $dir"
+}
+
 # -- The production stack (docker-compose.yaml; docs/deployment.md) -------------------------------
 COMPOSE_ENV="${MLOPS_COMPOSE_ENV_FILE:-$REPO/.env.compose}"
 COMPOSE_PROJECT="${MLOPS_COMPOSE_PROJECT:-mlops}"
@@ -394,11 +453,13 @@ compose_images() {
     done <<<"$out"
 }
 
-# Wait until every running container of the project is healthy (or has no health check).
+# compose_wait_healthy TIMEOUT [SERVICE...]: wait until the containers of the project (or of
+# these services) are healthy, or have no health check, or exited 0 (airflow-init).
 compose_wait_healthy() {
     local timeout="${1:-300}" started=$SECONDS ids states bad
+    shift
     while :; do
-        ids="$(compose ps -q)"
+        ids="$(compose ps -q "$@")"
         [[ -n "$ids" ]] || die "no containers in project $COMPOSE_PROJECT"
         # shellcheck disable=SC2086
         states="$(docker inspect --format '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' $ids)"
@@ -466,6 +527,59 @@ compose_print_access() {
     echo "./deploy.sh compose status | logs [SERVICE] | down (volumes are kept; down -v deletes them)"
 }
 
+compose_backup() {
+    [[ -f "$COMPOSE_ENV" ]] || die "no .env.compose: nothing to back up"
+    local dir db python
+    python="$(find_python)"
+    dir="$(backup_dir "${1:-}")"
+    say "Backing up the production stack into $dir (it keeps running)"
+    for db in airflow mlflow mlflow_auth; do
+        # pg_dump inside the postgres container: one consistent snapshot per database.
+        compose exec -T postgres pg_dump --format=custom --dbname="$db" >"$dir/$db.pgdump" \
+            || die "pg_dump of $db failed"
+    done
+    compose run --rm --no-deps -T airflow-init s3-export >"$dir/s3.tar" 2> >(grep -v "airflow-init_run" >&2) \
+        || die "exporting the S3 buckets failed"
+    install -m 600 "$COMPOSE_ENV" "$dir/env.compose"
+    chmod 600 "$dir"/*
+    "$python" "$REPO/scripts/backup.py" manifest "$dir" --stack compose || die "writing the manifest failed"
+    say "Backup complete: $dir (it holds .env.compose: keep it as private)"
+}
+
+compose_restore() {
+    local dir="${1:-}" db owner python
+    [[ -n "$dir" && -d "$dir" ]] || die "usage: ./deploy.sh compose restore DIR (a folder made by ./deploy.sh compose backup)"
+    python="$(find_python)"
+    dir="$(cd "$dir" && pwd)"
+    "$python" "$REPO/scripts/backup.py" verify "$dir" --stack compose \
+        || die "$dir is not a complete backup (above); nothing was changed"
+    if [[ -f "$COMPOSE_ENV" ]] && ! cmp -s "$COMPOSE_ENV" "$dir/env.compose"; then
+        cp -p "$COMPOSE_ENV" "$COMPOSE_ENV.before-restore"
+        say "The backup's secrets replace .env.compose (the old one: .env.compose.before-restore)"
+    fi
+    install -m 600 "$dir/env.compose" "$COMPOSE_ENV"
+    ensure_compose_client
+    compose_images
+    say "Stopping every service but PostgreSQL and S3"
+    compose stop 2>&1 | sed 's/^/  /'
+    compose up -d --no-deps postgres s3 2>&1 | sed 's/^/  /'
+    compose_wait_healthy 300 postgres s3
+    for db in airflow mlflow mlflow_auth; do
+        owner="${db%%_*}"
+        say "Restoring database $db"
+        compose exec -T postgres psql -q -v ON_ERROR_STOP=1 --dbname=postgres \
+            -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\" OWNER \"$owner\"" \
+            || die "recreating database $db failed"
+        compose exec -T postgres pg_restore --exit-on-error --dbname="$db" <"$dir/$db.pgdump" \
+            || die "pg_restore of $db failed"
+    done
+    say "Restoring the S3 buckets"
+    compose run --rm --no-deps -T airflow-init s3-import <"$dir/s3.tar" \
+        || die "restoring the S3 buckets failed"
+    MLOPS_COMPOSE_DEMO=0 compose_up
+    say "Restored from $dir"
+}
+
 cmd_compose() {
     local sub="${1:-}"
     (($#)) && shift
@@ -480,7 +594,9 @@ cmd_compose() {
         logs)
             [[ -f "$COMPOSE_ENV" ]] || die "no .env.compose: run ./deploy.sh compose up"
             compose logs --tail="${MLOPS_LOG_LINES:-200}" "$@" ;;
-        *) die "usage: ./deploy.sh compose up|down|status|logs [ARGS...]" ;;
+        backup) compose_backup "$@" ;;
+        restore) compose_restore "$@" ;;
+        *) die "usage: ./deploy.sh compose up [--gpu] | down | status | logs | backup [DIR] | restore DIR" ;;
     esac
 }
 
@@ -495,6 +611,8 @@ main() {
         test) cmd_test "$@" ;;
         airflow) cmd_airflow "$@" ;;
         compose) cmd_compose "$@" ;;
+        backup) cmd_backup "$@" ;;
+        restore) cmd_restore "$@" ;;
         -h | --help | help) usage ;;
         *) usage >&2; exit 2 ;;
     esac

@@ -4,6 +4,8 @@
     compose_entry.py mlflow             MLflow tracking server with basic-auth on PostgreSQL, artifacts in S3
     compose_entry.py init               one-shot: Airflow DB, users, Connections, pool; MLflow users; buckets
     compose_entry.py demo-data ARGS     the demo's churn partitions into s3://mlops-data (the admin's key)
+    compose_entry.py s3-export          every object of the buckets as a tar on stdout (backup)
+    compose_entry.py s3-import          the buckets replaced by a tar from stdin (restore)
     compose_entry.py health SERVICE     the container's health check (exit 0 = healthy)
     compose_entry.py COMMAND...         anything else runs as given (``airflow scheduler``, ...)
 
@@ -176,13 +178,25 @@ def run_init() -> None:
         f"set-up done in {time.monotonic() - started:.0f}s")
 
 
-def run_demo_data(args: list[str]) -> None:
+def _as_s3_admin() -> None:
     os.environ.update(MLOPS_S3_ENDPOINT_URL=S3_URL, AWS_DEFAULT_REGION="us-east-1",
                       AWS_ACCESS_KEY_ID=secret("MLOPS_S3_ADMIN_ACCESS_KEY"),
                       AWS_SECRET_ACCESS_KEY=secret("MLOPS_S3_ADMIN_SECRET_KEY"))
+
+
+def run_demo_data(args: list[str]) -> None:
+    _as_s3_admin()
     from include.mlops.demo_data import main
 
     sys.exit(main(args))
+
+
+def run_backup(command: str) -> int:
+    """scripts/backup.py s3-export / s3-import with the admin's key, the tar on stdout / stdin."""
+    _as_s3_admin()
+    import backup
+
+    return backup.main([command])
 
 
 # -- health checks ----------------------------------------------------------------------------------
@@ -234,6 +248,8 @@ def main(argv: list[str]) -> int:
         run_init()
     elif command == "demo-data":
         run_demo_data(rest)
+    elif command in ("s3-export", "s3-import"):
+        return run_backup(command)
     elif command == "health":
         return health(rest[0])
     else:
