@@ -125,11 +125,8 @@ def s3_import(source: IO[bytes], buckets: tuple[str, ...] = BUCKETS) -> dict[str
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_manifest(folder: Path, stack: str, extra: dict[str, Any] | None = None) -> dict:

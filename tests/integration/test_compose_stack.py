@@ -274,6 +274,16 @@ def _wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600) -> dict[
     pytest.fail(f"training run {run_id} did not finish in {timeout} s")
 
 
+def _train(api: httpx.Client, run_id: str, days_ago: int) -> dict[str, Any]:
+    """Trigger the training DAG on the demo partition of ``days_ago`` days ago; wait for it."""
+    partition = time.strftime("%Y-%m-%d", time.gmtime(time.time() - days_ago * 86400))
+    response = api.post("/api/v2/dags/training/dagRuns",
+                        json={"dag_run_id": run_id, "logical_date": None,
+                              "conf": {"partition_date": partition}})
+    assert response.status_code == 200, response.text
+    return _wait_for_run(api, run_id)
+
+
 def test_gpu_profile_trains_in_the_container_through_the_proxy_only(compose_stack) -> None:
     """``up --gpu``: the train task goes to the gpu queue, whose worker runs the trainer
     container through docker-proxy; the proxy refuses a host mount, a privileged container and
@@ -297,14 +307,8 @@ def test_gpu_profile_trains_in_the_container_through_the_proxy_only(compose_stac
             assert ("DOCKER_HOST=tcp://docker-proxy:2375" in env) == (
                 service == "airflow-worker-gpu"), service
 
-    day = (time.gmtime(time.time() - 2 * 86400))
-    partition = time.strftime("%Y-%m-%d", day)
     with compose_stack.api("operator") as api:
-        response = api.post("/api/v2/dags/training/dagRuns",
-                            json={"dag_run_id": "gpu_profile", "logical_date": None,
-                                  "conf": {"partition_date": partition}})
-        assert response.status_code == 200, response.text
-        run = _wait_for_run(api, "gpu_profile")
+        run = _train(api, "gpu_profile", days_ago=2)
         tis = {ti["task_id"]: ti for ti in api.get(
             "/api/v2/dags/training/dagRuns/gpu_profile/taskInstances").json()["task_instances"]}
         log = api.get("/api/v2/dags/training/dagRuns/gpu_profile/taskInstances/train/logs/"
@@ -433,11 +437,6 @@ def test_backup_wipe_restore_brings_everything_back_and_training_works(
     assert after.keys() == before.keys(), sorted(set(after) ^ set(before))
     assert after == before
 
-    partition = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 3 * 86400))
     with compose_stack.api("operator") as api:
-        response = api.post("/api/v2/dags/training/dagRuns",
-                            json={"dag_run_id": "after_restore", "logical_date": None,
-                                  "conf": {"partition_date": partition}})
-        assert response.status_code == 200, response.text
-        run = _wait_for_run(api, "after_restore")
+        run = _train(api, "after_restore", days_ago=3)
     assert run["state"] == "success", run
