@@ -390,6 +390,44 @@ def register(stage: Stage, *, model_uri: str, manifest_uri: str, dag_context: di
     return {"model_name": stage.model_name, "version": version}
 
 
+def _audit_uri(stage: Stage, alias: str, version: str, previous: str, dag_run_id: Any) -> str:
+    label = "" if alias == tracking.CHAMPION else f"{alias}-"
+    return join(stage.artifacts_uri, "audit", stage.model_name,
+                f"{label}v{int(version):06d}-from-{previous}-{safe_name(str(dag_run_id))}.json")
+
+
+def _complete_half_done(stage: Stage, current: Any, *, alias: str,
+                        dag_context: dict[str, Any]) -> None:
+    """``alias`` points at ``current`` but its promotion never finished: the promote task that
+    moved the alias died before it tagged the version and wrote the audit record, and no retry
+    completed it (retries used up). Say so, and complete that record now, so the audit chain
+    has no gap: from ``pending_from`` (kept before the move), by the run that registered it."""
+    prefix = "audit." if alias == tracking.CHAMPION else f"audit.{alias}."
+    tags = dict(getattr(current, "tags", None) or {})
+    if f"{prefix}pending_from" not in tags or f"{prefix}promoted_by" in tags:
+        return  # a complete promotion, or one from before pending_from existed
+    name, version = stage.model_name, str(current.version)
+    previous = tags[f"{prefix}pending_from"]
+    dag_run_id = tags.get("airflow.run_id")
+    by = f"airflow:{tags.get('airflow.dag_id')}/{dag_run_id}"
+    repaired_by = f"airflow:{dag_context.get('dag_id')}/{dag_context.get('dag_run_id')}"
+    log.warning("Half-done promotion: %s v%s is @%s (from %s, by %s) but its promote task died "
+                "before it tagged the version and wrote the audit record; completing them now "
+                "(repaired by %s)", name, version, alias, previous, by, repaired_by)
+    record = {"model_name": name, "alias": alias, "from_version": previous,
+              "to_version": version, "promoted_at": None, "by": by,
+              "mlflow_run_id": current.run_id, "reasons": [],
+              "repaired_by": repaired_by, "repaired_at": datetime.now(UTC).isoformat()}
+    try:
+        stage.store.write_bytes(_audit_uri(stage, alias, version, previous, dag_run_id),
+                                json.dumps(record, indent=2).encode(), create_only=True)
+    except ObjectExistsError:
+        pass
+    for key, value in (("promoted_from", previous), ("promoted_by", by),
+                       ("repaired_by", repaired_by)):
+        stage.client.set_model_version_tag(name, version, f"{prefix}{key}", value)
+
+
 def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict[str, Any],
             alias: str = tracking.CHAMPION, compared_with: str | None = None) -> dict[str, Any]:
     """Point ``alias`` at ``version``, verify it, then write the audit record (tags + S3).
@@ -411,6 +449,8 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
     if current is not None and str(current.version) == str(version):
         previous = mv.tags.get(f"{prefix}pending_from", "none")  # a retry after the alias was set
     else:
+        if current is not None:
+            _complete_half_done(stage, current, alias=alias, dag_context=dag_context)
         previous = str(current.version) if current is not None else "none"
         champion = tracking.champion_version(client, name) if alias != tracking.CHAMPION \
             else current
@@ -445,10 +485,7 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
         record["loosened_gate"] = list(stage.loosened)
         client.set_model_version_tag(name, version, LOOSENED_TAG,
                                      "; ".join(stage.loosened)[:4000])
-    label = "" if alias == tracking.CHAMPION else f"{alias}-"
-    audit_uri = join(stage.artifacts_uri, "audit", name,
-                     f"{label}v{int(version):06d}-from-{previous}-"
-                     f"{safe_name(str(dag_context.get('dag_run_id')))}.json")
+    audit_uri = _audit_uri(stage, alias, str(version), previous, dag_context.get("dag_run_id"))
     try:
         stage.store.write_bytes(audit_uri, json.dumps(record, indent=2).encode(), create_only=True)
     except ObjectExistsError:

@@ -188,6 +188,7 @@ class CeleryStack(Airflow):
     env: dict[str, str] = field(default_factory=dict)
     mlflow: Any = None  # stack.Service
     mlflow_options: dict[str, Any] = field(default_factory=dict)  # start_mlflow's arguments
+    port: int = 0  # the api-server's
     _ready_from: dict[str, int] = field(default_factory=dict)  # worker: log offset at its start
 
     @property
@@ -259,6 +260,24 @@ class CeleryStack(Airflow):
         proc.wait(timeout=10)
         return pids
 
+    def restart_exited(self) -> list[tuple[str, int]]:
+        """Start again every Airflow process (api-server, dag-processor, scheduler, worker) that
+        exited, as the deployment's ``restart: unless-stopped`` does; returns (name, exit code)
+        of each. A part is not waited for: one that cannot start yet exits again."""
+        from stack import start_airflow_part
+
+        exited = [(name, proc.returncode) for name, proc in list(self.procs.items())
+                  if proc.poll() is not None]
+        for name, _ in exited:
+            if name in WORKERS:
+                self.procs.pop(name)
+                self.start_worker(name)
+            else:
+                self.procs[name] = start_airflow_part(name, port=self.port,
+                                                      log_path=self.logs[name], cwd=self.home,
+                                                      env=self.env)
+        return exited
+
     # -- MLflow ------------------------------------------------------------------------------------
     def stop_mlflow(self) -> None:
         self.mlflow.stop(timeout=15)
@@ -319,7 +338,7 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
     api = {user: AirflowApi(f"http://127.0.0.1:{port}", user, secrets[key])
            for user, (_, key) in AIRFLOW_USERS.items()}
     found = CeleryStack(api["admin"], home, logs, users=api, env=env, mlflow=mlflow,
-                        mlflow_options=mlflow_options)
+                        mlflow_options=mlflow_options, port=port)
     try:
         found.procs.update(start_airflow(PARTS, port=port, home=home, env=env, logs=logs,
                                          timeout=120))

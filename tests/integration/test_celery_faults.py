@@ -11,7 +11,10 @@ triggered over REST:
   MLflow is back;
 - six runs triggered at once: they run one after another (``max_active_runs=1``), there are no
   duplicate versions, one promotion at a time, every decision and promotion is recorded, and
-  the best model that passed the gate is @champion.
+  the best model that passed the gate is @champion;
+- the worker running ``promote`` dies twice: before the alias move, and the instant
+  @champion moved (before the version's audit tags and record): @champion is never unset, never
+  at an incomplete version, and the third try completes the half-done promotion (v1 -> v2).
 
 Settings of this stack beyond the shared ones (FAULT_SETTINGS): tasks get 2 retries, 2 s apart
 with exponential backoff (what MLOPS_TASK_RETRIES / MLOPS_RETRY_DELAY_SECONDS give every DAG),
@@ -21,6 +24,8 @@ and the scheduler fails a running task whose heartbeat stopped after 20 s instea
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -333,3 +338,220 @@ def test_runs_triggered_at_once_promote_one_at_a_time_and_keep_the_best(services
     print(f"\n{len(run_ids)} runs triggered at once finished in {took:.0f}s; {len(approved)} "
           f"promoted, {len(run_ids) - len(passing)} below the thresholds, champion v{champion} "
           f"(roc_auc {best[1]:.4f})")
+
+
+class _AliasWatch:
+    """Every value @champion of ``model`` takes, read from MLflow's database every few ms (an
+    HTTP poll would miss short states), in a thread. ``on_change(version)`` runs in that thread
+    at once: for a kill that must land inside a window of a few HTTP calls."""
+
+    def __init__(self, stack: CeleryStack, model: str) -> None:
+        import threading
+
+        self.url = stack.mlflow_options["backend_uri"].replace("+psycopg", "")
+        self.model = model
+        self.seen: list[tuple[float, str | None]] = []
+        self.on_change: Any = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _AliasWatch:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.seen and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.seen, f"the alias watch read nothing: {self.error}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    row = conn.execute("SELECT version FROM registered_model_aliases WHERE "
+                                       "name = %s AND alias = 'champion'", (self.model,)).fetchone()
+                    value = None if row is None else str(row[0])
+                    if not self.seen or self.seen[-1][1] != value:
+                        self.seen.append((time.monotonic(), value))
+                        if self.on_change is not None:
+                            self.on_change(value)
+                    time.sleep(0.002)
+        except BaseException as err:  # noqa: BLE001 - the test reports it
+            self.error = err
+
+    def values(self) -> list[str | None]:
+        return [value for _, value in self.seen]
+
+
+def _kill_supervising_worker(stack: CeleryStack) -> str | None:
+    """SIGKILL the worker that runs a task now (only one task runs: promote), its process groups
+    and its task process's, as kill_worker does, with one scan of /proc; returns its name
+    (None: no worker runs a task). The caller reaps it with kill_worker."""
+    from tests.integration.celery_stack import cmdline, parent_pid
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    mine = os.getpgid(0)
+    for name in WORKERS:
+        proc = stack.procs.get(name)
+        if proc is None:
+            continue
+        found, todo = [proc.pid], [proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        # A task runs below a supervisor (a pool process, titled "airflow supervisor: <ti>"
+        # since its first task: the title alone does not say a task runs now).
+        if not any(cmdline(pid) and cmdline(parent_pid(pid) or 0).startswith(
+                "airflow supervisor:") for pid in found):  # a zombie has no cmdline
+            continue
+        groups = set()
+        for pid in found:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                continue
+        for group in groups - {mine}:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return name
+    return None
+
+
+def test_worker_killed_around_the_alias_move_never_leaves_champion_half_promoted(
+        services, celery_stack):
+    """v1 is champion; a better model's run reaches promote (held in its pool until then). The
+    worker running promote is SIGKILLed twice: try 1 as soon as a worker supervises it (the
+    version is registered, the alias not moved), try 2 the instant @champion moved to the new
+    version, before promote tagged the version and wrote the audit record (the half-done
+    promotion). @champion is watched throughout: v1, then v2, never nothing, never back, and it
+    moves only to a registered version with an approved gate. Try 3 finds the alias already
+    moved and completes the promotion: the audit record and tags say v1 -> v2 (kept in
+    ``audit.pending_from`` before the move), not v2 -> v2."""
+    store, model = services.store(), "it_celery_promote_kill"
+    source = f"s3://mlops-data/{model}"
+    write_partitions(store, source, date(2025, 12, 11), 1, rows=1500)
+    client = _mlflow(celery_stack)
+    # A stump first (the thresholds loosened so that it passes), then a real model on the same
+    # rows: it beats the stump, so its gate approves it.
+    gate = {"thresholds": ["roc_auc >= 0.01"]}
+    first = celery_stack.trigger("2025-12-12", model_name=model, source_uri=source,
+                                 partition_date="2025-12-11", gate=gate,
+                                 training={"hyperparameters": CANDIDATES[1]})
+    run = celery_stack.wait(first)
+    assert run["state"] == "success", celery_stack.failure_report(first)
+    with _login(services):
+        assert champion_of(client, model) == "1"
+
+    kills: list[tuple[str, float]] = []  # (worker, when), one per try killed
+    _set_pool(celery_stack, 0)
+    try:
+        run_id = celery_stack.trigger("2025-12-13", model_name=model, source_uri=source,
+                                      partition_date="2025-12-11", gate=gate,
+                                      training={"hyperparameters": CANDIDATES[2]})
+
+        def promote_waits() -> bool:
+            states = celery_stack.states(run_id)
+            assert "failed" not in states.values() and states.get("register") != "skipped", \
+                celery_stack.failure_report(run_id)
+            return states.get("register") == "success" and states.get("promote") == "scheduled"
+
+        _wait_for("register done, promote waiting for its pool", promote_waits, celery_stack,
+                  every=1)
+        with _login(services):
+            assert registered_versions(client, model) == ["1", "2"]
+        with _AliasWatch(celery_stack, model) as watch:
+            assert watch.values() == ["1"]
+            _set_pool(celery_stack, 1)
+
+            # Try 1: killed as soon as a worker supervises it, before the alias moves.
+            victim = _wait_for("a worker supervising promote try 1",
+                               lambda: _kill_supervising_worker(celery_stack), celery_stack,
+                               timeout=60, every=0.01)
+            kills.append((victim, time.monotonic()))
+            celery_stack.kill_worker(victim)  # reaps it
+            with _login(services):
+                assert champion_of(client, model) == "1", "the alias moved before the kill"
+            assert not any("v000002" in o.uri for o in store.list(f"s3://mlops/audit/{model}"))
+
+            # Try 2 (after the heartbeat timeout): killed the instant the alias moves to v2.
+            def kill_on_move(version: str | None) -> None:
+                if version == "2" and len(kills) == 1:
+                    kills.append((_kill_supervising_worker(celery_stack), time.monotonic()))
+
+            watch.on_change = kill_on_move
+            celery_stack.start_worker(victim)
+            _wait_for("the alias moved and promote try 2 killed", lambda: len(kills) == 2,
+                      celery_stack, timeout=150, every=0.05)
+            victim = kills[1][0]
+            assert victim in WORKERS, "no worker supervised promote when the alias moved"
+            celery_stack.kill_worker(victim)  # reaps it
+            # The half-done promotion: the alias moved, the rest of promote did not happen.
+            with _login(services):
+                half = client.get_model_version(model, "2")
+                assert champion_of(client, model) == "2"
+                assert half.tags.get("audit.pending_from") == "1", half.tags
+                assert "audit.promoted_by" not in half.tags, \
+                    "try 2 was killed after it tagged the promotion: not half-done"
+                assert "mlops.outcome" not in _mlflow_runs(client, model, run_id)[0].data.tags
+            assert not any("v000002" in o.uri for o in store.list(f"s3://mlops/audit/{model}"))
+            celery_stack.start_worker(victim)
+
+            run = celery_stack.wait(run_id, timeout=240)
+            finished = time.monotonic()
+        assert watch.error is None, watch.error
+    finally:
+        _set_pool(celery_stack, 1)
+        for name in WORKERS:
+            if name not in celery_stack.procs:
+                celery_stack.start_worker(name)
+
+    assert run["state"] == "success", celery_stack.failure_report(run_id)
+    promote = celery_stack.task_instances(run_id)["promote"]
+    assert promote["try_number"] == 3, promote
+    # @champion was v1, then v2: never unset, never back, never v2 before the second try.
+    assert watch.values() == ["1", "2"], watch.seen
+    moved_at = next(at for at, value in watch.seen if value == "2")
+    assert kills[0][1] < moved_at <= kills[1][1], (kills, watch.seen)
+    with _login(services):
+        assert registered_versions(client, model) == ["1", "2"]
+        assert champion_of(client, model) == "2"
+        v2 = client.get_model_version(model, "2")
+        # v2 was complete before the alias moved to it: registered (READY, its manifest tags,
+        # register succeeded before promote could start) from a run whose gate approved it.
+        assert v2.status == "READY" and v2.tags.get("mlops.repro_key"), v2.tags
+        (mlflow_run,) = _mlflow_runs(client, model, run_id)
+        assert v2.run_id == mlflow_run.info.run_id
+        assert mlflow_run.data.tags["mlops.gate"] == "approved"
+        assert mlflow_run.data.tags["mlops.outcome"] == "promoted"
+        assert mlflow_run.data.tags["airflow.try.promote"] == "3"
+        # Try 3 repaired the half-done promotion: from v1, by this run.
+        assert v2.tags["audit.promoted_from"] == "1", v2.tags
+        assert v2.tags["audit.promoted_by"] == f"airflow:training/{run_id}"
+    records = sorted((json.loads(store.read_bytes(o.uri)) for o in
+                      store.list(f"s3://mlops/audit/{model}")), key=lambda r: r["to_version"])
+    assert [(r["from_version"], r["to_version"], r["by"]) for r in records] == [
+        ("none", "1", f"airflow:training/{first}"), ("1", "2", f"airflow:training/{run_id}")]
+    assert "Promoted " not in celery_stack.task_log(run_id, "promote", attempt=2)
+    third = celery_stack.task_log(run_id, "promote", attempt=3)
+    assert f"Promoted {model} v2 to @champion (was 1)" in third, third[-3000:]
+    detected = [line for line in celery_stack.logs["scheduler"].read_text(errors="replace")
+                .splitlines() if "Detected a task instance without a heartbeat" in line]
+    assert sum("'Task Id': 'promote'" in line and run_id in line for line in detected) >= 2, \
+        detected
+    print(f"\npromote killed on {kills[0][0]} (try 1, before the alias move) and on "
+          f"{kills[1][0]} (try 2, {1000 * (kills[1][1] - moved_at):.0f} ms after the alias "
+          f"moved); try 3 completed the promotion {finished - kills[1][1]:.0f}s after that")

@@ -1,0 +1,101 @@
+"""A promotion left half done: the promote task moved @champion and died before it tagged the
+version and wrote the audit record, and no retry completed it (its retries were used up). The
+next promotion notices it, says so, and completes the record, so the audit chain has no gap
+(include/mlops/pipeline.py ``_complete_half_done``). MLflow on SQLite, a local store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from include.mlops import pipeline, tracking
+from tests.unit.helpers import churn_config
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _run_and_version(client: Any, stage: pipeline.Stage, dag_run_id: str) -> tuple[str, str]:
+    """What ingest .. register leave for one DAG run: an approved MLflow run, a version."""
+    experiment = tracking.ensure_experiment(client, stage.model_name)
+    run_id = client.create_run(experiment).info.run_id
+    client.set_tag(run_id, "mlops.gate", "approved")
+    try:
+        client.create_registered_model(stage.model_name)
+    except Exception:  # noqa: BLE001 - exists already
+        pass
+    mv = client.create_model_version(stage.model_name, source=f"runs:/{run_id}/model",
+                                     run_id=run_id, tags={"airflow.dag_id": "training",
+                                                          "airflow.run_id": dag_run_id})
+    return run_id, str(mv.version)
+
+
+def _stage(client: Any, tmp_path: Path, run_id: str) -> pipeline.Stage:
+    from include.mlops.storage import ObjectStore
+
+    return pipeline.Stage(config=churn_config(), store=ObjectStore(), client=client,
+                          mlflow_run_id=run_id, artifacts_uri=str(tmp_path / "artifacts"),
+                          run_key="2025-01-02T000000")
+
+
+def test_the_next_promotion_completes_a_half_done_one(registry: Any, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    client = registry
+    base = _stage(client, tmp_path, "unused")
+    model = base.model_name
+    run_a, v1 = _run_and_version(client, base, "run_a")
+    pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=["first"],
+                     dag_context={"dag_id": "training", "dag_run_id": "run_a"})
+    # run_b's promote moved the alias and died: what promote does before the move, and the move.
+    run_b, v2 = _run_and_version(client, base, "run_b")
+    client.set_model_version_tag(model, v2, "audit.pending_from", v1)
+    client.set_registered_model_alias(model, "champion", v2)
+    run_c, v3 = _run_and_version(client, base, "run_c")
+
+    caplog.set_level(logging.WARNING, logger="include.mlops.pipeline")
+    result = pipeline.promote(_stage(client, tmp_path, run_c), version=v3, reasons=["better"],
+                              dag_context={"dag_id": "training", "dag_run_id": "run_c"},
+                              compared_with=v2)
+
+    assert result["previous"] == v2
+    assert str(tracking.champion_version(client, model).version) == v3
+    assert any("Half-done promotion" in r.message and f"v{v2} is @champion" in r.message
+               for r in caplog.records), caplog.text
+    tags = client.get_model_version(model, v2).tags
+    assert tags["audit.promoted_from"] == v1
+    assert tags["audit.promoted_by"] == "airflow:training/run_b"
+    assert tags["audit.repaired_by"] == "airflow:training/run_c"
+    records = sorted((json.loads(p.read_text()) for p in
+                      (tmp_path / "artifacts" / "audit" / model).iterdir()),
+                     key=lambda r: r["to_version"])
+    assert [(r["from_version"], r["to_version"], r["by"], r.get("repaired_by")) for r in records] \
+        == [("none", v1, "airflow:training/run_a", None),
+            (v1, v2, "airflow:training/run_b", "airflow:training/run_c"),
+            (v2, v3, "airflow:training/run_c", None)]
+    # A complete promotion is left as it is.
+    assert "audit.repaired_by" not in client.get_model_version(model, v1).tags
+
+
+def test_a_complete_champion_is_not_repaired(registry: Any, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    client = registry
+    base = _stage(client, tmp_path, "unused")
+    run_a, v1 = _run_and_version(client, base, "run_a")
+    pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=[],
+                     dag_context={"dag_id": "training", "dag_run_id": "run_a"})
+    run_b, v2 = _run_and_version(client, base, "run_b")
+    caplog.set_level(logging.WARNING, logger="include.mlops.pipeline")
+    pipeline.promote(_stage(client, tmp_path, run_b), version=v2, reasons=[],
+                     dag_context={"dag_id": "training", "dag_run_id": "run_b"}, compared_with=v1)
+    assert "Half-done" not in caplog.text
+    assert len(list((tmp_path / "artifacts" / "audit" / base.model_name).iterdir())) == 2
