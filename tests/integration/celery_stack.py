@@ -174,6 +174,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_process_groups(pids: list[int]) -> None:
+    """SIGKILL every process group that one of ``pids`` leads or belongs to, except this one's."""
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for group in groups - {os.getpgid(0)}:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -245,18 +260,7 @@ class CeleryStack(Airflow):
         their own (they would outlive a kill of the worker's group alone). Returns the pids."""
         proc = self.procs.pop(name)
         pids = [proc.pid, *descendants(proc.pid)]
-        mine = os.getpgid(0)
-        groups = set()
-        for pid in pids:
-            try:
-                groups.add(os.getpgid(pid))
-            except ProcessLookupError:
-                continue
-        for group in groups - {mine}:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_groups(pids)
         proc.wait(timeout=10)
         return pids
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -393,7 +392,7 @@ def _kill_supervising_worker(stack: CeleryStack) -> str | None:
     """SIGKILL the worker that runs a task now (only one task runs: promote), its process groups
     and its task process's, as kill_worker does, with one scan of /proc; returns its name
     (None: no worker runs a task). The caller reaps it with kill_worker."""
-    from tests.integration.celery_stack import cmdline, parent_pid
+    from tests.integration.celery_stack import cmdline, kill_process_groups, parent_pid
 
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -401,7 +400,6 @@ def _kill_supervising_worker(stack: CeleryStack) -> str | None:
             parent = parent_pid(int(entry))
             if parent is not None:
                 children.setdefault(parent, []).append(int(entry))
-    mine = os.getpgid(0)
     for name in WORKERS:
         proc = stack.procs.get(name)
         if proc is None:
@@ -416,17 +414,7 @@ def _kill_supervising_worker(stack: CeleryStack) -> str | None:
         if not any(cmdline(pid) and cmdline(parent_pid(pid) or 0).startswith(
                 "airflow supervisor:") for pid in found):  # a zombie has no cmdline
             continue
-        groups = set()
-        for pid in found:
-            try:
-                groups.add(os.getpgid(pid))
-            except ProcessLookupError:
-                continue
-        for group in groups - {mine}:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_groups(found)
         return name
     return None
 
