@@ -15,15 +15,16 @@
 #                                 images built offline, health, the demo run on a Celery worker
 #
 # Environment: MLOPS_S3_PORT (8333), MLOPS_MLFLOW_PORT (5000), MLOPS_AIRFLOW_PORT (8080),
-# MLOPS_DEPLOY_TIMEOUT (seconds to wait for the training run, 900), MLOPS_TRAINER (inprocess;
-# docker: start a Docker engine, build the trainer image and train in a container).
+# MLOPS_STATE_DIR (.local), MLOPS_ENV_FILE (.env), MLOPS_DEPLOY_TIMEOUT (seconds to wait for the
+# training run, 900), MLOPS_TRAINER (inprocess; docker: start a Docker engine, build the trainer
+# image and train in a container).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$REPO"
 VENV="$REPO/.venv"
-STATE="$REPO/.local"
-ENV_FILE="$REPO/.env"
+STATE="${MLOPS_STATE_DIR:-$REPO/.local}"
+ENV_FILE="${MLOPS_ENV_FILE:-$REPO/.env}"
 S3_PORT="${MLOPS_S3_PORT:-8333}"
 MLFLOW_PORT="${MLOPS_MLFLOW_PORT:-5000}"
 AIRFLOW_PORT="${MLOPS_AIRFLOW_PORT:-8080}"
@@ -45,7 +46,7 @@ say() { local m="$*"; printf '[%4ss] %s\n' "$SECONDS" "${m//$REPO\//}"; }
 die() { local m="$*"; printf 'error: %s\n' "${m//$REPO\//}" >&2; exit 1; }
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------

@@ -138,7 +138,10 @@ def write_manifest(folder: Path, stack: str, extra: dict[str, Any] | None = None
         files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"stack": stack, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "files": files, **(extra or {})}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    target = folder / "manifest.json"  # private like the rest of the backup (mode 600)
+    target.touch(mode=0o600)
+    target.chmod(0o600)
+    target.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -729,16 +729,28 @@ def task_slots(environ: dict[str, str] | None = None) -> str:
     return environ.get("AIRFLOW__CORE__PARALLELISM") or "4"
 
 
+# [workers] min_heartbeat_interval (Airflow's default 5 s). Airflow 3.3's task supervisor waits
+# in select() up to this long per loop; when the task process closes its sockets before it has
+# exited, the supervisor sleeps the whole interval before it notices the exit, and the worker
+# slot stays taken. It happened to 18-25 % of the tasks here: 5 s each, which a worker
+# with one free slot adds to the next task's start (bench/celery_bench.py, docs/scaling.md).
+# 1 s bounds that wait; the cost is one heartbeat per second per running task.
+MIN_HEARTBEAT_INTERVAL = "1"
+
+
 def local_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     """What the one-machine stack sets beyond :func:`scheduler_settings`: the number of task
-    workers, and one log server for the whole machine. The scheduler's log server also serves
-    the triggerer's logs (same folder), so the triggerer starts none of its own
-    (``--skip-serve-logs``; about 80 MB less)."""
+    workers, one log server for the whole machine, and the task supervisor's loop interval
+    (:data:`MIN_HEARTBEAT_INTERVAL`). The scheduler's log server also serves the triggerer's
+    logs (same folder), so the triggerer starts none of its own (``--skip-serve-logs``; about
+    80 MB less)."""
     environ = os.environ if environ is None else environ
     port = environ.get("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT") or WORKER_LOG_SERVER_PORT
     return {"AIRFLOW__CORE__PARALLELISM": task_slots(environ),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": port,
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": port}
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": port,
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL":
+                environ.get("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL") or MIN_HEARTBEAT_INTERVAL}
 
 
 def scheduler_settings() -> dict[str, str]:

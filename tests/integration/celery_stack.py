@@ -1,7 +1,8 @@
 """The production topology without containers, for the test modules that need it
 (test_celery_topology.py, test_celery_faults.py): Airflow's api-server, dag-processor and
 scheduler with the CeleryExecutor and two Celery workers, PostgreSQL as the metadata database (a
-database of its own, dropped after), Redis as the broker (a db index of its own, flushed), and
+database of its own, dropped after), Redis as the broker and result backend (a db index of its
+own, flushed), and
 MLflow with basic-auth on PostgreSQL, its artifacts in the session's S3.
 
 Each module starts its own stack (a module-scoped fixture that enters :func:`celery_stack`), with
@@ -293,11 +294,12 @@ class CeleryStack(Airflow):
 
 @contextmanager
 def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | None = None,
-                       pg: str = PG) -> Iterator[CeleryStack]:
+                       pg: str = PG, workers: int = len(WORKERS)) -> Iterator[CeleryStack]:
     """Start the whole stack in ``home``, ``settings`` (environment variables) on top of the
-    shared ones; the training DAG unpaused, both workers ready. Everything is stopped, the
+    shared ones; the training DAG unpaused, the workers ready. Everything is stopped, the
     databases dropped and the broker db flushed afterwards. ``pg``: the PostgreSQL server of the
-    Airflow and MLflow databases (SQLAlchemy URL without a database; default the host's)."""
+    Airflow and MLflow databases (SQLAlchemy URL without a database; default the host's).
+    ``workers``: how many of :data:`WORKERS` to start (bench/celery_bench.py starts one)."""
     tag = uuid.uuid4().hex[:8]
     dbs = {name: f"it_{name}_{tag}" for name in ("airflow", "mlflow", "mlflow_auth")}
     for db in dbs.values():
@@ -326,6 +328,8 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": f"{pg}/{dbs['airflow']}",
         "AIRFLOW__CORE__EXECUTOR": "airflow.providers.celery.executors.celery_executor.CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": f"{REDIS}/{broker_db}",
+        # Celery's results in Redis, as docker-compose.yaml has them: workers need no database.
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"{REDIS}/{broker_db}",
         "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "mlops.celery_config.CELERY_CONFIG",
         # A task message not acknowledged within this time is delivered again: longer than any
         # training task (Airflow's default, said explicitly).
@@ -346,11 +350,11 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
     try:
         found.procs.update(start_airflow(PARTS, port=port, home=home, env=env, logs=logs,
                                          timeout=120))
-        for name in WORKERS:
+        for name in WORKERS[:workers]:
             found.start_worker(name)
         dag = wait_for_dag(found.api, DAG_ID, timeout=120)
         assert dag["is_paused"]
-        found.wait_workers_ready()
+        found.wait_workers_ready(WORKERS[:workers])
         found.api.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
     except (Exception, SystemExit) as err:
         _stop(found)

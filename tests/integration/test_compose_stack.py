@@ -24,6 +24,7 @@ import pytest
 from stack import free_port, read_env_file
 
 from tests.integration.conftest import REPO, _tail
+from tests.integration.snapshot import airflow_client, stack_snapshot
 
 UP_TIMEOUT = 1500  # s: a fresh machine builds the images first (about 4 min on 2 cores)
 WORKERS = 2
@@ -67,16 +68,9 @@ class ComposeStack:
                              check=True).stdout
         return json.loads(out)
 
-    def token(self, user: str) -> str:
-        password = self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"]
-        response = httpx.post(f"{self.airflow_url}/auth/token",
-                              json={"username": user, "password": password}, timeout=30)
-        assert response.status_code in (200, 201), (user, response.status_code, response.text)
-        return response.json()["access_token"]
-
     def api(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=self.airflow_url, timeout=30,
-                            headers={"Authorization": f"Bearer {self.token(user)}"})
+        return airflow_client(self.airflow_url, user,
+                              self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"])
 
 
 def _wait_for_background_images() -> None:
@@ -144,6 +138,13 @@ def test_up_runs_the_demo_on_a_celery_worker_and_publishes_only_the_uis(compose_
         tis = api.get(f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances").json()
     ran_on = {ti["task_id"]: ti["hostname"] for ti in tis["task_instances"]}
     assert set(ran_on.values()) <= workers, ran_on  # every task on a Celery worker container
+    # ... which ran them without the metadata DB's password or the signing/encryption keys.
+    withheld = {compose_stack.secrets[key] for key in (
+        "MLOPS_DB_AIRFLOW_PASSWORD", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")}
+    for container in containers:
+        if container["Config"]["Labels"].get("com.docker.compose.service") == "airflow-worker":
+            env = "\n".join(container["Config"]["Env"])
+            assert not [value for value in withheld if value in env], "a worker holds a withheld secret"
 
     published = {}
     for container in containers:
@@ -353,54 +354,16 @@ def test_gpu_profile_trains_in_the_container_through_the_proxy_only(compose_stac
 
 
 def _snapshot(stack: ComposeStack) -> dict[str, Any]:
-    """What a restore must bring back: Airflow runs and task states, MLflow runs (params,
-    metrics, tags), model versions and aliases, and every S3 object (name and sha256)."""
-    import hashlib
-    import tarfile
-
-    snap: dict[str, Any] = {}
-    with stack.api("admin") as api:
-        runs = api.get("/api/v2/dags/training/dagRuns", params={"limit": 100}).json()["dag_runs"]
-        for run in runs:
-            tis = api.get(f"/api/v2/dags/training/dagRuns/{run['dag_run_id']}/taskInstances"
-                          ).json()["task_instances"]
-            snap[f"run {run['dag_run_id']}"] = (run["state"], sorted(
-                (ti["task_id"], ti["state"], ti["try_number"]) for ti in tis))
-    mlflow = f"{stack.mlflow_url}/api/2.0/mlflow"
-    admin = ("admin", stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"])
-    experiments = httpx.post(f"{mlflow}/experiments/search", json={"max_results": 100},
-                             auth=admin, timeout=30).json()["experiments"]
-    runs = httpx.post(f"{mlflow}/runs/search", auth=admin, timeout=30,
-                      json={"experiment_ids": [e["experiment_id"] for e in experiments],
-                            "max_results": 1000}).json().get("runs", [])
-    for run in runs:
-        data = run["data"]
-        snap[f"mlflow run {run['info']['run_id']}"] = (
-            run["info"]["status"], sorted((p["key"], p["value"]) for p in data.get("params", [])),
-            sorted((m["key"], m["value"]) for m in data.get("metrics", [])),
-            sorted((t["key"], t["value"]) for t in data.get("tags", [])))
-    versions = httpx.get(f"{mlflow}/model-versions/search", params={"max_results": 1000},
-                         auth=admin, timeout=30).json().get("model_versions", [])
-    for version in versions:
-        snap[f"model {version['name']} v{version['version']}"] = (
-            version["run_id"], version["source"], version.get("status"))
-    models = httpx.get(f"{mlflow}/registered-models/search", params={"max_results": 1000},
-                       auth=admin, timeout=30).json().get("registered_models", [])
-    for model in models:  # the version search does not return aliases; the model does
-        snap[f"aliases {model['name']}"] = sorted(
-            (alias["alias"], alias["version"]) for alias in model.get("aliases", []))
+    """What a restore must bring back (tests/integration/snapshot.py), S3 read through the
+    stack's own ``s3-export``."""
     export = subprocess.run(
         ["docker-compose", "-p", stack.project, "--env-file", str(stack.env_file), "-f",
          str(REPO / "docker-compose.yaml"), "run", "--rm", "--no-deps", "-T", "airflow-init",
          "s3-export"], capture_output=True, env=stack.env, timeout=300)
     assert export.returncode == 0, export.stderr[-2000:]
-    import io
-
-    with tarfile.open(fileobj=io.BytesIO(export.stdout), mode="r|") as tar:
-        for member in tar:
-            handle = tar.extractfile(member)
-            snap[f"s3 {member.name}"] = hashlib.sha256(handle.read()).hexdigest()
-    return snap
+    with stack.api("admin") as api:
+        return stack_snapshot(api, stack.mlflow_url, stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
+                              export.stdout)
 
 
 def test_backup_wipe_restore_brings_everything_back_and_training_works(

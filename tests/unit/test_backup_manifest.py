@@ -26,8 +26,10 @@ def _folder(tmp_path: Path, stack: str = "embedded") -> Path:
 
 
 def test_a_complete_backup_verifies(tmp_path: Path) -> None:
-    manifest = verify(_folder(tmp_path), "embedded")
+    folder = _folder(tmp_path)
+    manifest = verify(folder, "embedded")
     assert set(manifest["files"]) == set(FILES["embedded"])
+    assert (folder / "manifest.json").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("damage", ["truncated", "changed", "missing", "other stack",

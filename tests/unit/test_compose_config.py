@@ -95,3 +95,28 @@ def test_every_image_is_one_build_images_makes() -> None:
     for needed in ("requirements.txt", "dags/training.py", "scripts/compose_entry.py",
                    "plugins/mlops/celery_config.py", "include/mlops/pipeline.py"):
         assert needed in airflow, needed
+
+
+def test_the_task_supervisor_interval_is_the_embedded_stacks() -> None:
+    """Both stacks bound the supervisor's wait for an exited task the same way (one value,
+    scripts/stack.py MIN_HEARTBEAT_INTERVAL; why: docs/scaling.md)."""
+    from stack import MIN_HEARTBEAT_INTERVAL, local_settings
+
+    assert SERVICES["airflow-worker"]["environment"]["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] \
+        == MIN_HEARTBEAT_INTERVAL == local_settings({})["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"]
+
+
+@pytest.mark.parametrize("name", ["airflow-worker", "airflow-worker-gpu"])
+def test_workers_hold_no_database_password_and_no_signing_or_encryption_key(name: str) -> None:
+    """A task reaches the metadata through the Execution API only: the workers get the broker's
+    password (Celery's results too go to Redis) and the api secret key their log server checks
+    requests with, no other generated secret."""
+    environment = SERVICES[name]["environment"]
+    used = {var for value in environment.values()
+            for var in re.findall(r"\$\{(\w+)", str(value)) if var in COMPOSE_SECRETS}
+    assert used == {"MLOPS_REDIS_PASSWORD", "AIRFLOW__API__SECRET_KEY"}, used
+    assert not {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY",
+                "AIRFLOW__API_AUTH__JWT_SECRET"} & set(environment)
+    assert environment["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("redis://")
+    # The other Airflow services keep them.
+    assert "AIRFLOW__CORE__FERNET_KEY" in SERVICES["airflow-scheduler"]["environment"]
