@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -168,15 +169,41 @@ def s3_identities(secrets: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
+# Ports handed out by free_port in this process: two calls before either port is bound must
+# not return overlapping ranges.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(span: int = 1) -> int:
-    """A port P such that P..P+span-1 and their +10000 gRPC twins look free."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + span + 10000 >= 65535:
+    """A port P such that P..P+span-1 (and, for span > 1, their +10000 gRPC twins) look free.
+
+    Picked below the kernel's ephemeral range: any outgoing connection may take a port from
+    that range between this check and the server's bind (a SeaweedFS start failed in CI with
+    "Port allocation failed" that way)."""
+    twin = 10000 if span > 1 else 0
+    top = min(_ephemeral_low(), 32768) - span - twin
+    for _ in range(500):
+        if top > 10000:
+            port = random.randrange(10000, top)
+        else:  # an unusual ephemeral range: let the kernel choose
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port + span + twin >= 65535:
+                continue
+        wanted = set(range(port, port + span)) | {p + twin for p in range(port, port + span)}
+        if wanted & _HANDED_OUT:
             continue
-        if all(_is_free(p) and (span == 1 or _is_free(p + 10000)) for p in range(port, port + span)):
+        if all(_is_free(p) and (not twin or _is_free(p + twin)) for p in range(port, port + span)):
+            _HANDED_OUT.update(wanted)
             return port
     raise RuntimeError("no free port range found")
 

@@ -26,3 +26,19 @@ def test_the_throwaway_stacks_use_the_same_settings(tmp_path):
                                                      stack.AIRFLOW_PROCESS_SECRETS},
                                     passwords_file=tmp_path / "p.json", base={})
     assert {key: env[key] for key in stack.local_settings({})} == stack.local_settings({})
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() -> None:
+    """Outgoing connections take ports from the kernel's ephemeral range at any moment, so a
+    port picked there can be gone before the server binds it; and two picks made before either
+    server starts must not overlap."""
+    low = stack._ephemeral_low()
+    ranges = []
+    for _ in range(30):
+        port = stack.free_port(7)
+        assert port + 6 + 10000 < low
+        ranges.append(set(range(port, port + 7)) | set(range(port + 10000, port + 10007)))
+    singles = [stack.free_port() for _ in range(30)]
+    taken = [p for r in ranges for p in r] + singles
+    assert len(taken) == len(set(taken))
+    assert all(p < low for p in singles)
