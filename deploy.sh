@@ -161,7 +161,9 @@ airflow_env() {
     # From scripts/stack.py: the users admin, operator (may trigger) and viewer (read-only;
     # passwords from .env, docs/security.md), the executor: a LocalExecutor with 4 task workers
     # (AIRFLOW__CORE__PARALLELISM overrides it), whose workers start from a forkserver that
-    # imported the stages' libraries once (docs/benchmarks.md), and one log server.
+    # imported the stages' libraries once (docs/benchmarks.md), one log server, and the tasks'
+    # environment (stack.py TASK_ENV: MLflow's loaders that trust the artifact off, MLflow's
+    # records at their own level in the task log).
     local setting
     while IFS= read -r setting; do
         export "${setting?}"
@@ -174,11 +176,6 @@ airflow_env() {
     export AIRFLOW__API__BASE_URL="http://127.0.0.1:$AIRFLOW_PORT"
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW_PORT/execution/"
     export MLOPS_ARTIFACTS_URI=s3://mlops
-    export GX_ANALYTICS_ENABLED=False
-    export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
-    # Models load only through include/mlops/model_loading.py (a fixed type allow-list): MLflow's
-    # own loaders, which trust what the artifact says, are switched off in every task.
-    export MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
     export MLOPS_AIRFLOW_URL="http://127.0.0.1:$AIRFLOW_PORT"
     export MLOPS_MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
     mkdir -p "$AIRFLOW_HOME" "$STATE/logs" "$STATE/run"

@@ -11,6 +11,7 @@ from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PREDICTIONS
 from mlops.dag_defaults import default_args, run_params
+from mlops.notifiers import alerts_for
 from mlops.operators.monitoring import DriftCheckOperator, PublishAlertOperator
 
 with DAG(
@@ -25,4 +26,5 @@ with DAG(
     params=run_params("drift_monitor", partition_date="Check this scored day (YYYY-MM-DD)"),
 ):
     drift = DriftCheckOperator(task_id="check_drift")
-    PublishAlertOperator(task_id="drift_detected", result=drift.output, asset=DRIFT_DETECTED)
+    PublishAlertOperator(task_id="drift_detected", result=drift.output, asset=DRIFT_DETECTED,
+                         on_success_callback=alerts_for("drift_detected"))

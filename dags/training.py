@@ -12,6 +12,7 @@ from pendulum import datetime
 
 from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.dag_defaults import default_args, run_params
+from mlops.notifiers import alerts_for
 from mlops.operators.trainer import TrainModelOperator
 from mlops.operators.training import (
     BuildFeaturesOperator,
@@ -50,11 +51,13 @@ with DAG(
                                  ingest_result=ingested.output)
     evaluated = EvaluateModelOperator(task_id="evaluate", model=trained.output,
                                       features=features.output)
-    decision = QualityGateOperator(task_id="gate", evaluation=evaluated.output)
+    decision = QualityGateOperator(task_id="gate", evaluation=evaluated.output,
+                                   on_success_callback=alerts_for("gate_rejected"))
     registered = RegisterModelOperator(task_id="register", model=trained.output,
                                        ingest_result=ingested.output)
     promoted = PromoteModelOperator(task_id="promote", registration=registered.output,
-                                    decision=decision.output)
+                                    decision=decision.output,
+                                    on_success_callback=alerts_for("promoted"))
 
     changed >> ingested >> validated >> features >> trained >> evaluated >> decision
     decision >> registered >> promoted

@@ -765,6 +765,24 @@ def task_slots(environ: dict[str, str] | None = None) -> str:
 MIN_HEARTBEAT_INTERVAL = "1"
 
 
+# What every Airflow process of every stack has in its environment, for the tasks it runs
+# (./deploy.sh exports these through `stack.py airflow-settings`; docker-compose.yaml's
+# x-airflow-worker-env repeats them and tests/unit/test_compose_config.py checks it does):
+# - no Great Expectations usage statistics and no MLflow progress bars in task logs;
+# - models load only through include/mlops/model_loading.py (a fixed type allow-list): MLflow's
+#   own loaders, which trust what the artifact says, are switched off in every task;
+# - MLflow's records go to Airflow's task log at their own level. Otherwise MLflow gives its
+#   loggers a handler of their own on stderr, and Airflow logs every stderr line of a task at
+#   level error: "Waiting up to 300 seconds for model version to finish creation" (INFO) was an
+#   error line in each successful `register`.
+TASK_ENV = {
+    "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    "MLFLOW_CONFIGURE_LOGGING": "false",
+}
+
+
 def local_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     """What the one-machine stack sets beyond :func:`scheduler_settings`: the number of task
     workers, one log server for the whole machine, and the task supervisor's loop interval
@@ -834,9 +852,7 @@ def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "MLOPS_ARTIFACTS_URI": f"s3://{ARTIFACTS_BUCKET}",
-        "GX_ANALYTICS_ENABLED": "False",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        **TASK_ENV,
     })
     env.update(local_settings(env))
     if preload:
@@ -1077,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(said, flush=True)
         elif args.command == "airflow-settings":
             settings = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": simple_auth_users(),
-                        **local_settings(), **scheduler_settings()}
+                        **local_settings(), **scheduler_settings(), **TASK_ENV}
             print("\n".join(f"{key}={value}" for key, value in settings.items()))
         elif args.command == "configure-airflow":
             configure_airflow(

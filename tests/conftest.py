@@ -20,4 +20,5 @@ os.environ.update({
     "MLOPS_RETRY_DELAY_SECONDS": "1",
     "GX_ANALYTICS_ENABLED": "False",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_CONFIGURE_LOGGING": "false",
 })

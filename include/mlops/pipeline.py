@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -119,7 +120,8 @@ def ingest(stage: Stage, dates: list[date]) -> dict[str, Any]:
 
 def check_changed(config: DatasetConfig, store: ObjectStore, dates: list[date],
                   champion: dict[str, Any] | None, *, dag_run_id: str,
-                  force: bool = False) -> dict[str, Any]:
+                  force: bool = False,
+                  champion_manifest: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Is there anything new to train? Same data + ML code + training params as the champion: no.
 
     Runs first and cheaply: the data fingerprint comes from listing the partitions (no file is
@@ -127,6 +129,10 @@ def check_changed(config: DatasetConfig, store: ObjectStore, dates: list[date],
     run costs a listing and a lookup, and leaves no MLflow run behind.
 
     :param champion: ``{"version", "run_id", "tags"}`` of the current champion, or None
+    :param champion_manifest: reads the champion's reproducibility manifest; called only when
+        this run differs from a champion, to name what differs (``differences``: files added,
+        removed or changed, source modules, params with old and new values). Without it, or
+        when it fails, the champion's tags say what they can.
     """
     listing = ingestion.discover(config, store, dates)
     key = reproducibility.repro_key(listing.fingerprint, config)
@@ -146,9 +152,36 @@ def check_changed(config: DatasetConfig, store: ObjectStore, dates: list[date],
             f"(sources {reproducibility.source_hash()[:12]}) and training params equal those of "
             f"champion {name} v{champion['version']} (MLflow run {champion['run_id']}); trigger "
             "with force=true to retrain anyway")}
-    why = "no champion yet" if champion is None else \
-        f"differs from champion v{champion['version']} (data, code or params changed)"
-    return {**base, "changed": True, "reason": why}
+    if champion is None:
+        return {**base, "changed": True, "reason": "no champion yet"}
+    found = _differences(champion, champion_manifest, listing.files, config)
+    why = f"differs from champion {name} v{champion['version']}: " + (
+        "; ".join(found) if found else
+        "the reproducibility key differs, but neither the files, the training code nor the "
+        "params do (the key's recipe changed)")
+    return {**base, "changed": True, "reason": why, "differences": found}
+
+
+def _differences(champion: dict[str, Any], read_manifest: Callable[[], dict[str, Any]] | None,
+                 files: list[dict[str, Any]], config: DatasetConfig) -> list[str]:
+    """:func:`reproducibility.differences` against the champion's manifest, or, when it cannot
+    be read, against what the version's tags record (fingerprint, source hash, training params)."""
+    manifest = None
+    if read_manifest is not None:
+        try:
+            manifest = read_manifest()
+        except Exception as err:  # only the explanation is lost, never the run: say so
+            log.warning("Could not read the reproducibility manifest of champion v%s (%s: %s); "
+                        "comparing with its tags", champion["version"], type(err).__name__, err)
+    if manifest is None:
+        tags = champion["tags"]
+        manifest = {"data": {"fingerprint": tags.get("mlops.data_fingerprint")},
+                    "source_hash": tags.get("mlops.source_hash")}
+        try:
+            manifest["params"] = {"training": json.loads(tags["mlops.params"])}
+        except (KeyError, ValueError):
+            pass
+    return reproducibility.differences(manifest, files, config)
 
 
 # -- validate ---------------------------------------------------------------------------------------

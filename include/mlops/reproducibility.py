@@ -47,24 +47,36 @@ def training_sources() -> list[str]:
     return sorted(seen)
 
 
+def _training_code() -> dict[str, bytes]:
+    """The pieces :func:`source_hash` covers, by name: ``<module>.py`` and ``pipeline.<function>``."""
+    import ast
+
+    pieces = {f"{name}.py": (PACKAGE_ROOT / f"{name}.py").read_bytes() for name in training_sources()}
+    pipeline = (PACKAGE_ROOT / "pipeline.py").read_text()
+    functions = {node.name: ast.get_source_segment(pipeline, node)
+                 for node in ast.parse(pipeline).body if isinstance(node, ast.FunctionDef)}
+    for name in TRAINING_PIPELINE_FUNCTIONS:
+        pieces[f"pipeline.{name}"] = functions[name].encode()
+    return pieces
+
+
+@lru_cache(maxsize=1)
+def source_digests() -> dict[str, str]:
+    """sha256 of each piece of the training code (:func:`_training_code`): what the manifest
+    records, so that a later run can name the modules that changed."""
+    return {name: hashlib.sha256(body).hexdigest() for name, body in _training_code().items()}
+
+
 @lru_cache(maxsize=1)
 def source_hash() -> str:
     """sha256 of the code that trains a model: the modules of :func:`training_sources` (path
     and content) and the training functions of pipeline.py (their source). An edit anywhere
     else in the package (drift, scoring, the gate, a docstring of ``promote``) leaves it, and
     so every champion's repro key, unchanged."""
-    import ast
-
     digest = hashlib.sha256()
-    for name in training_sources():
-        digest.update(f"{name}.py".encode())
-        digest.update((PACKAGE_ROOT / f"{name}.py").read_bytes())
-    pipeline = (PACKAGE_ROOT / "pipeline.py").read_text()
-    functions = {node.name: ast.get_source_segment(pipeline, node)
-                 for node in ast.parse(pipeline).body if isinstance(node, ast.FunctionDef)}
-    for name in TRAINING_PIPELINE_FUNCTIONS:
-        digest.update(f"pipeline.{name}".encode())
-        digest.update(functions[name].encode())
+    for name, body in _training_code().items():
+        digest.update(name.encode())
+        digest.update(body)
     return digest.hexdigest()
 
 
@@ -123,8 +135,109 @@ def manifest(*, config: DatasetConfig, data_manifest: dict[str, Any],
         },
         "code_version": code_version(),
         "source_hash": source_hash(),
+        "sources": source_digests(),
         "package_version": __version__,
         "params": training_params(config),
         "seed": config.training.seed,
         "packages": package_versions(),
     }
+
+
+# -- what differs from the champion -----------------------------------------------------------------
+SHOWN = 5  # names listed per kind of change; the rest are counted
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN])
+    return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"training.hyperparameters.max_iter": 150, ...}``; lists of named dicts by name."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return _flat({v["name"]: {k: x for k, x in v.items() if k != "name"} for v in value}, prefix)
+    return {prefix.rstrip("."): value}
+
+
+def data_changes(old_files: list[dict[str, Any]], new_files: list[dict[str, Any]]) -> list[str]:
+    """Files added, removed and changed (same name, other size or ETag), by their key under the
+    source root: the same files under another prefix are no change."""
+    def by_key(files: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+        return {str(f.get("key") or f["uri"]): (f.get("size"), f.get("etag")) for f in files}
+
+    old, new = by_key(old_files), by_key(new_files)
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    lines = []
+    if added:
+        lines.append(f"{len(added)} file(s) added: {_names(added)}")
+    if removed:
+        lines.append(f"{len(removed)} file(s) removed: {_names(removed)}")
+    if changed:
+        details = [f"{k} (size {old[k][0]} -> {new[k][0]})" if old[k][0] != new[k][0]
+                   else f"{k} (same size, new content)" for k in changed]
+        lines.append(f"{len(changed)} file(s) changed: {_names(details)}")
+    return lines
+
+
+def code_changes(old_sources: dict[str, str] | None, old_hash: str | None) -> list[str]:
+    """The training-code pieces (modules, pipeline functions) whose content differs."""
+    new = source_digests()
+    if old_sources is None:
+        if old_hash is None or old_hash == source_hash():
+            return []
+        return [f"training code changed (source hash {old_hash[:12]} -> {source_hash()[:12]}; "
+                "the champion's manifest predates per-module hashes)"]
+    changed = sorted(k for k in set(old_sources) & set(new) if old_sources[k] != new[k])
+    added = sorted(set(new) - set(old_sources))
+    removed = sorted(set(old_sources) - set(new))
+    lines = []
+    if changed:
+        lines.append(f"source changed: {_names(changed)}")
+    if added:
+        lines.append(f"source added to the training path: {_names(added)}")
+    if removed:
+        lines.append(f"source no longer on the training path: {_names(removed)}")
+    return lines
+
+
+def param_changes(old_params: dict[str, Any], new_params: dict[str, Any]) -> list[str]:
+    """Each training param that differs, with its old and new value."""
+    old, new = _flat(old_params), _flat(new_params)
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {json.dumps(old.get(k), default=str)} -> {json.dumps(new.get(k), default=str)}"
+             for k in keys if old.get(k) != new.get(k)]
+    return [f"param {_names(diffs)}"] if diffs else []
+
+
+def differences(champion_manifest: dict[str, Any], files: list[dict[str, Any]],
+                config: DatasetConfig) -> list[str]:
+    """What differs between the champion's reproducibility manifest and this run's inputs: one
+    line per kind of change, naming files, source modules and params with their values.
+    ``champion_manifest`` may be partial (rebuilt from the version's tags): what it lacks is
+    not compared."""
+    lines: list[str] = []
+    old_data = champion_manifest.get("data") or {}
+    if "files" in old_data:
+        lines += data_changes(old_data["files"], files)
+    elif old_data.get("fingerprint") and old_data["fingerprint"] != _fingerprint(files):
+        lines.append(f"data fingerprint {old_data['fingerprint'][:12]} -> "
+                     f"{_fingerprint(files)[:12]} (the champion's file list is not available)")
+    lines += code_changes(champion_manifest.get("sources"), champion_manifest.get("source_hash"))
+    if "params" in champion_manifest:
+        old_params = champion_manifest["params"]
+        new_params = {k: v for k, v in training_params(config).items() if k in old_params}
+        lines += param_changes(old_params, new_params)
+    return lines
+
+
+def _fingerprint(files: list[dict[str, Any]]) -> str:
+    from include.mlops.ingest import fingerprint
+
+    return fingerprint(files)

@@ -140,7 +140,14 @@ def alias_lookup(tracking_uri: str, model_name: str, alias: str = CHAMPION, *,
 
 def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
                       trusted_types: list[str]) -> Any:
-    """Log a fitted sklearn pipeline with signature, input example and explicit requirements."""
+    """Log a fitted sklearn pipeline with its signature and explicit requirements.
+
+    The signature is inferred from ``input_example`` and the model's predictions on it (so the
+    example is known to predict). The example itself is not logged with the model: MLflow then
+    checks it by loading the model back through its own loader, which this project switches off
+    (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``; models load only through
+    ``model_loading``), so every `train` logged a 20-line warning about a load that is refused
+    on purpose, and MLflow's flavor offers no argument to skip that check."""
     from importlib import metadata
 
     import mlflow.sklearn
@@ -158,7 +165,7 @@ def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
                 continue
     signature = infer_signature(input_example, model.predict(input_example))
     return mlflow.sklearn.log_model(
-        model, name=name, run_id=run_id, signature=signature, input_example=input_example,
+        model, name=name, run_id=run_id, signature=signature,
         pip_requirements=requirements,  # explicit: inferring them costs ~5 s per model
         skops_trusted_types=trusted_types,
     )

@@ -45,11 +45,15 @@ _SECTION_DESCRIPTIONS = {
 
 
 def default_args() -> dict[str, Any]:
-    """Retries for transient failures (an unreachable service); bad data fails at once anyway."""
+    """Retries for transient failures (an unreachable service); bad data fails at once anyway.
+    A task that fails for good sends an alert where one is configured (mlops.notifiers)."""
+    from mlops.notifiers import alerts_for
+
     return {
         "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
         "retry_delay": timedelta(seconds=int(os.environ.get("MLOPS_RETRY_DELAY_SECONDS", "60"))),
         "retry_exponential_backoff": True,
+        "on_failure_callback": alerts_for("task_failed"),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from stack import AIRFLOW_USERS, BIN, free_port, start_airflow, stop_group
-from summary import AirflowApi, log_lines, task_instances, wait_for_dag
+from summary import AirflowApi, log_entries, log_lines, task_instances, wait_for_dag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -377,6 +377,14 @@ class Airflow:
         assert lines is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
         return "\n".join(lines)
 
+    def task_log_entries(self, run_id: str, task_id: str, attempt: int = 1,
+                         dag_id: str = DAG_ID) -> list[dict[str, Any]]:
+        """The structured records of one try's task log (level, logger, event), as the UI gets
+        them; text lines (a log from before structured logging) are skipped."""
+        entries = log_entries(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt})
+        assert entries is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
+        return [e for e in entries if isinstance(e, dict)]
+
     def failure_report(self, run_id: str, dag_id: str = DAG_ID) -> str:
         tis = self.task_instances(run_id, dag_id)
         failed = [task for task, ti in tis.items() if ti["state"] == "failed"]
@@ -444,3 +452,17 @@ def _stop(found: Airflow) -> None:
         if proc is not None:
             stop_group(proc.pid, timeout=15)
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def alert_sinks(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A real SMTP server and HTTP endpoint, and the alert Connections pointing at them, for
+    one test (tests/integration/alert_sinks.py)."""
+    from tests.integration.alert_sinks import AlertSinks
+
+    sinks = AlertSinks().start()
+    for key, value in sinks.connection_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLOPS_MLFLOW_UI_URL", "http://mlflow.example.test")
+    yield sinks
+    sinks.stop()

@@ -186,7 +186,8 @@ def test_live_metrics_below_the_floor_raise_an_alert_event(services, monitored, 
 
 
 def test_planted_drift_emits_drift_detected_and_a_normal_day_does_not(services, monitored,
-                                                                      dagbag, run_any_dag):
+                                                                      dagbag, run_any_dag,
+                                                                      alert_sinks):
     store, model, client = monitored["store"], monitored["model"], services.mlflow_client()
     scoring, drift = dagbag.get_dag("batch_scoring"), dagbag.get_dag("drift_monitor")
     conf = {"model_name": model, "monitoring": monitored["monitoring"]}
@@ -198,6 +199,7 @@ def test_planted_drift_emits_drift_detected_and_a_normal_day_does_not(services, 
     assert normal.state == "success", normal.error_lines()
     assert normal.tasks == {"check_drift": "success", "drift_detected": "skipped"}
     assert _asset_events("drift_detected", normal.run_id) == []
+    assert alert_sinks.posts == [] and alert_sinks.mails == []
     result = json.loads(store.read_bytes(f"s3://mlops/{model}/drift/date=2025-01-03/result.json"))
     assert result["mlops"]["dataset_drift"] is False
 
@@ -215,6 +217,16 @@ def test_planted_drift_emits_drift_detected_and_a_normal_day_does_not(services, 
     assert not {"age", "region", "payment_method"} & set(event["columns"])
     assert event["share"] >= 0.3 and event["report_uri"] == report
     assert event["model_version"] == "1" and event["source_uri"] == monitored["source"]
+    # One alert, by mail and webhook (tests/integration/test_alerts.py for the others).
+    alert_sinks.wait(1)
+    assert len(alert_sinks.posts) == 1, alert_sinks.posts
+    post = alert_sinks.posts[0]
+    assert (post["event"], post["dag_id"], post["task_id"]) == \
+        ("drift_detected", "drift_monitor", "drift_detected")
+    assert post["reason"].startswith("dataset drift on 2025-01-05: share ")
+    assert "monthly_charges" in post["reason"] and post["links"]["Drift report"] == report
+    assert post["runbook"] == "docs/runbooks/drift-detected.md"
+    assert alert_sinks.mails[0].subject == f"[mlops] drift detected: drift_monitor.drift_detected ({model})"
     assert store.read_bytes(report).lstrip().startswith(b"<!DOCTYPE html>")
     # Also on the scoring run of that day in MLflow.
     manifest = json.loads(store.read_bytes(f"s3://mlops/{model}/predictions/date=2025-01-05/_SUCCESS.json"))

@@ -17,6 +17,7 @@ import os
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from summary import AirflowApi
 
@@ -43,6 +44,34 @@ def test_rest_triggered_run_trains_and_promotes_through_the_pool(services, airfl
     assert registered_versions(client, model) == ["1"] and champion_of(client, model) == "1"
     log = airflow.task_log(run_id, "promote")
     assert f"Promoted {model} v1 to @champion" in log, log[-3000:]
+    assert_quiet_logs(airflow, run_id)
+
+
+# The most warnings of the project's own that a successful task's log may hold; none may come
+# from a library (third-party noise is silenced where it is raised, docs/monitoring.md).
+QUIET_WARNINGS = 2
+OURS = ("include.mlops", "mlops.", "airflow.task.operators.mlops")
+
+
+def assert_quiet_logs(airflow: Any, run_id: str) -> None:
+    """Every task log of a successful run: no record at level error or above, no warning from a
+    library, at most QUIET_WARNINGS of ours, short; and MLflow's records keep their own level
+    (its INFO about waiting for the new version reached the log at level error, from stderr)."""
+    for task in sorted(TASKS):
+        entries = airflow.task_log_entries(run_id, task)
+        loud = [e for e in entries
+                if str(e.get("level")).lower() in ("warning", "error", "critical")]
+        shown = "\n".join(f"{e.get('level')} {e.get('logger')}: {str(e.get('event'))[:300]}"
+                          for e in loud)
+        assert all(str(e.get("level")).lower() == "warning" for e in loud), \
+            f"{task}: error records in a successful task's log:\n{shown}"
+        assert all(str(e.get("logger", "")).startswith(OURS) for e in loud), \
+            f"{task}: third-party warnings in the task log:\n{shown}"
+        assert len(loud) <= QUIET_WARNINGS, f"{task}: {len(loud)} warnings:\n{shown}"
+        assert len(entries) < 40, f"{task}: {len(entries)} log records"
+    waited = [e for e in airflow.task_log_entries(run_id, "register")
+              if "Waiting up to" in str(e.get("event"))]
+    assert waited and {str(e.get("level")) for e in waited} == {"info"}, waited
 
 
 def test_failed_run_task_log_names_file_and_column(services, airflow):

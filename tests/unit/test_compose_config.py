@@ -106,6 +106,17 @@ def test_the_task_supervisor_interval_is_the_embedded_stacks() -> None:
         == MIN_HEARTBEAT_INTERVAL == local_settings({})["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"]
 
 
+@pytest.mark.parametrize("name", ["airflow-worker", "airflow-worker-gpu", "airflow-scheduler"])
+def test_every_airflow_process_has_the_tasks_environment(name: str) -> None:
+    """MLflow's loaders that trust the artifact stay off, and MLflow's records reach the task
+    log at their own level, on the production stack as on the embedded one (one declaration,
+    scripts/stack.py TASK_ENV)."""
+    from stack import TASK_ENV
+
+    environment = SERVICES[name]["environment"]
+    assert {key: str(environment.get(key)) for key in TASK_ENV} == TASK_ENV
+
+
 @pytest.mark.parametrize("name", ["airflow-worker", "airflow-worker-gpu"])
 def test_workers_hold_no_database_password_and_no_signing_or_encryption_key(name: str) -> None:
     """A task reaches the metadata through the Execution API only: the workers get the broker's

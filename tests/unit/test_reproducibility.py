@@ -25,9 +25,11 @@ def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     shutil.copytree(reproducibility.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(reproducibility, "PACKAGE_ROOT", copy)
     reproducibility.source_hash.cache_clear()
+    reproducibility.source_digests.cache_clear()
     reproducibility.code_version.cache_clear()
     yield copy
     reproducibility.source_hash.cache_clear()
+    reproducibility.source_digests.cache_clear()
     reproducibility.code_version.cache_clear()
 
 
@@ -49,6 +51,7 @@ def _edited(package_copy: Path, module: str, old: str, new: str) -> str:
     assert old in text, f"{old!r} not in {module}.py"
     path.write_text(text.replace(old, new, 1))
     reproducibility.source_hash.cache_clear()
+    reproducibility.source_digests.cache_clear()
     return reproducibility.source_hash()
 
 
@@ -147,6 +150,8 @@ def test_manifest_records_data_code_params_and_packages() -> None:
                                 "snapshot_uri": "s3://mlops/churn_demo/snapshots/a.parquet"}
     assert manifest["code_version"] == reproducibility.code_version()
     assert manifest["source_hash"] == reproducibility.source_hash()
+    assert set(manifest["sources"]) == {f"{m}.py" for m in reproducibility.training_sources()} | {
+        f"pipeline.{f}" for f in reproducibility.TRAINING_PIPELINE_FUNCTIONS}
     assert manifest["package_version"] == __version__
     assert manifest["seed"] == 42
     assert manifest["params"]["training"]["family"] == "hist_gradient_boosting"

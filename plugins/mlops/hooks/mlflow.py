@@ -58,6 +58,13 @@ class MlflowHook(BaseHook):
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
 
+    def load_dict(self, artifact_uri: str) -> dict[str, Any]:
+        """A JSON artifact (``runs:/<run id>/<path>``) of this server, parsed."""
+        import mlflow.artifacts
+
+        self.configure()
+        return mlflow.artifacts.load_dict(artifact_uri)
+
     @property
     def auth(self) -> tuple[str, str] | None:
         """(login, password) for MLflow basic auth, when the connection has them."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from include.mlops.pipeline import Stage
 
 PROMOTION_POOL = "mlops_promotion"
+MLFLOW_RUN_XCOM = "mlflow_run_id"
 
 
 def data_interval(context: Context) -> tuple[datetime, datetime]:
@@ -204,6 +205,8 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
             client, experiment=config.registered_model_name, dag_id=dag_run.dag_id,
             dag_run_id=dag_run.run_id, run_name=f"{dag_run.dag_id}:{run_key(when)}", tags=tags)
         client.set_tag(mlflow_run_id, f"airflow.try.{self.task_id}", str(context["ti"].try_number))
+        # For the alert of a failure or an outcome (mlops.notifiers): the MLflow run to link to.
+        context["ti"].xcom_push(key=MLFLOW_RUN_XCOM, value=mlflow_run_id)
         return Stage(config=config, store=self.s3_hook.store, client=client,
                      mlflow_run_id=mlflow_run_id, artifacts_uri=self.artifacts_uri,
                      run_key=run_key(when), loosened=tuple(self.loosened))
@@ -311,9 +314,12 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
                 self.log.info("Skipping training: %s", why)
                 self.skip_downstream(context, result)
                 return result
+        manifest_uri = (champion or {}).get("tags", {}).get("mlops.reproducibility_uri")
         result = check_changed(config, self.s3_hook.store, run_partition_dates(context, config),
                                champion, dag_run_id=dag_run.run_id,
-                               force=bool(params.get("force")))
+                               force=bool(params.get("force")),
+                               champion_manifest=(lambda: self.mlflow_hook.load_dict(manifest_uri))
+                               if manifest_uri else None)
         if trigger is not None:
             result["trigger"] = trigger_summary(trigger)
             if result["changed"]:
