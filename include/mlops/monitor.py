@@ -143,6 +143,7 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
         "columns": result.drifted_columns, "share": round(result.share, 4),
         "threshold": config.monitoring.drift_share, "report_uri": report_uri,
         "result_uri": result_uri, "source_uri": training_source(stage, reference_uri),
+        "scoring_run_id": run_id,
     }
     log.info(result.summary_line(report_uri))
     return outcome

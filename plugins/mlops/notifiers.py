@@ -91,10 +91,13 @@ class MlopsAlertNotifier(BaseNotifier):
         else:
             reason = alerts.promotion_reason(result, getattr(ti.task, "alias", None))
             runbook = alerts.EVENT_RUNBOOKS[self.event]
+        from mlops.hooks.mlflow import MlflowHook
+        from mlops.links import MLFLOW_RUN_XCOM
+
         links = {"Airflow task": ti.log_url}
-        mlflow_run = ti.xcom_pull(task_ids=ti.task_id, key="mlflow_run_id")
+        mlflow_run = ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_RUN_XCOM)
         if mlflow_run:
-            links["MLflow run"] = f"{self._mlflow_ui()}/#/runs/{mlflow_run}"
+            links["MLflow run"] = f"{MlflowHook().ui_url}/#/runs/{mlflow_run}"
         for key, label in (("card_uri", "Promotion card"), ("report_uri", "Drift report"),
                            ("audit_uri", "Audit record")):
             if result.get(key):
@@ -103,15 +106,6 @@ class MlopsAlertNotifier(BaseNotifier):
         return alerts.Alert(event=self.event, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
                             task_id=ti.task_id, try_number=ti.try_number, reason=reason,
                             runbook=runbook, model=_model(context, result), links=links)
-
-    @staticmethod
-    def _mlflow_ui() -> str:
-        """The MLflow address people open (``MLOPS_MLFLOW_UI_URL``), else the workers' one."""
-        if os.environ.get("MLOPS_MLFLOW_UI_URL"):
-            return os.environ["MLOPS_MLFLOW_UI_URL"].rstrip("/")
-        from mlops.hooks.mlflow import MlflowHook
-
-        return MlflowHook().tracking_uri.rstrip("/")
 
     # -- channels ----------------------------------------------------------------------------------
     @staticmethod

@@ -34,6 +34,18 @@ def _asset_events(asset_name: str, source_run_id: str) -> list[dict]:
         return [dict(e.extra or {}) for e in rows]
 
 
+def _xcom(dag_id: str, run_id: str, task_id: str, key: str) -> object:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(select(XComModel).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+            XComModel.task_id == task_id, XComModel.key == key)).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
 @pytest.fixture
 def monitored(services, run_dag, request):
     """A model ``it_<first word of the test name>`` whose champion v1 is a deliberately weak stump trained on 2025-01-01,
@@ -227,6 +239,11 @@ def test_planted_drift_emits_drift_detected_and_a_normal_day_does_not(services, 
     assert "monthly_charges" in post["reason"] and post["links"]["Drift report"] == report
     assert post["runbook"] == "docs/runbooks/drift-detected.md"
     assert alert_sinks.mails[0].subject == f"[mlops] drift detected: drift_monitor.drift_detected ({model})"
+    # The grid's "Drift report" link: the report on that day's scoring run in MLflow.
+    scoring_run = client.get_run(event["scoring_run_id"])
+    assert _xcom("drift_monitor", drifted.run_id, "check_drift", "_link_drift_report") == (
+        f"http://mlflow.example.test/#/experiments/{scoring_run.info.experiment_id}/runs/"
+        f"{scoring_run.info.run_id}/artifacts/drift/report.html")
     assert store.read_bytes(report).lstrip().startswith(b"<!DOCTYPE html>")
     # Also on the scoring run of that day in MLflow.
     manifest = json.loads(store.read_bytes(f"s3://mlops/{model}/predictions/date=2025-01-05/_SUCCESS.json"))

@@ -45,6 +45,33 @@ def test_rest_triggered_run_trains_and_promotes_through_the_pool(services, airfl
     log = airflow.task_log(run_id, "promote")
     assert f"Promoted {model} v1 to @champion" in log, log[-3000:]
     assert_quiet_logs(airflow, run_id)
+    assert_extra_links(airflow, run_id, services, model)
+
+
+def assert_extra_links(airflow: Any, run_id: str, services: Any, model: str) -> None:
+    """The grid's extra links (what the UI shows as buttons), read over REST: the DAG run's MLflow
+    run on each stage, the promotion card on gate, the version on register and promote."""
+    client = services.mlflow_client()
+    (mlflow_run,) = client.search_runs(
+        experiment_ids=[client.get_experiment_by_name(model).experiment_id],
+        filter_string=f"tags.`airflow.run_id` = '{run_id}'")
+    run_url = f"{services.mlflow_url}/#/runs/{mlflow_run.info.run_id}"
+
+    def links(task: str) -> dict[str, Any]:
+        return airflow.api.json(
+            "GET", f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances/{task}/links")[
+            "extra_links"]
+
+    assert links("train")["MLflow run"] == run_url
+    assert links("ingest")["MLflow run"] == run_url
+    gate = links("gate")
+    assert gate["Promotion card"] == (
+        f"{services.mlflow_url}/#/experiments/{mlflow_run.info.experiment_id}/runs/"
+        f"{mlflow_run.info.run_id}/artifacts/promotion_card.html")
+    assert "promotion_card.html" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
+    version_url = f"{services.mlflow_url}/#/models/{model}/versions/1"
+    assert links("register")["Model version"] == links("promote")["Model version"] == version_url
+    assert not any(links("check_changed").values())
 
 
 # The most warnings of the project's own that a successful task's log may hold; none may come

@@ -41,6 +41,12 @@ class MlflowHook(BaseHook):
         scheme = conn.schema or ("https" if conn.conn_type == "https" else "http")
         return f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
 
+    @property
+    def ui_url(self) -> str:
+        """The MLflow address people open, for links (``MLOPS_MLFLOW_UI_URL``; else this
+        Connection's, which on the production stack is the workers' internal one)."""
+        return (os.environ.get("MLOPS_MLFLOW_UI_URL") or self.tracking_uri).rstrip("/")
+
     def configure(self) -> None:
         """Point the mlflow library at this server (tracking and registry, auth, retries)."""
         import mlflow

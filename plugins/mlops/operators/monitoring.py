@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from mlops.assets import PREDICTIONS
+from mlops.links import DRIFT_REPORT
 from mlops.operators.training import (
     PROMOTION_POOL,
     MlopsStageOperator,
@@ -70,6 +71,7 @@ class MonitorOperator(MlopsStageOperator):
     """Base for monitoring tasks about one (dataset, day): from the triggering ``predictions``
     event when there is one, else from the Params and the data interval."""
 
+    operator_extra_links = ()  # they open no DAG-run MLflow run
     uses_mlflow_run = False  # they log to the scoring run / per-version monitoring runs
     waits_for_labels = False  # True: the day is the interval's minus monitoring.label_delay_days
 
@@ -113,6 +115,7 @@ class DriftCheckOperator(MonitorOperator):
     drift, the downstream ``drift_detected`` task is skipped.
     """
 
+    operator_extra_links = (DRIFT_REPORT,)  # on the day's scoring run in MLflow
     ui_color = "#fde2e2"
     conf_keys = "drift_monitor"
 

@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, D
 
 from mlops.hooks.mlflow import MlflowHook
 from mlops.hooks.object_storage import ObjectStorageHook
+from mlops.links import MLFLOW_RUN, MLFLOW_RUN_XCOM, MODEL_VERSION, PROMOTION_CARD
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from include.mlops.pipeline import Stage
 
 PROMOTION_POOL = "mlops_promotion"
-MLFLOW_RUN_XCOM = "mlflow_run_id"
 
 
 def data_interval(context: Context) -> tuple[datetime, datetime]:
@@ -137,6 +137,8 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     :param mlflow_conn_id: connection of the MLflow tracking server
     :param s3_conn_id: connection of the S3-compatible object store
     """
+
+    operator_extra_links = (MLFLOW_RUN,)  # mlops.links: the DAG run's MLflow run
 
     template_fields: Sequence[str] = ("artifacts_uri",)
     ui_color = "#e8f4fd"
@@ -288,6 +290,7 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
     ``force`` Param overrides). A skipped run leaves no MLflow run behind.
     """
 
+    operator_extra_links = ()  # opens no MLflow run
     uses_mlflow_run = False
 
     def run(self, stage: None, context: Context) -> dict[str, Any]:
@@ -405,6 +408,8 @@ class QualityGateOperator(MlopsStageOperator):
     :param evaluation: the evaluate task's XCom (templated)
     """
 
+    operator_extra_links = (MLFLOW_RUN, PROMOTION_CARD)
+
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "evaluation")
 
     def __init__(self, *, evaluation: Any, **kwargs: Any) -> None:
@@ -428,6 +433,8 @@ class RegisterModelOperator(MlopsStageOperator):
     :param model: the train task's XCom (templated)
     :param ingest_result: the ingest task's XCom (templated)
     """
+
+    operator_extra_links = (MLFLOW_RUN, MODEL_VERSION)
 
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "model",
                                       "ingest_result")
@@ -455,6 +462,8 @@ class PromoteModelOperator(MlopsStageOperator):
     :param alias: registry alias to move; default: ``champion``, or ``challenger`` when the
         dataset's rollout mode is ``shadow`` or ``canary`` and a champion exists
     """
+
+    operator_extra_links = (MLFLOW_RUN, MODEL_VERSION)
 
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "registration",
                                       "decision", "alias")
