@@ -207,6 +207,18 @@ class MonitoringConfig(_Frozen):
         return _parse_thresholds(value)
 
 
+class DataWaitConfig(_Frozen):
+    """How long a run on the data interval waits for partitions that are not there yet."""
+
+    timeout_minutes: Annotated[int, Field(ge=0, le=7 * 24 * 60)] = Field(
+        0, description="A scheduled or interval run whose partition is missing waits this long "
+                       "for it, in the triggerer (no worker slot), then fails with the "
+                       "missing-partition line; 0: fail at once. A run given a partition_date "
+                       "never waits")
+    poll_seconds: Annotated[int, Field(ge=5, le=3600)] = Field(
+        60, description="How often the wait lists the missing partitions")
+
+
 class DatasetConfig(_Frozen):
     """Everything the pipeline needs to know about one dataset; see docs/configuration.md."""
 
@@ -228,6 +240,7 @@ class DatasetConfig(_Frozen):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     container: ContainerConfig = Field(default_factory=ContainerConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    data_wait: DataWaitConfig = Field(default_factory=DataWaitConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:

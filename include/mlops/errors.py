@@ -31,7 +31,15 @@ class DataError(PipelineError):
 
 
 class MissingPartitionError(DataError):
+    """No data file under one or more partition prefixes; ``missing`` lists them (what a run
+    that waits for its data lists again)."""
+
     runbook = "missing-partition.md"
+
+    def __init__(self, message: str, *, missing: list[str] | tuple[str, ...] = (),
+                 runbook: str | None = None) -> None:
+        super().__init__(message, runbook=runbook)
+        self.missing = list(missing)
 
 
 class SchemaError(DataError):

@@ -92,9 +92,16 @@ def discover(config: DatasetConfig, store: ObjectStore, dates: list[date]) -> Li
         raise MissingPartitionError(
             f"missing partition: no data files under {', '.join(missing)} "
             f"(dataset {config.name!r}). Latest partitions present under {config.source_uri}: "
-            f"{nearby}. Wait for the upstream export or run with another date"
+            f"{nearby}. Wait for the upstream export or run with another date",
+            missing=missing,
         )
     return Listing(files)
+
+
+def still_missing(store: ObjectStore, prefixes: list[str]) -> list[str]:
+    """Those of ``prefixes`` (partition folders) that hold no data file yet."""
+    return [prefix for prefix in prefixes
+            if not any(_is_data_file(o.uri) for o in store.list(prefix))]
 
 
 def ingest(config: DatasetConfig, store: ObjectStore, dates: list[date],

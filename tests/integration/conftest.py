@@ -307,7 +307,10 @@ def trainer_image() -> Any:
 DAG_ID = "training"
 TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
          "register", "promote"}
-PARTS = ("api-server", "dag-processor", "scheduler")
+PARTS = ("api-server", "dag-processor", "scheduler", "triggerer")  # triggerer: data waits
+# A dataset that waits for its partition (data_wait), beside the bundled ones, for the
+# scheduler's tests: WAIT_DATASET waits WAIT_MINUTES, listing every 5 s.
+WAIT_DATASET, WAIT_MINUTES = "churn_wait", 1
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
 LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
@@ -421,8 +424,15 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("airflow-scheduler")
     port = free_port()
     password_file = home / "passwords.json"
+    datasets = home / "datasets"
+    datasets.mkdir()
+    for bundled in (REPO / "include" / "datasets").glob("*.yaml"):
+        (datasets / bundled.name).write_text(bundled.read_text())
+    (datasets / f"{WAIT_DATASET}.yaml").write_text(
+        (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
+        + f"\ndata_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n")
     env = {**_airflow_env(home, port, services, password_file),
-           "MLOPS_TRAINER_IMAGE": trainer_image}
+           "MLOPS_TRAINER_IMAGE": trainer_image, "MLOPS_DATASETS_DIR": str(datasets)}
     _airflow_cli(env, "db", "migrate")
     configure_airflow(services.secrets, mlflow_url=services.mlflow_url, s3_url=services.s3_url,
                       passwords_file=password_file, scratch=home, env=env)

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from summary import AirflowApi
 
 from include.mlops.demo_data import encode, generate, write_partitions
-from tests.integration.conftest import DAG_ID, TASKS, champion_of, registered_versions
+from tests.integration.conftest import (
+    DAG_ID,
+    TASKS,
+    WAIT_DATASET,
+    WAIT_MINUTES,
+    champion_of,
+    registered_versions,
+)
 
 
 def test_rest_triggered_run_trains_and_promotes_through_the_pool(services, airflow):
@@ -252,3 +259,64 @@ def test_tasks_run_in_workers_forked_from_the_preloaded_forkserver(airflow):
     for pid in workers:
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert parent == servers[0], (pid, parent)
+
+
+def _wait_for_state(airflow: Any, run_id: str, task: str, state: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if airflow.states(run_id).get(task) == state:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{task} not {state} after {timeout:.0f}s: {airflow.states(run_id)}\n"
+                         f"{airflow.log_tails()}")
+
+
+def test_a_run_waits_for_its_partition_in_the_triggerer_and_starts_when_it_arrives(services,
+                                                                                   airflow):
+    """The day's partition is written while check_changed is deferred: the run trains."""
+    model, source = "it_sched_wait", "s3://mlops-data/it_sched_wait"
+    run_id = airflow.trigger("2025-08-21", dataset=WAIT_DATASET, model_name=model,
+                             source_uri=source)
+    _wait_for_state(airflow, run_id, "check_changed", "deferred")
+    # Deferred: in the triggerer, counted apart from the slots that run tasks.
+    assert airflow.api.json("GET", "/api/v2/pools/default_pool")["deferred_slots"] >= 1
+    written = datetime.now(UTC)
+    write_partitions(services.store(), source, date(2025, 8, 20), 1, rows=1000)
+
+    run = airflow.wait(run_id)
+
+    assert run["state"] == "success", airflow.failure_report(run_id)
+    check = airflow.task_log(run_id, "check_changed")
+    assert "Waiting for s3://mlops-data/it_sched_wait/date=2025-08-20 until " in check, check
+    assert "in the triggerer: no worker slot is held" in check
+    assert "Data arrived; running the task" in check
+    started = datetime.fromisoformat(airflow.task_instances(run_id)["ingest"]["start_date"])
+    assert (started - written).total_seconds() < 30, (written, started)  # polls every 5 s
+    assert champion_of(services.mlflow_client(), model) == "1"
+
+
+def test_a_run_whose_partition_never_arrives_fails_at_the_deadline_with_the_classified_line(
+        services, airflow):
+    model, source = "it_sched_nodata", "s3://mlops-data/it_sched_nodata"
+    started = time.monotonic()
+    run_id = airflow.trigger("2025-08-24", dataset=WAIT_DATASET, model_name=model,
+                             source_uri=source)
+    _wait_for_state(airflow, run_id, "check_changed", "deferred")
+
+    run = airflow.wait(run_id)
+
+    assert run["state"] == "failed", airflow.states(run_id)
+    assert time.monotonic() - started >= WAIT_MINUTES * 60
+    log = airflow.task_log(run_id, "check_changed")
+    last = [line for line in log.splitlines() if "missing partition" in line][-1]
+    assert "s3://mlops-data/it_sched_nodata/date=2025-08-23" in last, last
+    assert f"Waited {WAIT_MINUTES} min for it (data_wait.timeout_minutes of dataset " \
+           f"'{WAIT_DATASET}')" in last, last
+    assert "runbook: docs/runbooks/missing-partition.md" in last, last
+    # A day given by hand never waits: it fails at once.
+    fast = time.monotonic()
+    by_hand = airflow.trigger("2025-08-25", dataset=WAIT_DATASET, model_name=model,
+                              source_uri=source, partition_date="2025-08-23")
+    assert airflow.wait(by_hand)["state"] == "failed"
+    assert "deferred" not in str(airflow.states(by_hand))
+    assert time.monotonic() - fast < 45

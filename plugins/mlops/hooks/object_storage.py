@@ -57,18 +57,24 @@ class ObjectStorageHook(BaseHook):
 
     @cached_property
     def store(self) -> Any:
-        from airflow.sdk.log import mask_secret
+        return store_for(self._conn, self.s3_conn_id)
 
-        from include.mlops.storage import ObjectStore, make_s3_client
 
-        conn = self._conn
-        extra = conn.extra_dejson
-        if conn.password:
-            mask_secret(conn.password)
-        endpoint = self.endpoint_url
-        client = make_s3_client(endpoint_url=endpoint, access_key=conn.login or None,
-                                secret_key=conn.password or None, region=extra.get("region_name"))
-        return ObjectStore(client, endpoint=endpoint or "AWS S3",
-                           attempts=int(extra.get("attempts", 4)),
-                           backoff_seconds=float(extra.get("backoff_seconds", 1)),
-                           conn_hint=f"Airflow connection {self.s3_conn_id!r}")
+def store_for(conn: Any, conn_id: str) -> Any:
+    """The :class:`include.mlops.storage.ObjectStore` of an S3 Connection (see
+    :class:`ObjectStorageHook`); also what a trigger uses with the Connection it fetched with
+    ``aget_connection``."""
+    from airflow.sdk.log import mask_secret
+
+    from include.mlops.storage import ObjectStore, make_s3_client
+
+    extra = conn.extra_dejson
+    if conn.password:
+        mask_secret(conn.password)
+    endpoint = extra.get("endpoint_url") or extra.get("host")
+    client = make_s3_client(endpoint_url=endpoint, access_key=conn.login or None,
+                            secret_key=conn.password or None, region=extra.get("region_name"))
+    return ObjectStore(client, endpoint=endpoint or "AWS S3",
+                       attempts=int(extra.get("attempts", 4)),
+                       backoff_seconds=float(extra.get("backoff_seconds", 1)),
+                       conn_hint=f"Airflow connection {conn_id!r}")

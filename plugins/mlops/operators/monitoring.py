@@ -54,6 +54,7 @@ class BatchScoreOperator(MlopsStageOperator):
 
     ui_color = "#fdf2d4"
     conf_keys = "batch_scoring"
+    waits_for_data = True
 
     def __init__(self, *, outlets: list[Asset] | None = None, **kwargs: Any) -> None:
         super().__init__(outlets=outlets if outlets is not None else [PREDICTIONS], **kwargs)

@@ -144,6 +144,9 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     ui_color = "#e8f4fd"
     uses_mlflow_run = True  # False: run() gets no Stage and no MLflow run is created
     conf_keys = "training"  # which DAG's run conf keys this task understands (policy.DAG_KEYS)
+    # True: a partition missing in a run on its data interval is waited for in the triggerer,
+    # up to the dataset's data_wait.timeout_minutes (the first task of training and scoring).
+    waits_for_data = False
 
     def __init__(self, *, artifacts_uri: str | None = None,
                  mlflow_conn_id: str = MlflowHook.default_conn_name,
@@ -214,14 +217,20 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
                      run_key=run_key(when), loosened=tuple(self.loosened))
 
     def execute(self, context: Context) -> Any:
-        from include.mlops.errors import PipelineError
+        from include.mlops.errors import MissingPartitionError, PipelineError
 
         stage = None
         try:
             self.enforce_policy(context)
             if self.uses_mlflow_run:
                 stage = self.stage(context)
-            return self.run(stage, context)
+            try:
+                return self.run(stage, context)
+            except MissingPartitionError as err:
+                failure = self.wait_for_data(err, context)  # defers, or how long it waited
+                if failure is err:
+                    raise
+                raise failure from None  # its message already holds err's: one last line
         except (DownstreamTasksSkipped, AirflowSkipException):
             raise  # an outcome (unchanged data, rejected model), not a failure
         except AirflowFailException:
@@ -240,6 +249,49 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
             if context["ti"].try_number > (self.retries or 0):
                 self._mark_failed(stage)
             raise
+
+    def wait_for_data(self, err: Any, context: Context) -> Exception:
+        """Defer to :class:`mlops.triggers.PartitionsArrivedTrigger` until the missing
+        partitions arrive or the dataset's ``data_wait`` deadline passes; returns the error to
+        fail with when this run does not wait (a ``partition_date`` given by hand, no
+        ``data_wait``, a task that does not wait) or waited until the deadline."""
+        from datetime import UTC
+
+        from include.mlops.config import resolve_config
+        from include.mlops.errors import MissingPartitionError
+
+        if not self.waits_for_data or not err.missing or context["params"].get("partition_date"):
+            return err
+        config = resolve_config(run_params(context))
+        wait = config.data_wait
+        if wait.timeout_minutes <= 0:
+            return err
+        now = datetime.now(UTC)
+        deadline = self._wait_deadline or now + timedelta(minutes=wait.timeout_minutes)
+        if now >= deadline:
+            return MissingPartitionError(
+                f"{err.args[0]}. Waited {wait.timeout_minutes} min for it (data_wait."
+                f"timeout_minutes of dataset {config.name!r}), until {deadline:%Y-%m-%d %H:%M} "
+                "UTC", missing=err.missing)
+        from mlops.triggers import PartitionsArrivedTrigger
+
+        self.log.info("Waiting for %s until %s UTC (data_wait.timeout_minutes %d of dataset %r), "
+                      "in the triggerer: no worker slot is held; the task resumes when the data "
+                      "arrives", ", ".join(err.missing), f"{deadline:%Y-%m-%d %H:%M}",
+                      wait.timeout_minutes, config.name)
+        self.defer(trigger=PartitionsArrivedTrigger(
+            prefixes=err.missing, s3_conn_id=self.s3_conn_id, deadline=deadline.isoformat(),
+            poll_seconds=wait.poll_seconds), method_name="resume_after_wait")
+
+    _wait_deadline: datetime | None = None
+
+    def resume_after_wait(self, context: Context, event: dict[str, Any]) -> Any:
+        """The trigger fired: the data arrived (run the task) or the deadline passed (run it
+        once more, which fails with the missing-partition line unless the data came last)."""
+        self._wait_deadline = datetime.fromisoformat(event["deadline"])
+        if event.get("status") == "arrived":
+            self.log.info("Data arrived; running the task")
+        return self.execute(context)
 
     def _mark_failed(self, stage: Stage | None) -> None:
         if stage is None:
@@ -292,6 +344,7 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
 
     operator_extra_links = ()  # opens no MLflow run
     uses_mlflow_run = False
+    waits_for_data = True
 
     def run(self, stage: None, context: Context) -> dict[str, Any]:
         from include.mlops.config import resolve_config
