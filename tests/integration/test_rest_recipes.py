@@ -1,0 +1,49 @@
+"""docs/rest-api.md, run as written: every ```python block of the page, in order, in one
+namespace, with the official client against the scheduler stack's api-server (auth on), the way
+a user pastes them. The page's settings come from the environment, as it says."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from include.mlops.demo_data import write_partitions
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "rest-api.md"
+
+
+def recipes() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
+
+
+def test_every_recipe_runs_as_written(services, airflow, monkeypatch, capsys):
+    model, source = "it_rest", "s3://mlops-data/it_rest"
+    # No logical date: the run covers the last full UTC day, so that is the day with data.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    write_partitions(services.store(), source, yesterday, 1, rows=1000)
+    monkeypatch.setenv("AIRFLOW_URL", airflow.api.url)
+    monkeypatch.setenv("AIRFLOW_USERNAME", "operator")
+    monkeypatch.setenv("AIRFLOW_PASSWORD", services.secrets["MLOPS_AIRFLOW_OPERATOR_PASSWORD"])
+    monkeypatch.setenv("AIRFLOW_VIEWER_PASSWORD", services.secrets["MLOPS_AIRFLOW_VIEWER_PASSWORD"])
+    monkeypatch.setenv("MLOPS_RUN_CONF",
+                       f'{{"dataset": "churn_demo", "model_name": "{model}", "source_uri": "{source}"}}')
+    blocks = recipes()
+    assert len(blocks) == 7, "a recipe was added or removed: say here what it must print"
+
+    namespace: dict = {"__name__": "recipes"}
+    for block in blocks:
+        exec(compile(block, str(PAGE), "exec"), namespace)  # noqa: S102 - the page's own code
+    out = capsys.readouterr().out
+
+    run_id = namespace["run_id"]
+    assert f"triggered {run_id}" in out
+    assert f"{run_id} success" in out, out[-3000:]
+    assert re.search(r"^promote\s+success\s+try 1$", out, flags=re.M), out
+    assert "Training: no champion yet" in out  # check_changed's log, read over REST
+    links = namespace["links"]
+    assert links["MLflow run"].startswith(f"{services.mlflow_url}/#/runs/")
+    assert links["Model version"] == f"{services.mlflow_url}/#/models/{model}/versions/1"
+    assert isinstance(namespace["events"], list)
+    assert "viewer may not trigger: 403" in out
+    assert out.rstrip().endswith("success")  # the viewer reads the run
