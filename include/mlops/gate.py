@@ -140,9 +140,12 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
 
 def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dict[str, Any],
                    champion: dict[str, Any] | None, context: dict[str, Any],
-                   loosened: list[str] | None = None) -> dict[str, Any]:
+                   loosened: list[str] | None = None, lineage: dict[str, Any] | None = None,
+                   plots: list[str] | None = None) -> dict[str, Any]:
     """The promotion card as a JSON-serialisable dict (also rendered to HTML). ``loosened``: how
-    the run's overrides loosened the dataset's gate (the card says so in red)."""
+    the run's overrides loosened the dataset's gate (the card says so in red). ``lineage``: what
+    the model was trained from (:func:`lineage`); ``plots``: URIs of the evaluation's pictures,
+    which the HTML card embeds."""
     return {
         "model_name": config.registered_model_name,
         "task": config.task,
@@ -151,7 +154,35 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
         "challenger": challenger,
         "champion": champion,
         "gate_config": json.loads(config.gate.model_dump_json()),
+        "lineage": lineage,
+        "plots": list(plots or []),
         **context,
+    }
+
+
+LINEAGE_FILES = 20  # data files listed on the card; the rest are counted
+
+
+def lineage(repro: dict[str, Any], *, image: str | None = None) -> dict[str, Any]:
+    """The card's lineage from the reproducibility manifest ``train`` wrote: the partitions and
+    files the model was trained on, the code, the training params, the packages and where it
+    was trained (the trainer image, for a container run)."""
+    data = repro.get("data") or {}
+    files = [{"key": f.get("key") or f.get("uri"), "size": f.get("size"), "rows": f.get("rows")}
+             for f in data.get("files") or []]
+    return {
+        "partitions": list(data.get("partitions") or []),
+        "source_uri": data.get("source_uri"),
+        "files": files[:LINEAGE_FILES],
+        "files_total": len(files),
+        "rows": data.get("row_count"),
+        "fingerprint": data.get("fingerprint"),
+        "snapshot_uri": data.get("snapshot_uri"),
+        "code_version": repro.get("code_version"),
+        "source_hash": repro.get("source_hash"),
+        "params": (repro.get("params") or {}).get("training"),
+        "packages": repro.get("packages"),
+        "image": f"trainer image {image}" if image else "in-process (the Airflow worker)",
     }
 
 
@@ -177,7 +208,10 @@ def ab_card(*, config: DatasetConfig, outcome: ABDecision, live: dict[str, dict[
     }
 
 
-def render_card_html(card: dict[str, Any]) -> str:
+def render_card_html(card: dict[str, Any], images: dict[str, bytes] | None = None) -> str:
+    """The card as one self-contained HTML page; ``images`` (name -> PNG bytes) are embedded."""
+    import base64
+
     esc = html.escape
     decision = card["decision"]
     verdict = str(card.get("verdict") or ("approved" if decision["approved"] else "rejected")).upper()
@@ -193,8 +227,14 @@ def render_card_html(card: dict[str, Any]) -> str:
     context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
                       for k, v in card.items()
                       if k not in {"decision", "challenger", "champion", "gate_config",
-                                   "loosened_gate"}
+                                   "loosened_gate", "lineage", "plots"}
                       and not isinstance(v, dict))
+    pictures = "".join(
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(payload).decode()}"><figcaption>{esc(name)}</figcaption></figure>'
+        for name, payload in (images or {}).items())
+    pictures = f"<h2>Pictures</h2>{pictures}" if pictures else ""
+    lineage_html = _lineage_html(card.get("lineage"))
     loosened = card.get("loosened_gate") or []
     warning = (f'<div class="loosened" style="background:#cf222e;color:#fff;padding:8px 12px;'
                f'font-weight:bold">Decided under a LOOSENED gate (the run\'s overrides, allowed '
@@ -213,4 +253,28 @@ table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
 <h2>Checks</h2><table><tr><th></th><th>check</th><th>detail</th></tr>{rows}</table>
 <h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
 {metric_rows}</table>
-{statistics}<h2>Context</h2><table>{context}</table></body></html>"""
+{pictures}
+{statistics}<h2>Context</h2><table>{context}</table>
+{lineage_html}</body></html>"""
+
+
+def _lineage_html(lineage: dict[str, Any] | None) -> str:
+    if not lineage:
+        return ""
+    esc = html.escape
+    files = "".join(f"<tr><td>{esc(str(f['key']))}</td><td>{f.get('size')}</td>"
+                    f"<td>{f.get('rows')}</td></tr>" for f in lineage.get("files") or [])
+    more = lineage.get("files_total", 0) - len(lineage.get("files") or [])
+    if more > 0:
+        files += f"<tr><td colspan=3>and {more} more</td></tr>"
+    rows = [("partitions", ", ".join(lineage.get("partitions") or []) or "-"),
+            ("source", lineage.get("source_uri")), ("rows", lineage.get("rows")),
+            ("data fingerprint", lineage.get("fingerprint")),
+            ("snapshot", lineage.get("snapshot_uri")), ("code", lineage.get("code_version")),
+            ("training code hash", lineage.get("source_hash")),
+            ("trained in", lineage.get("image")),
+            ("training params", json.dumps(lineage.get("params"), sort_keys=True)),
+            ("packages", ", ".join(f"{k} {v}" for k, v in (lineage.get("packages") or {}).items()))]
+    table = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in rows)
+    return (f"<h2>Lineage</h2><table>{table}</table><h3>Data files</h3>"
+            f"<table><tr><th>file</th><th>bytes</th><th>rows</th></tr>{files}</table>")

@@ -295,9 +295,11 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
     for value, values in slices.items():
         stage.log_metrics({f"slice.{config.slice_column}.{safe_name(value)}.{k}": v
                              for k, v in values.items()})
-    stage.client.log_image(run_id, _png(modeling.plot(model, test, config)),
-                           "plots/confusion_matrix.png" if config.task == "classification"
-                           else "plots/residuals.png")
+    plot_name = "confusion_matrix.png" if config.task == "classification" else "residuals.png"
+    plot = modeling.plot(model, test, config)
+    stage.client.log_image(run_id, _png(plot), f"plots/{plot_name}")
+    plot_uri = join(stage.run_dir, plot_name)  # the promotion card shows it
+    stage.store.write_bytes(plot_uri, plot)
 
     champion = None
     current = tracking.champion_version(stage.client, stage.model_name)
@@ -322,7 +324,7 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
             log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
             champion["error"] = f"{type(err).__name__}: {err}"
     evaluation = {"metrics": held_out, "slices": slices, "champion": champion,
-                  "model_uri": model_uri, "test_rows": len(test)}
+                  "model_uri": model_uri, "test_rows": len(test), "plot_uri": plot_uri}
     uri = stage.put_json("evaluation.json", evaluation, mlflow_path="evaluation/evaluation.json")
     log.info("Held-out metrics: %s%s", _fmt(held_out),
              f"; champion v{champion['version']}: {_fmt(champion.get('metrics', {}))}"
@@ -367,13 +369,20 @@ def _png(payload: bytes) -> Any:
 def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> dict[str, Any]:
     evaluation = stage.get_json(evaluation_uri)
     decision = gates.decide(stage.config, evaluation["metrics"], evaluation["champion"])
+    repro_uri = join(stage.run_dir, "reproducibility.json")  # what train wrote
+    repro = stage.get_json(repro_uri) if stage.store.exists(repro_uri) else None
     card = gates.promotion_card(
         config=stage.config, decision=decision,
         challenger={"mlflow_run_id": stage.mlflow_run_id, "model_uri": evaluation["model_uri"],
                     "metrics": evaluation["metrics"], "test_rows": evaluation["test_rows"]},
-        champion=evaluation["champion"], context=dag_context, loosened=list(stage.loosened))
+        champion=evaluation["champion"], context=dag_context, loosened=list(stage.loosened),
+        lineage=gates.lineage(repro, image=stage.client.get_run(stage.mlflow_run_id).data.tags
+                              .get("mlops.trainer.image")) if repro else None,
+        plots=[evaluation["plot_uri"]] if evaluation.get("plot_uri") else [])
     card_uri = stage.put_json("promotion_card.json", card, mlflow_path="promotion_card.json")
-    html = gates.render_card_html(card)
+    images = {uri.rsplit("/", 1)[-1]: stage.store.read_bytes(uri) for uri in card["plots"]
+              if stage.store.exists(uri)}
+    html = gates.render_card_html(card, images=images)
     stage.store.write_bytes(join(stage.run_dir, "promotion_card.html"), html.encode())
     stage.client.log_text(stage.mlflow_run_id, html, "promotion_card.html")
     stage.client.set_tag(stage.mlflow_run_id, "mlops.gate",

@@ -164,6 +164,17 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def _compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Keys added, removed, and present in both with another value; each sorted."""
+    return (sorted(set(new) - set(old)), sorted(set(old) - set(new)),
+            sorted(k for k in set(old) & set(new) if old[k] != new[k]))
+
+
+def _listed(kinds: list[tuple[str, list[str]]]) -> list[str]:
+    """``"<label>: <names>"`` for each kind of change that has any."""
+    return [f"{label}: {_names(items)}" for label, items in kinds if items]
+
+
 def data_changes(old_files: list[dict[str, Any]], new_files: list[dict[str, Any]]) -> list[str]:
     """Files added, removed and changed (same name, other size or ETag), by their key under the
     source root: the same files under another prefix are no change."""
@@ -171,19 +182,12 @@ def data_changes(old_files: list[dict[str, Any]], new_files: list[dict[str, Any]
         return {str(f.get("key") or f["uri"]): (f.get("size"), f.get("etag")) for f in files}
 
     old, new = by_key(old_files), by_key(new_files)
-    added = sorted(set(new) - set(old))
-    removed = sorted(set(old) - set(new))
-    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
-    lines = []
-    if added:
-        lines.append(f"{len(added)} file(s) added: {_names(added)}")
-    if removed:
-        lines.append(f"{len(removed)} file(s) removed: {_names(removed)}")
-    if changed:
-        details = [f"{k} (size {old[k][0]} -> {new[k][0]})" if old[k][0] != new[k][0]
-                   else f"{k} (same size, new content)" for k in changed]
-        lines.append(f"{len(changed)} file(s) changed: {_names(details)}")
-    return lines
+    added, removed, changed = _compare(old, new)
+    details = [f"{k} (size {old[k][0]} -> {new[k][0]})" if old[k][0] != new[k][0]
+               else f"{k} (same size, new content)" for k in changed]
+    return _listed([(f"{len(added)} file(s) added", added),
+                    (f"{len(removed)} file(s) removed", removed),
+                    (f"{len(changed)} file(s) changed", details)])
 
 
 def code_changes(old_sources: dict[str, str] | None, old_hash: str | None) -> list[str]:
@@ -194,17 +198,9 @@ def code_changes(old_sources: dict[str, str] | None, old_hash: str | None) -> li
             return []
         return [f"training code changed (source hash {old_hash[:12]} -> {source_hash()[:12]}; "
                 "the champion's manifest predates per-module hashes)"]
-    changed = sorted(k for k in set(old_sources) & set(new) if old_sources[k] != new[k])
-    added = sorted(set(new) - set(old_sources))
-    removed = sorted(set(old_sources) - set(new))
-    lines = []
-    if changed:
-        lines.append(f"source changed: {_names(changed)}")
-    if added:
-        lines.append(f"source added to the training path: {_names(added)}")
-    if removed:
-        lines.append(f"source no longer on the training path: {_names(removed)}")
-    return lines
+    added, removed, changed = _compare(old_sources, new)
+    return _listed([("source changed", changed), ("source added to the training path", added),
+                    ("source no longer on the training path", removed)])
 
 
 def param_changes(old_params: dict[str, Any], new_params: dict[str, Any]) -> list[str]:

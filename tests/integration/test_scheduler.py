@@ -207,6 +207,18 @@ def test_drifted_day_closes_the_loop_through_asset_schedules(services, airflow):
 
     card = load_dict(f"runs:/{mlflow_run.info.run_id}/promotion_card.json")
     assert card["trigger"].startswith("drift on partition 2025-09-03 of it_sched_loop v1")
+    # The card of a run without a logical date says who started it and what it trained on.
+    assert card["logical_date"] == "none"
+    assert card["triggered_by"].startswith(
+        "asset event drift_detected: drift on partition 2025-09-03 of it_sched_loop v1")
+    assert card["data_interval"].startswith("none: the alert's day")
+    assert "date=2025-09-03" in card["lineage"]["partitions"], card["lineage"]
+    assert card["lineage"]["files_total"] == len(card["lineage"]["partitions"])
+    from mlflow.artifacts import load_text
+
+    page = load_text(f"runs:/{mlflow_run.info.run_id}/promotion_card.html")
+    assert "data:image/png;base64," in page and "<h2>Lineage</h2>" in page
+    assert "None" not in page.split("<h2>Context</h2>")[1]
     states = airflow.states(retrain)
     promoted = states["promote"] == "success"
     assert promoted or states["register"] == "skipped", states  # new champion or refusal
@@ -275,19 +287,19 @@ def test_a_run_waits_for_its_partition_in_the_triggerer_and_starts_when_it_arriv
                                                                                    airflow):
     """The day's partition is written while check_changed is deferred: the run trains."""
     model, source = "it_sched_wait", "s3://mlops-data/it_sched_wait"
-    run_id = airflow.trigger("2025-08-21", dataset=WAIT_DATASET, model_name=model,
+    run_id = airflow.trigger("2025-08-28", dataset=WAIT_DATASET, model_name=model,
                              source_uri=source)
     _wait_for_state(airflow, run_id, "check_changed", "deferred")
     # Deferred: in the triggerer, counted apart from the slots that run tasks.
     assert airflow.api.json("GET", "/api/v2/pools/default_pool")["deferred_slots"] >= 1
     written = datetime.now(UTC)
-    write_partitions(services.store(), source, date(2025, 8, 20), 1, rows=1000)
+    write_partitions(services.store(), source, date(2025, 8, 27), 1, rows=1000)
 
     run = airflow.wait(run_id)
 
     assert run["state"] == "success", airflow.failure_report(run_id)
     check = airflow.task_log(run_id, "check_changed")
-    assert "Waiting for s3://mlops-data/it_sched_wait/date=2025-08-20 until " in check, check
+    assert "Waiting for s3://mlops-data/it_sched_wait/date=2025-08-27 until " in check, check
     assert "in the triggerer: no worker slot is held" in check
     assert "Data arrived; running the task" in check
     started = datetime.fromisoformat(airflow.task_instances(run_id)["ingest"]["start_date"])
@@ -299,7 +311,7 @@ def test_a_run_whose_partition_never_arrives_fails_at_the_deadline_with_the_clas
         services, airflow):
     model, source = "it_sched_nodata", "s3://mlops-data/it_sched_nodata"
     started = time.monotonic()
-    run_id = airflow.trigger("2025-08-24", dataset=WAIT_DATASET, model_name=model,
+    run_id = airflow.trigger("2025-08-30", dataset=WAIT_DATASET, model_name=model,
                              source_uri=source)
     _wait_for_state(airflow, run_id, "check_changed", "deferred")
 
@@ -309,14 +321,14 @@ def test_a_run_whose_partition_never_arrives_fails_at_the_deadline_with_the_clas
     assert time.monotonic() - started >= WAIT_MINUTES * 60
     log = airflow.task_log(run_id, "check_changed")
     last = [line for line in log.splitlines() if "missing partition" in line][-1]
-    assert "s3://mlops-data/it_sched_nodata/date=2025-08-23" in last, last
+    assert "s3://mlops-data/it_sched_nodata/date=2025-08-29" in last, last
     assert f"Waited {WAIT_MINUTES} min for it (data_wait.timeout_minutes of dataset " \
            f"'{WAIT_DATASET}')" in last, last
     assert "runbook: docs/runbooks/missing-partition.md" in last, last
     # A day given by hand never waits: it fails at once.
     fast = time.monotonic()
-    by_hand = airflow.trigger("2025-08-25", dataset=WAIT_DATASET, model_name=model,
-                              source_uri=source, partition_date="2025-08-23")
+    by_hand = airflow.trigger("2025-08-31", dataset=WAIT_DATASET, model_name=model,
+                              source_uri=source, partition_date="2025-08-29")
     assert airflow.wait(by_hand)["state"] == "failed"
     assert "deferred" not in str(airflow.states(by_hand))
     assert time.monotonic() - fast < 45

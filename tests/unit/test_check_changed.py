@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -131,18 +130,6 @@ def test_a_manifest_that_cannot_be_read_falls_back_to_the_tags(source: str,
     assert result["differences"][0].startswith("data fingerprint ")
     assert "champion's file list is not available" in result["differences"][0]
     assert "artifact store down" in caplog.text
-
-
-@pytest.fixture
-def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    copy = tmp_path / "mlops"
-    shutil.copytree(reproducibility.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(reproducibility, "PACKAGE_ROOT", copy)
-    reproducibility.source_hash.cache_clear()
-    reproducibility.source_digests.cache_clear()
-    yield copy
-    reproducibility.source_hash.cache_clear()
-    reproducibility.source_digests.cache_clear()
 
 
 def test_names_the_source_module_that_changed(source: str, package_copy: Path) -> None:

@@ -244,3 +244,39 @@ def test_a_card_decided_under_a_loosened_gate_says_so_in_red() -> None:
                                             challenger={"metrics": GOOD}, champion=None,
                                             context={}))
     assert "LOOSENED" not in plain
+
+
+def test_card_shows_lineage_and_embeds_the_pictures() -> None:
+    """What the model was trained from, and the evaluation's plot inside the page itself (a
+    card read from MLflow or S3 has no other file beside it)."""
+    import base64
+
+    from include.mlops.gate import LINEAGE_FILES, lineage
+
+    files = [{"key": f"date=2025-01-{d:02d}/part-0.csv", "uri": "s3://x", "size": 100 + d,
+              "etag": "e", "rows": 10} for d in range(1, 26)]
+    repro = {"data": {"partitions": ["date=2025-01-01", "date=2025-01-02"], "files": files,
+                      "source_uri": "s3://mlops-data/churn", "row_count": 250,
+                      "fingerprint": "f" * 64, "snapshot_uri": "s3://mlops/snap.parquet"},
+             "code_version": "git:abc", "source_hash": "s" * 64,
+             "params": {"training": {"family": "random_forest", "seed": 42}},
+             "packages": {"scikit-learn": "1.9.1"}}
+    found = lineage(repro, image="sha256:1234")
+    assert found["partitions"] == ["date=2025-01-01", "date=2025-01-02"]
+    assert len(found["files"]) == LINEAGE_FILES and found["files_total"] == 25
+    assert found["image"] == "trainer image sha256:1234"
+    assert lineage(repro)["image"].startswith("in-process")
+
+    png = b"\x89PNG\r\n\x1a\nfake"
+    card = promotion_card(config=gated(), decision=decide(gated(), GOOD, None),
+                          challenger={"metrics": GOOD}, champion=None,
+                          context={"logical_date": "none", "triggered_by": "asset event x"},
+                          lineage=found, plots=["s3://mlops/run/confusion_matrix.png"])
+    assert json.loads(json.dumps(card)) == card
+    html = render_card_html(card, images={"confusion_matrix.png": png})
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in html
+    assert "<h2>Lineage</h2>" in html and "date=2025-01-01, date=2025-01-02" in html
+    assert "date=2025-01-20/part-0.csv" in html and "date=2025-01-21/part-0.csv" not in html
+    assert "and 5 more" in html and "git:abc" in html and "sha256:1234" in html
+    assert '{"family": "random_forest", "seed": 42}'.replace('"', "&quot;") in html
+    assert "None" not in html

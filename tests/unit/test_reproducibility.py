@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,6 @@ from include.mlops.config import DatasetConfig
 from tests.unit.helpers import churn_config
 
 FINGERPRINT = "a" * 64
-
-
-@pytest.fixture
-def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The ML package copied outside any git checkout, and the caches cleared around the test."""
-    copy = tmp_path / "mlops"
-    shutil.copytree(reproducibility.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(reproducibility, "PACKAGE_ROOT", copy)
-    reproducibility.source_hash.cache_clear()
-    reproducibility.source_digests.cache_clear()
-    reproducibility.code_version.cache_clear()
-    yield copy
-    reproducibility.source_hash.cache_clear()
-    reproducibility.source_digests.cache_clear()
-    reproducibility.code_version.cache_clear()
 
 
 def test_source_hash_is_stable_and_tracks_source_changes(package_copy: Path) -> None:

@@ -180,14 +180,28 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
                              "%s", "; ".join(self.loosened))
 
     def dag_context(self, context: Context) -> dict[str, Any]:
+        """Who started this run and what it covers, in words (the promotion card, the audit
+        record): no ``None`` for a run without a logical date or data interval."""
         dag_run = context["dag_run"]
-        out = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id,
-               "logical_date": str(context.get("logical_date")),
-               "triggered_by": str(getattr(dag_run, "triggering_user_name", None) or
-                                   getattr(dag_run, "run_type", "")),
-               "data_interval": f"{context.get('data_interval_start')} - "
-                                f"{context.get('data_interval_end')}"}
+        run_type = str(getattr(getattr(dag_run, "run_type", None), "value",
+                               getattr(dag_run, "run_type", "")) or "")
+        user = getattr(dag_run, "triggering_user_name", None)
         trigger = retrain_trigger(context)
+        logical = context.get("logical_date")
+        start, end = data_interval(context)
+        if trigger:
+            started_by = f"asset event {trigger['asset']}: {trigger_summary(trigger)}"
+            interval = "none: the alert's day and the days before it (see lineage)"
+        else:
+            started_by = {"scheduled": "the schedule",
+                          "manual": f"{user or 'a user'} (manual trigger)",
+                          "backfill": f"a backfill{f' by {user}' if user else ''}",
+                          "asset_triggered": "an asset event"}.get(run_type, run_type or "unknown")
+            interval = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC" + (
+                "" if logical else " (the last full day before the trigger)")
+        out = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id,
+               "logical_date": logical.isoformat() if logical else "none",
+               "triggered_by": started_by, "data_interval": interval}
         if trigger:
             out["trigger"] = trigger_summary(trigger)
         return out
