@@ -1,4 +1,5 @@
-"""Training: check → ingest → validate → features → train → evaluate → gate → register → promote.
+"""Training: check → ingest → validate → features → train → evaluate → gate → register → approve
+→ promote (approve waits for a person only where the dataset config asks for it).
 
 Trains the dataset named by the ``dataset`` Param (a YAML file in include/datasets/) on the
 partitions of the run's data interval, or, when started by a ``drift_detected`` or
@@ -13,6 +14,7 @@ from pendulum import datetime
 from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.dag_defaults import default_args, run_params
 from mlops.notifiers import alerts_for
+from mlops.operators.approval import PromotionApprovalOperator
 from mlops.operators.trainer import TrainModelOperator
 from mlops.operators.training import (
     BuildFeaturesOperator,
@@ -55,9 +57,11 @@ with DAG(
                                    on_success_callback=alerts_for("gate_rejected"))
     registered = RegisterModelOperator(task_id="register", model=trained.output,
                                        ingest_result=ingested.output)
+    approved = PromotionApprovalOperator(task_id="approve", decision=decision.output,
+                                         registration=registered.output)  # if the dataset asks
     promoted = PromoteModelOperator(task_id="promote", registration=registered.output,
                                     decision=decision.output,
                                     on_success_callback=alerts_for("promoted"))
 
     changed >> ingested >> validated >> features >> trained >> evaluated >> decision
-    decision >> registered >> promoted
+    decision >> registered >> approved >> promoted

@@ -207,6 +207,17 @@ class MonitoringConfig(_Frozen):
         return _parse_thresholds(value)
 
 
+class ApprovalConfig(_Frozen):
+    """Whether a person approves each promotion of this dataset's models (docs/alerts.md)."""
+
+    required: bool = Field(
+        False, description="A model that passed the gate waits for a person's Approve (Airflow "
+                           "UI or REST) before it is promoted; Reject or no answer in time: "
+                           "not promoted")
+    timeout_hours: Annotated[float, Field(gt=0, le=720)] = Field(
+        24, description="Hours to wait for the answer; then the default outcome, Reject, applies")
+
+
 class DataWaitConfig(_Frozen):
     """How long a run on the data interval waits for partitions that are not there yet."""
 
@@ -241,6 +252,7 @@ class DatasetConfig(_Frozen):
     container: ContainerConfig = Field(default_factory=ContainerConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     data_wait: DataWaitConfig = Field(default_factory=DataWaitConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:

@@ -306,11 +306,13 @@ def trainer_image() -> Any:
 # -- a real Airflow: api-server, dag-processor, scheduler ------------------------------------------
 DAG_ID = "training"
 TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
-         "register", "promote"}
+         "register", "approve", "promote"}
 PARTS = ("api-server", "dag-processor", "scheduler", "triggerer")  # triggerer: data waits
 # A dataset that waits for its partition (data_wait), beside the bundled ones, for the
 # scheduler's tests: WAIT_DATASET waits WAIT_MINUTES, listing every 5 s.
 WAIT_DATASET, WAIT_MINUTES = "churn_wait", 1
+# A dataset whose promotions a person approves, with a short answer window (0.02 h = 72 s).
+APPROVAL_DATASET, APPROVAL_HOURS = "churn_approval", 0.02
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
 LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
@@ -431,6 +433,9 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
     (datasets / f"{WAIT_DATASET}.yaml").write_text(
         (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
         + f"\ndata_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n")
+    (datasets / f"{APPROVAL_DATASET}.yaml").write_text(
+        (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
+        + f"\napproval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n")
     env = {**_airflow_env(home, port, services, password_file),
            "MLOPS_TRAINER_IMAGE": trainer_image, "MLOPS_DATASETS_DIR": str(datasets)}
     _airflow_cli(env, "db", "migrate")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from include.mlops.demo_data import write_partitions
+from tests.integration.conftest import APPROVAL_DATASET
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "rest-api.md"
 
@@ -27,9 +28,10 @@ def test_every_recipe_runs_as_written(services, airflow, monkeypatch, capsys):
     monkeypatch.setenv("AIRFLOW_PASSWORD", services.secrets["MLOPS_AIRFLOW_OPERATOR_PASSWORD"])
     monkeypatch.setenv("AIRFLOW_VIEWER_PASSWORD", services.secrets["MLOPS_AIRFLOW_VIEWER_PASSWORD"])
     monkeypatch.setenv("MLOPS_RUN_CONF",
-                       f'{{"dataset": "churn_demo", "model_name": "{model}", "source_uri": "{source}"}}')
+                       f'{{"dataset": "{APPROVAL_DATASET}", "model_name": "{model}", '
+                       f'"source_uri": "{source}"}}')
     blocks = recipes()
-    assert len(blocks) == 7, "a recipe was added or removed: say here what it must print"
+    assert len(blocks) == 8, "a recipe was added or removed: say here what it must print"
 
     namespace: dict = {"__name__": "recipes"}
     for block in blocks:
@@ -38,6 +40,8 @@ def test_every_recipe_runs_as_written(services, airflow, monkeypatch, capsys):
 
     run_id = namespace["run_id"]
     assert f"triggered {run_id}" in out
+    # The dataset asks for approval: the recipe found the request and answered it.
+    assert f"Promote {model} v1?" in out and "answered Approve" in out, out[-3000:]
     assert f"{run_id} success" in out, out[-3000:]
     assert re.search(r"^promote\s+success\s+try 1$", out, flags=re.M), out
     assert "Training: no champion yet" in out  # check_changed's log, read over REST

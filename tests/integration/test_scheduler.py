@@ -23,6 +23,7 @@ from summary import AirflowApi
 
 from include.mlops.demo_data import encode, generate, write_partitions
 from tests.integration.conftest import (
+    APPROVAL_DATASET,
     DAG_ID,
     TASKS,
     WAIT_DATASET,
@@ -332,3 +333,52 @@ def test_a_run_whose_partition_never_arrives_fails_at_the_deadline_with_the_clas
     assert airflow.wait(by_hand)["state"] == "failed"
     assert "deferred" not in str(airflow.states(by_hand))
     assert time.monotonic() - fast < 45
+
+
+def _answer(api: Any, run_id: str, option: str, ok: tuple[int, ...] = (200,)) -> Any:
+    return api.json("PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/"
+                             "hitlDetails", ok=ok, json={"chosen_options": [option]})
+
+
+def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
+    """approval.required: the approve task waits for a person (Airflow 3 HITL, state
+    awaiting_input); Approve promotes, Reject or no answer in time does not. A viewer may not
+    answer."""
+    client = services.mlflow_client()
+    runs = {}
+    for model, day in (("it_sched_approved", 1), ("it_sched_rejected", 3), ("it_sched_timeout", 5)):
+        source = f"s3://mlops-data/{model}"
+        write_partitions(services.store(), source, date(2025, 7, day), 1, rows=1000)
+        runs[model] = airflow.trigger(f"2025-07-{day + 1:02d}", dataset=APPROVAL_DATASET,
+                                      model_name=model, source_uri=source)
+        _wait_for_state(airflow, runs[model], "approve", "awaiting_input", timeout=120)
+        assert airflow.states(runs[model])["promote"] is None, airflow.states(runs[model])
+        if model == "it_sched_approved":
+            request = airflow.api.json(
+                "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{runs[model]}/taskInstances/approve/-1/"
+                       "hitlDetails")
+            assert request["subject"] == f"Promote {model} v1?"
+            assert "PASS threshold roc_auc >= 0.7" in request["body"]
+            assert "/artifacts/promotion_card.html" in request["body"]
+            assert request["defaults"] == ["Reject"]
+            _answer(airflow.users["viewer"], runs[model], "Approve", ok=(403,))
+            _answer(airflow.users["operator"], runs[model], "Approve")
+        elif model == "it_sched_rejected":
+            _answer(airflow.users["operator"], runs[model], "Reject")
+        run = airflow.wait(runs[model], timeout=300)
+        assert run["state"] == "success", airflow.failure_report(runs[model])
+
+    states = {model: airflow.states(run_id) for model, run_id in runs.items()}
+    assert states["it_sched_approved"]["promote"] == "success"
+    assert champion_of(client, "it_sched_approved") == "1"
+    assert "Approved by operator: promoting it_sched_approved v1" in \
+        airflow.task_log(runs["it_sched_approved"], "approve")
+    for model in ("it_sched_rejected", "it_sched_timeout"):
+        assert states[model]["approve"] == "success" and states[model]["promote"] == "skipped"
+        assert champion_of(client, model) is None
+        assert registered_versions(client, model) == ["1"]  # registered, never promoted
+    assert "Approval rejected by operator: it_sched_rejected v1 is not promoted (runbook: " \
+           "docs/runbooks/approval-rejected.md)" in airflow.task_log(runs["it_sched_rejected"],
+                                                                      "approve")
+    assert "Approval timed out: no answer within 0.02 h" in \
+        airflow.task_log(runs["it_sched_timeout"], "approve")

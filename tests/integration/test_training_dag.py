@@ -12,7 +12,7 @@ from include.mlops.demo_data import write_partitions
 from tests.integration.conftest import champion_of, registered_versions
 
 TASKS = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
-         "register", "promote"]
+         "register", "approve", "promote"]
 
 
 def load_dict(uri: str) -> dict:

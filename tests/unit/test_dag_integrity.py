@@ -23,7 +23,7 @@ from mlops.operators.trainer import TrainModelOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 CHAIN = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
-         "register", "promote"]
+         "register", "approve", "promote"]
 
 
 def load() -> DagBag:
@@ -88,8 +88,9 @@ def test_training_dag_edges(training: Any) -> None:
         "build_features": {"train", "evaluate"},
         "train": {"evaluate", "register"},
         "evaluate": {"gate"},
-        "gate": {"register", "promote"},
-        "register": {"promote"},
+        "gate": {"register", "approve", "promote"},
+        "register": {"approve", "promote"},
+        "approve": {"promote"},
         "promote": set(),
     }
     assert {t: set(training.get_task(t).downstream_task_ids) for t in CHAIN} == expected
@@ -98,7 +99,7 @@ def test_training_dag_edges(training: Any) -> None:
 def test_training_dag_reduces_to_the_chain(training: Any) -> None:
     """Every edge points forward and consecutive steps are linked: the only order is the chain
     check_changed → ingest → validate → build_features → train → evaluate → gate → register →
-    promote, so a skip at check_changed or gate reaches everything after it."""
+    approve → promote, so a skip at check_changed or gate reaches everything after it."""
     position = {task_id: i for i, task_id in enumerate(CHAIN)}
     for task_id in CHAIN:
         downstream = training.get_task(task_id).downstream_task_ids
