@@ -57,8 +57,10 @@ class MlflowLink(BaseOperatorLink):
             return ""
 
     def _url(self, operator: Any, ti_key: TaskInstanceKey) -> str | None:
-        result = BaseXCom.get_value(ti_key=ti_key, key="return_value")
-        result = result if isinstance(result, dict) else {}
+        result: dict[str, Any] = {}
+        if self.target == "model_version" or self.run_id_field:  # else only the run id is read
+            value = BaseXCom.get_value(ti_key=ti_key, key="return_value")
+            result = value if isinstance(value, dict) else {}
         hook = operator.mlflow_hook
         ui = hook.ui_url
         if self.target == "model_version":

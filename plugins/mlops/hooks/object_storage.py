@@ -52,8 +52,7 @@ class ObjectStorageHook(BaseHook):
     @property
     def endpoint_url(self) -> str | None:
         """The connection's S3 endpoint; None means AWS S3."""
-        extra = self._conn.extra_dejson
-        return extra.get("endpoint_url") or extra.get("host")
+        return _endpoint(self._conn)
 
     @cached_property
     def store(self) -> Any:
@@ -71,10 +70,16 @@ def store_for(conn: Any, conn_id: str) -> Any:
     extra = conn.extra_dejson
     if conn.password:
         mask_secret(conn.password)
-    endpoint = extra.get("endpoint_url") or extra.get("host")
+    endpoint = _endpoint(conn)
     client = make_s3_client(endpoint_url=endpoint, access_key=conn.login or None,
                             secret_key=conn.password or None, region=extra.get("region_name"))
     return ObjectStore(client, endpoint=endpoint or "AWS S3",
                        attempts=int(extra.get("attempts", 4)),
                        backoff_seconds=float(extra.get("backoff_seconds", 1)),
                        conn_hint=f"Airflow connection {conn_id!r}")
+
+
+def _endpoint(conn: Any) -> str | None:
+    """The Connection's S3 endpoint (extra ``endpoint_url``, or ``host``); None means AWS S3."""
+    extra = conn.extra_dejson
+    return extra.get("endpoint_url") or extra.get("host")
