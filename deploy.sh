@@ -9,6 +9,8 @@
 #   ./deploy.sh airflow ARGS...   the airflow CLI against the local stack (e.g. `dags list`)
 #   ./deploy.sh backup [DIR]      databases and S3 buckets of the local stack, while it runs
 #   ./deploy.sh restore DIR       replace the local stack's state with a backup (docs/backup.md)
+#   ./deploy.sh serve [--model NAME ...] [--port N]
+#                                 serve models:/<name>@champion over HTTP (docs/serving.md)
 #   ./deploy.sh compose up [--gpu] | down | status | logs | backup [DIR] | restore DIR
 #                                 the production stack (docker-compose.yaml: Celery workers,
 #                                 PostgreSQL, Redis, MLflow with auth, S3): .env.compose secrets,
@@ -46,7 +48,7 @@ say() { local m="$*"; printf '[%4ss] %s\n' "$SECONDS" "${m//$REPO\//}"; }
 die() { local m="$*"; printf 'error: %s\n' "${m//$REPO\//}" >&2; exit 1; }
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo pipefail/{/^set /d;p}' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # -- Python and the virtual environment ------------------------------------------------------------
@@ -214,6 +216,23 @@ ensure_docker() {
     die "dockerd did not become ready in 30 s (log: $STATE/logs/dockerd.log)"
 }
 
+# Debian's chromium, which the browser test drives through Playwright (tests/integration/
+# test_browser.py; Playwright's own browser download is never used). A no-op when installed.
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && return
+    mkdir -p "$STATE/logs"
+    command -v apt-get >/dev/null 2>&1 || die "chromium is missing and there is no apt-get to install it: install Chromium with your package manager (the browser test runs \$MLOPS_CHROMIUM, default: chromium on PATH)"
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 || die "chromium is missing and installing it needs root: apt-get install chromium"
+        sudo=(sudo)
+    fi
+    say "Installing Chromium for the browser test (Debian chromium; log: $STATE/logs/apt-chromium.log)"
+    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq chromium; } >"$STATE/logs/apt-chromium.log" 2>&1 \
+        || { tail -n 20 "$STATE/logs/apt-chromium.log" >&2; die "installing chromium failed (log: $STATE/logs/apt-chromium.log)"; }
+}
+
 # Base image offline (debootstrap + docker import), then the trainer; a no-op when current. The
 # image's id is what the deployment pins: the workers run no other trainer image.
 build_images() {
@@ -291,6 +310,7 @@ cmd_status() {
 
 cmd_test() {
     ensure_venv --compile-later
+    mkdir -p "$STATE/logs"
     local args=("$@") pytest=("$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15)
     # An explicit selection (`./deploy.sh test tests/unit -x`) runs as given; the Docker engine
     # and the trainer image only when it reaches the integration tests.
@@ -299,6 +319,7 @@ cmd_test() {
         if [[ " ${args[*]} " == *integration* ]]; then
             ensure_docker
             command -v docker-compose >/dev/null 2>&1 || ensure_compose_client
+            ensure_chromium
             build_images
         fi
         exec "${pytest[@]}" "${args[@]}"
@@ -317,7 +338,10 @@ cmd_test() {
     (
         if compile_venv >"$STATE/logs/bytecode.log" 2>&1; then touch "$compiled"
         else touch "$compiled.failed"; fi
-        ( ( ensure_compose_client && build_images && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
+        # chromium (the browser test) after the engine's apt-get, before the image: the browser
+        # test needs the image too, so it is installed by then; a failure is the test's to report.
+        ( ( ensure_compose_client && { (ensure_chromium) || true; } && build_images \
+              && echo "$MLOPS_TRAINER_IMAGE" >"$image_file.tmp" \
               && mv "$image_file.tmp" "$image_file" ) || true
           [[ -s "$image_file" ]] || touch "$image_file.failed"
           # Then the production stack's images (tests/integration/test_compose_stack.py).
@@ -598,6 +622,47 @@ cmd_compose() {
     esac
 }
 
+# -- Online serving (include/mlops/serving.py; docs/serving.md) ------------------------------------
+# ./deploy.sh serve [--model NAME ...] [--port N]: models:/<name>@champion (default: the demo's
+# churn_demo) from the local MLflow server, in the foreground (Ctrl-C stops it), logged in as
+# MLflow's read-only 'viewer'; no other secret reaches it. A promotion or a rollback is picked
+# up within MLOPS_SERVING_POLL_SECONDS (5), without a restart.
+cmd_serve() {
+    local models=() port="${MLOPS_SERVING_PORT:-8000}" model password path args=()
+    while (($#)); do
+        case "$1" in
+            --model) [[ -n "${2:-}" ]] || die "--model needs a registered model name"
+                     models+=("$2"); shift ;;
+            --port) [[ "${2:-}" =~ ^[0-9]+$ ]] || die "--port needs a port number"
+                    port="$2"; shift ;;
+            *) die "unknown option for serve: $1 (--model NAME, repeatable; --port N)" ;;
+        esac
+        shift
+    done
+    ((${#models[@]})) || models=(churn_demo)
+    [[ -f "$ENV_FILE" && -x "$VENV/bin/python" ]] || die "no local stack here (.env, .venv): run ./deploy.sh local first"
+    local mlflow_url="http://127.0.0.1:$MLFLOW_PORT" url="http://127.0.0.1:$port"
+    "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+        "$mlflow_url/health" 2>/dev/null \
+        || die "MLflow does not answer at $mlflow_url/health: start the stack with ./deploy.sh local"
+    password="$(sed -n 's/^MLOPS_MLFLOW_VIEWER_PASSWORD=//p' "$ENV_FILE" | tail -n 1)"
+    [[ -n "$password" ]] || die "$ENV_FILE has no MLOPS_MLFLOW_VIEWER_PASSWORD: run ./deploy.sh local (it adds missing secrets)"
+    for model in "${models[@]}"; do args+=(--model "$model"); done
+    path="/predict"
+    ((${#models[@]} == 1)) || path="/models/${models[0]}/predict"
+    say "Serving ${models[*]} (@champion) from MLflow at $mlflow_url as 'viewer' (read-only) on $url"
+    echo "  routes: POST $url$path | GET $url/models/${models[0]} (its columns) | GET $url/version | GET $url/health"
+    if [[ "${models[0]}" == churn_demo ]]; then
+        echo "  try:    curl -s $url$path -H 'Content-Type: application/json' -d '{\"rows\": [{\"tenure_months\": 22, \"monthly_charges\": 99.01, \"total_charges\": 2281.44, \"contract\": \"two_year\", \"payment_method\": \"electronic_check\", \"internet_service\": \"none\", \"support_calls\": 2, \"age\": 37, \"region\": \"west\"}]}'"
+    else
+        echo "  try:    curl -s $url$path -H 'Content-Type: application/json' -d '{\"rows\": [{\"<column>\": <value>, ...}]}'"
+    fi
+    echo "  Ctrl-C stops it. The rollback DAG smoke-tests it where the scheduler has MLOPS_SERVING_URL=$url."
+    MLFLOW_TRACKING_USERNAME=viewer MLFLOW_TRACKING_PASSWORD="$password" \
+        exec "$VENV/bin/python" -m include.mlops.serving serve "${args[@]}" \
+        --tracking-uri "$mlflow_url" --port "$port" --poll-seconds "${MLOPS_SERVING_POLL_SECONDS:-5}"
+}
+
 main() {
     local command="${1:-}"
     (($#)) && shift
@@ -611,6 +676,7 @@ main() {
         compose) cmd_compose "$@" ;;
         backup) cmd_backup "$@" ;;
         restore) cmd_restore "$@" ;;
+        serve) cmd_serve "$@" ;;
         -h | --help | help) usage ;;
         *) usage >&2; exit 2 ;;
     esac

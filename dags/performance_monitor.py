@@ -1,5 +1,7 @@
-"""Performance monitor: delayed labels → live metrics per model version → alert below the floor
-(``performance_degraded`` Asset, which starts the training DAG) → A/B decision on the challenger.
+"""Performance monitor: delayed labels → live metrics per model version → below the floor: roll
+a champion promoted within ``rollback.auto_window_hours`` back (and smoke-test the restored one),
+then alert (``performance_degraded`` Asset, which starts the training DAG) → A/B decision on the
+challenger.
 
 Each run handles the day ``monitoring.label_delay_days`` before the end of its data interval (or
 the ``partition_date`` Param). See docs/monitoring.md.
@@ -10,11 +12,13 @@ from pendulum import datetime
 
 from mlops.assets import PERFORMANCE_DEGRADED
 from mlops.dag_defaults import default_args, run_params
+from mlops.notifiers import alerts_for
 from mlops.operators.monitoring import (
     ABDecisionOperator,
     LivePerformanceOperator,
     PublishAlertOperator,
 )
+from mlops.operators.rollback import RollbackOperator, ServingSmokeTestOperator
 
 with DAG(
     dag_id="performance_monitor",
@@ -28,7 +32,17 @@ with DAG(
     params=run_params("performance_monitor",
                       partition_date="Join the labels of this day (YYYY-MM-DD)"),
 ):
-    live = LivePerformanceOperator(task_id="live_performance")
-    PublishAlertOperator(task_id="performance_degraded", result=live.output,
-                         asset=PERFORMANCE_DEGRADED)
+    live = LivePerformanceOperator(task_id="live_performance",
+                                   alert_task_ids=("auto_rollback", "smoke_test",
+                                                   "performance_degraded"))
+    # Roll back before the alert: the retrain it starts then compares with the restored champion.
+    rolled_back = RollbackOperator(task_id="auto_rollback", automatic=True, live=live.output,
+                                   on_success_callback=alerts_for("rolled_back"))
+    ServingSmokeTestOperator(task_id="smoke_test", rollback=rolled_back.output,
+                             conf_keys="performance_monitor")
+    # Retrain whatever the rollback did (even if it failed): the alert is about the data.
+    alert = PublishAlertOperator(task_id="performance_degraded", result=live.output,
+                                 asset=PERFORMANCE_DEGRADED,
+                                 trigger_rule="all_done_min_one_success")
+    rolled_back >> alert
     live >> ABDecisionOperator(task_id="ab_decision")

@@ -780,6 +780,10 @@ TASK_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     "MLFLOW_CONFIGURE_LOGGING": "false",
+    # MLflow 3's usage telemetry: nothing to send it to offline, and its client sets and unsets
+    # an environment variable from a thread, which failed a task reading os.environ meanwhile
+    # (KeyError '_MLFLOW_TELEMETRY_SESSION_ID').
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
 

@@ -21,4 +21,5 @@ os.environ.update({
     "GX_ANALYTICS_ENABLED": "False",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_CONFIGURE_LOGGING": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 })

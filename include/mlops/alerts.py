@@ -16,10 +16,12 @@ from typing import Any
 
 from include.mlops.errors import RUNBOOKS, PipelineError
 
-EVENTS = ("task_failed", "gate_rejected", "drift_detected", "promoted")
+EVENTS = ("task_failed", "gate_rejected", "drift_detected", "promoted", "approval_requested",
+          "approval_rejected", "rolled_back")
 # The runbook of each event that is not a failure (a failure's comes from its error class).
 EVENT_RUNBOOKS = {"gate_rejected": "gate-rejected.md", "drift_detected": "drift-detected.md",
-                  "promoted": "promoted.md"}
+                  "promoted": "promoted.md", "approval_requested": "approval-requested.md",
+                  "approval_rejected": "approval-rejected.md", "rolled_back": "rollback.md"}
 _RUNBOOK_SUFFIX = re.compile(r"\s*\(runbook: (?:" + re.escape(RUNBOOKS) + r"/)?([^)\s]+)\)\s*$")
 REASON_LIMIT = 1000  # characters of a reason kept in the message
 
@@ -70,7 +72,8 @@ def runbook_url(runbook: str, base: str | None = None) -> str:
 
 
 TITLES = {"task_failed": "FAILED", "gate_rejected": "gate rejected", "drift_detected": "drift detected",
-          "promoted": "promoted"}
+          "promoted": "promoted", "approval_requested": "approval requested",
+          "approval_rejected": "approval rejected", "rolled_back": "ROLLED BACK"}
 
 
 def subject(alert: Alert) -> str:
@@ -134,3 +137,26 @@ def drift_reason(result: dict[str, Any]) -> str:
 def promotion_reason(result: dict[str, Any], alias: str | None = None) -> str:
     return (f"{result.get('model_name')} v{result.get('version')} is now "
             f"@{alias or 'champion'} (previous: {result.get('previous') or 'none'})")
+
+
+def approval_request_reason(model_name: Any, version: Any, hours: float) -> str:
+    return (f"{model_name} v{version} passed the gate and waits for a person to Approve or Reject "
+            f"its promotion (Airflow UI: Required actions, or REST) within {hours:g} h; no "
+            "answer rejects it")
+
+
+def approval_outcome(result: dict[str, Any]) -> tuple[str, str]:
+    """(reason, runbook) of an approval that did not approve: rejected by a person, or no answer
+    in time."""
+    what = f"{result.get('model_name')} v{result.get('version')}"
+    if result.get("outcome") == "timed_out":
+        return (f"Approval timed out: no answer within {result.get('timeout_hours'):g} h; "
+                f"{what} is not promoted", "approval-timeout.md")
+    return f"Approval rejected by {result.get('by')}: {what} is not promoted", \
+        "approval-rejected.md"
+
+
+def rollback_reason(result: dict[str, Any]) -> str:
+    return _short(f"{result.get('model_name')} @champion rolled back from "
+                  f"v{result.get('previous')} to v{result.get('version')}, "
+                  f"{result.get('trigger')}: {result.get('reason')}")

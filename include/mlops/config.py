@@ -218,6 +218,15 @@ class ApprovalConfig(_Frozen):
         24, description="Hours to wait for the answer; then the default outcome, Reject, applies")
 
 
+class RollbackConfig(_Frozen):
+    """When ``@champion`` is rolled back without a person (dags/rollback.py does it by hand)."""
+
+    auto_window_hours: Annotated[float, Field(ge=0, le=24 * 90)] = Field(
+        0, description="A champion promoted within this many hours whose live performance falls "
+                       "below monitoring.performance_floor is rolled back to the champion before "
+                       "it by performance_monitor; 0: never automatically")
+
+
 class DataWaitConfig(_Frozen):
     """How long a run on the data interval waits for partitions that are not there yet."""
 
@@ -253,6 +262,7 @@ class DatasetConfig(_Frozen):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     data_wait: DataWaitConfig = Field(default_factory=DataWaitConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:

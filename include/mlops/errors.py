@@ -99,6 +99,14 @@ class PromotionError(PipelineError):
     runbook = "promotion-failed.md"
 
 
+class RollbackError(PipelineError):
+    """A rollback cannot be done as asked: no champion, no previous champion in the audit trail,
+    a target version that never passed the gate, or an alias that did not end up where it was
+    set."""
+
+    runbook = "rollback.md"
+
+
 class TrainerError(PipelineError):
     """The trainer container could not run or failed; ``error_class`` says how.
 
@@ -118,3 +126,24 @@ class TrainerError(PipelineError):
         self.error_class = error_class
         self.exit_code = exit_code
         self.retryable = error_class in self.RETRYABLE
+
+
+class ServingError(PipelineError):
+    """The model server (include/mlops/serving.py) failed a check: ``reason`` says how.
+
+    Reasons: ``unreachable`` (no HTTP answer from the server until the timeout), ``wrong_version``
+    (it answers, but still serves another version of the model than the one expected),
+    ``bad_response`` (an error status, a body that is not the expected JSON, or the wrong number
+    of predictions). Each has a section in the runbook. Only ``unreachable`` is retryable: a
+    server that restarts may answer on the next try; the others mean the server runs and
+    disagrees.
+    """
+
+    REASONS = ("unreachable", "wrong_version", "bad_response")
+    runbook = "serving.md"
+
+    def __init__(self, message: str, *, reason: str = "bad_response",
+                 runbook: str | None = None) -> None:
+        super().__init__(message, runbook=runbook or f"serving.md#{reason.replace('_', '-')}")
+        self.reason = reason
+        self.retryable = reason == "unreachable"

@@ -38,7 +38,8 @@ POLICY_ENV = "MLOPS_POLICY_FILE"
 
 # The keys a run's conf may hold, per DAG. Sections are deep-merged over the dataset config's.
 RUN_KEYS = ("dataset", "partition_date", "force", "lookback_days", "source_uri", "model_name",
-            "trainer", "training", "gate", "rollout", "monitoring", "container", "artifacts_uri")
+            "trainer", "training", "gate", "rollout", "monitoring", "container", "artifacts_uri",
+            "to_version", "reason")
 SECTIONS: dict[str, type[BaseModel]] = {"training": TrainingConfig, "gate": GateConfig,
                                         "rollout": RolloutConfig,
                                         "monitoring": MonitoringConfig}
@@ -49,9 +50,11 @@ DAG_KEYS: dict[str, tuple[str, ...]] = {
     "drift_monitor": ("dataset", "partition_date", "model_name", "monitoring"),
     "performance_monitor": ("dataset", "partition_date", "model_name", "monitoring", "rollout",
                             "gate"),
+    "rollback": ("dataset", "model_name", "to_version", "reason"),
 }
-# Chosen by every trigger: which of the deployment's dataset configs to run.
-ALWAYS = frozenset({"dataset"})
+# Chosen by every trigger: which of the deployment's dataset configs to run (and, for a
+# rollback, which version to restore and why: it restores only versions that were champion).
+ALWAYS = frozenset({"dataset", "to_version", "reason"})
 # Never a run's to choose, whatever the policy says: what runs next to the secrets and with what
 # resources, and where outputs and audit records go.
 NEVER = {"container": "the trainer container's image, pull policy, GPUs and resource limits "

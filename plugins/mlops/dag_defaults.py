@@ -35,6 +35,11 @@ _SCALARS: dict[str, tuple[Any, dict[str, Any], str]] = {
                    "Replace the dataset's source_uri (s3://… or a path)"),
     "model_name": (None, {"type": ["null", "string"]},
                    "Registered model name (default: the dataset name)"),
+    "to_version": (None, {"type": ["null", "string"], "pattern": "^v?[0-9]+$"},
+                   "Version to restore as @champion; empty: the champion before the current "
+                   "one, from the audit trail. It must have been @champion before"),
+    "reason": ("rolled back by hand", {"type": "string", "minLength": 3, "maxLength": 500},
+               "Why: kept in the audit record, the version's tags and the alert"),
 }
 _SECTION_DESCRIPTIONS = {
     "training": "Deep-merged over the dataset config's training section",

@@ -1,5 +1,5 @@
-"""Alerts: a task failure, a gate rejection, detected drift and a promotion, sent by e-mail and
-to a webhook (docs/alerts.md).
+"""Alerts: a task failure, a gate rejection, detected drift, a promotion, an approval asked for
+or refused, and a rollback, sent by e-mail and to a webhook (docs/alerts.md).
 
 Each channel is a Connection; without it the channel is off, and with neither nothing is sent:
 - ``mlops_alerts_smtp``: an SMTP Connection of the SMTP provider (host, port, login,
@@ -88,6 +88,22 @@ class MlopsAlertNotifier(BaseNotifier):
             reason, runbook = alerts.gate_reason(result), alerts.EVENT_RUNBOOKS[self.event]
         elif self.event == "drift_detected":
             reason, runbook = alerts.drift_reason(result), alerts.EVENT_RUNBOOKS[self.event]
+        elif self.event == "approval_requested":  # from the HITL task as it starts to wait
+            task = context["task"]
+            result = dict(getattr(task, "registration", None) or {})
+            hours = getattr(task, "response_timeout", None)
+            reason = alerts.approval_request_reason(
+                result.get("model_name"), result.get("version"),
+                hours.total_seconds() / 3600 if hours else float("inf"))
+            runbook = alerts.EVENT_RUNBOOKS[self.event]
+        elif self.event == "approval_rejected":
+            if result.get("approved", True):
+                return None  # approved: the promotion's own alert follows
+            reason, runbook = alerts.approval_outcome(result)
+        elif self.event == "rolled_back":
+            if not result.get("rolled_back"):
+                return None  # an automatic rollback that found nothing to roll back
+            reason, runbook = alerts.rollback_reason(result), alerts.EVENT_RUNBOOKS[self.event]
         else:
             reason = alerts.promotion_reason(result, getattr(ti.task, "alias", None))
             runbook = alerts.EVENT_RUNBOOKS[self.event]
@@ -98,6 +114,10 @@ class MlopsAlertNotifier(BaseNotifier):
         mlflow_run = ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_RUN_XCOM)
         if mlflow_run:
             links["MLflow run"] = f"{MlflowHook().ui_url}/#/runs/{mlflow_run}"
+        if self.event == "approval_requested" and hasattr(ti.task, "card_link"):
+            card = ti.task.card_link(context)
+            if card:
+                links["Promotion card"] = str(card)
         for key, label in (("card_uri", "Promotion card"), ("report_uri", "Drift report"),
                            ("audit_uri", "Audit record")):
             if result.get(key):

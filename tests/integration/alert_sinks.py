@@ -29,7 +29,7 @@ class Mail:
 
 @dataclass
 class AlertSinks:
-    smtp_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    smtp_password: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
     webhook_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     mails: list[Mail] = field(default_factory=list)
     posts: list[dict[str, Any]] = field(default_factory=list)

@@ -117,7 +117,7 @@ class Services:
 
     s3_url: str
     mlflow_url: str
-    secrets: dict[str, str]
+    secrets: dict[str, str] = field(repr=False)  # never in a failing test's output
     workdir: Path
 
     @property
@@ -329,6 +329,7 @@ class Airflow:
     logs: dict[str, Path]
     users: dict[str, AirflowApi] = field(default_factory=dict)  # admin, operator, viewer
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    alerts: Any = None  # the stack's alert Connections point at these sinks (alert_sinks.py)
 
     def log_tails(self) -> str:
         return "\n".join(f"--- {name} ({path}) ---\n{_tail(path)}" for name, path in self.logs.items())
@@ -436,8 +437,12 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
     (datasets / f"{APPROVAL_DATASET}.yaml").write_text(
         (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
         + f"\napproval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n")
+    from tests.integration.alert_sinks import AlertSinks
+
+    sinks = AlertSinks().start()
     env = {**_airflow_env(home, port, services, password_file),
-           "MLOPS_TRAINER_IMAGE": trainer_image, "MLOPS_DATASETS_DIR": str(datasets)}
+           "MLOPS_TRAINER_IMAGE": trainer_image, "MLOPS_DATASETS_DIR": str(datasets),
+           **sinks.connection_env()}
     _airflow_cli(env, "db", "migrate")
     configure_airflow(services.secrets, mlflow_url=services.mlflow_url, s3_url=services.s3_url,
                       passwords_file=password_file, scratch=home, env=env)
@@ -445,7 +450,7 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
     logs = {part: home / "process-logs" / f"{part}.log" for part in PARTS}
     api = {user: AirflowApi(f"http://127.0.0.1:{port}", user, services.secrets[key])
            for user, (_, key) in AIRFLOW_USERS.items()}
-    found = Airflow(api["admin"], home, logs, users=api)
+    found = Airflow(api["admin"], home, logs, users=api, alerts=sinks)
     try:
         found.procs.update(start_airflow(PARTS, port=port, home=home, env=env, logs=logs,
                                          timeout=120))
@@ -458,6 +463,7 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(f"Airflow did not start: {err}\n{found.log_tails()}", pytrace=False)
     yield found
     _stop(found)
+    sinks.stop()
 
 
 def _stop(found: Airflow) -> None:

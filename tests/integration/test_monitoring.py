@@ -173,6 +173,9 @@ def test_live_metrics_below_the_floor_raise_an_alert_event(services, monitored, 
     checked = run_any_dag(dagbag.get_dag("performance_monitor"), "2025-01-05", **conf)
     assert checked.state == "success", checked.error_lines()
     assert checked.tasks["performance_degraded"] == "success"
+    # churn_demo rolls nothing back on its own (rollback.auto_window_hours 0): retrain only.
+    assert checked.tasks["auto_rollback"] == "success" and checked.tasks["smoke_test"] == "skipped"
+    assert "No automatic rollback: automatic rollback is off for this dataset" in checked.log
     assert f"ALERT: live performance of {model} v1 on 2025-01-03 is below the floor: " \
            "roc_auc >= 0.9 (observed 0." in checked.log
     events = _asset_events("performance_degraded", checked.run_id)

@@ -335,6 +335,20 @@ def test_a_run_whose_partition_never_arrives_fails_at_the_deadline_with_the_clas
     assert time.monotonic() - fast < 45
 
 
+def _wait_until_the_scheduler_saw_the_wait(airflow: Any, run_id: str, task: str = "approve",
+                                           timeout: float = 60) -> None:
+    """Airflow 3.3 race: an answer given before the scheduler has processed the exit of the
+    process that started waiting (the same try number) makes it fail the resumed task as "killed
+    externally". A person takes longer than that; the test waits for the scheduler's line."""
+    line = f"TaskInstance Finished: dag_id={DAG_ID}, task_id={task}, run_id={run_id},"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in airflow.logs["scheduler"].read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the scheduler never logged {line!r}\n{airflow.log_tails()}")
+
+
 def _answer(api: Any, run_id: str, option: str, ok: tuple[int, ...] = (200,)) -> Any:
     return api.json("PATCH", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve/-1/"
                              "hitlDetails", ok=ok, json={"chosen_options": [option]})
@@ -353,6 +367,7 @@ def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
                                       model_name=model, source_uri=source)
         _wait_for_state(airflow, runs[model], "approve", "awaiting_input", timeout=120)
         assert airflow.states(runs[model])["promote"] is None, airflow.states(runs[model])
+        _wait_until_the_scheduler_saw_the_wait(airflow, runs[model])
         if model == "it_sched_approved":
             request = airflow.api.json(
                 "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{runs[model]}/taskInstances/approve/-1/"
@@ -382,3 +397,19 @@ def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
                                                                       "approve")
     assert "Approval timed out: no answer within 0.02 h" in \
         airflow.task_log(runs["it_sched_timeout"], "approve")
+    # The approvers were paged, and the outcomes that promote nothing were alerted.
+    posts = {(p["event"], p["model"]): p for p in airflow.alerts.posts
+             if str(p.get("model")).startswith("it_sched_")}
+    for model in runs:
+        asked = posts[("approval_requested", model)]
+        assert asked["task_id"] == "approve" and asked["run_id"] == runs[model]
+        assert asked["reason"].startswith(f"{model} v1 passed the gate and waits for a person")
+        assert asked["runbook"] == "docs/runbooks/approval-requested.md"
+        assert "/artifacts/promotion_card.html" in asked["links"]["Promotion card"]
+    assert posts[("approval_rejected", "it_sched_rejected")]["reason"] == \
+        "Approval rejected by operator: it_sched_rejected v1 is not promoted"
+    timed_out = posts[("approval_rejected", "it_sched_timeout")]
+    assert timed_out["reason"].startswith("Approval timed out: no answer within 0.02 h")
+    assert timed_out["runbook"] == "docs/runbooks/approval-timeout.md"
+    assert ("approval_rejected", "it_sched_approved") not in posts
+    assert ("promoted", "it_sched_approved") in posts

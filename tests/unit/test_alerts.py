@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.mlops import alerts
 from include.mlops.errors import SchemaError, ServiceUnavailableError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make(**overrides) -> alerts.Alert:
@@ -82,3 +86,26 @@ def test_outcome_reasons() -> None:
 def test_an_unknown_event_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown alert event 'paged'"):
         make(event="paged")
+
+
+def test_approval_and_rollback_reasons_and_runbooks() -> None:
+    assert alerts.approval_request_reason("m", "4", 24) == (
+        "m v4 passed the gate and waits for a person to Approve or Reject its promotion (Airflow "
+        "UI: Required actions, or REST) within 24 h; no answer rejects it")
+    rejected = {"approved": False, "outcome": "rejected", "by": "operator", "model_name": "m",
+                "version": "4", "timeout_hours": 24}
+    assert alerts.approval_outcome(rejected) == (
+        "Approval rejected by operator: m v4 is not promoted", "approval-rejected.md")
+    timed_out = {**rejected, "outcome": "timed_out", "by": None, "timeout_hours": 0.5}
+    assert alerts.approval_outcome(timed_out) == (
+        "Approval timed out: no answer within 0.5 h; m v4 is not promoted", "approval-timeout.md")
+    rolled = {"model_name": "m", "version": "2", "previous": "3", "trigger": "by hand (alice)",
+              "reason": "v3 mis-scores EU rows"}
+    assert alerts.rollback_reason(rolled) == ("m @champion rolled back from v3 to v2, by hand "
+                                              "(alice): v3 mis-scores EU rows")
+    alert = make(event="rolled_back", task_id="rollback", reason=alerts.rollback_reason(rolled),
+                 runbook=alerts.EVENT_RUNBOOKS["rolled_back"])
+    assert alerts.subject(alert) == "[mlops] ROLLED BACK: training.rollback (churn_demo)"
+    assert "docs/runbooks/rollback.md" in alerts.text(alert)
+    for event in ("approval_requested", "approval_rejected", "rolled_back"):
+        assert (REPO / "docs" / "runbooks" / alerts.EVENT_RUNBOOKS[event]).is_file(), event

@@ -91,12 +91,31 @@ def test_drift_monitor_runs_on_predictions_and_emits_drift_detected(dagbag: DagB
 # -- performance_monitor ----------------------------------------------------------------------------
 def test_performance_monitor_graph(dagbag: DagBag) -> None:
     dag = dagbag.dags["performance_monitor"]
-    assert sorted(dag.task_ids) == ["ab_decision", "live_performance", "performance_degraded"]
-    assert downstream(dag, "live_performance") == {"performance_degraded", "ab_decision"}
+    assert sorted(dag.task_ids) == ["ab_decision", "auto_rollback", "live_performance",
+                                    "performance_degraded", "smoke_test"]
+    assert downstream(dag, "live_performance") == {"performance_degraded", "ab_decision",
+                                                   "auto_rollback"}
+    # The rollback comes before the alert, so the retrain it starts sees the restored champion;
+    # the alert goes out whatever the rollback did.
+    assert downstream(dag, "auto_rollback") == {"smoke_test", "performance_degraded"}
+    assert dag.get_task("performance_degraded").trigger_rule == "all_done_min_one_success"
     assert names(dag.get_task("performance_degraded").outlets) == {"performance_degraded"}
     assert dag.get_task("ab_decision").pool == "mlops_promotion"
+    assert dag.get_task("auto_rollback").pool == "mlops_promotion"
+    assert set(dag.get_task("live_performance").alert_task_ids) == {
+        "auto_rollback", "smoke_test", "performance_degraded"}
     assert dag.get_task("live_performance").pool == "default_pool"
     assert dag.get_task("ab_decision").outlets == []
+
+
+def test_rollback_graph_and_form(dagbag: DagBag) -> None:
+    dag = dagbag.dags["rollback"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # by hand (or REST) only
+    assert dag.is_paused_upon_creation is False  # a triggered rollback never waits queued
+    assert downstream(dag, "rollback") == {"smoke_test"}
+    assert dag.get_task("rollback").pool == "mlops_promotion"
+    assert set(dag.params) >= {"dataset", "to_version", "reason"}
+    assert "container" not in dag.params and "gate" not in dag.params
 
 
 # -- training: daily, or on an alert ----------------------------------------------------------------

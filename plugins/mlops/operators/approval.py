@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 class PromotionApprovalOperator(ApprovalOperator):
     """Approve or reject the promotion of the registered version.
 
-    Returns ``{"approved", "required", "by"}``; a dataset that requires no approval is approved
-    at once (``required`` false) and never waits.
+    Returns ``{"approved", "required", "by", "outcome", "model_name", "version",
+    "timeout_hours"}`` (``outcome``: ``approved``, ``rejected``, ``timed_out`` or
+    ``not_required``); a dataset that requires no approval is approved at once (``required``
+    false) and never waits. Alerts (docs/alerts.md): ``approval_requested`` when it starts to
+    wait, ``approval_rejected`` when a person rejects or time runs out.
 
     :param decision: the gate task's XCom (templated)
     :param registration: the register task's XCom (templated)
@@ -36,6 +39,10 @@ class PromotionApprovalOperator(ApprovalOperator):
     ui_color = "#f3e8ff"
 
     def __init__(self, *, decision: Any, registration: Any, **kwargs: Any) -> None:
+        from mlops.notifiers import alerts_for
+
+        kwargs.setdefault("notifiers", alerts_for("approval_requested"))
+        kwargs.setdefault("on_success_callback", alerts_for("approval_rejected"))
         super().__init__(subject="Promote the model?", defaults=self.REJECT, **kwargs)
         self.decision = decision
         self.registration = registration
@@ -49,11 +56,12 @@ class PromotionApprovalOperator(ApprovalOperator):
         if not config.approval.required:
             self.log.info("No approval needed: dataset %r does not require one "
                           "(approval.required)", config.name)
-            return {"approved": True, "required": False, "by": None}
+            return {"approved": True, "required": False, "by": None, "outcome": "not_required",
+                    "model_name": name, "version": version, "timeout_hours": None}
         hours = config.approval.timeout_hours
         self.response_timeout = timedelta(hours=hours)
         self.subject = f"Promote {name} v{version}?"
-        card = self._card_link(context)
+        card = self.card_link(context)
         reasons = "\n".join(f"- {reason}" for reason in self.decision.get("reasons") or [])
         self.body = (f"The gate approved **{name} v{version}**:\n\n{reasons}\n\n"
                      + (f"[Promotion card]({card})\n\n" if card else "")
@@ -63,7 +71,7 @@ class PromotionApprovalOperator(ApprovalOperator):
                       "actions, or REST); no answer rejects it", hours, name, version)
         return super().execute(context)
 
-    def _card_link(self, context: Context) -> str | None:
+    def card_link(self, context: Context) -> str | None:
         """The gate's "Promotion card" link, as the grid shows it (mlops.links)."""
         from mlops.operators.training import QualityGateOperator
 
@@ -81,15 +89,20 @@ class PromotionApprovalOperator(ApprovalOperator):
         by = event.get("responded_by_user") or {}
         who = by.get("name") or by.get("id")
         approved = event.get("chosen_options") == [self.APPROVE]
+        hours = resolve_config(run_params(context)).approval.timeout_hours
+        outcome = "approved" if approved else "rejected" if who else "timed_out"
         if approved:
             self.log.info("Approved by %s: promoting %s v%s", who, name, version)
         elif who:
             self.log.warning("Approval rejected by %s: %s v%s is not promoted (runbook: "
                              "docs/runbooks/approval-rejected.md)", who, name, version)
         elif "chosen_options" in event:
-            hours = resolve_config(run_params(context)).approval.timeout_hours
             self.log.warning("Approval timed out: no answer within %g h, the default outcome "
                              "Reject applies; %s v%s is not promoted (runbook: "
                              "docs/runbooks/approval-timeout.md)", hours, name, version)
+        result = {"approved": approved, "required": True, "by": who, "outcome": outcome,
+                  "model_name": name, "version": version, "timeout_hours": hours}
+        if not approved:  # ApprovalOperator skips promote by raising: keep the result first
+            context["ti"].xcom_push(key="return_value", value=result)
         super().execute_complete(context=context, event=event)
-        return {"approved": approved, "required": True, "by": who}
+        return result
