@@ -12,8 +12,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,8 +47,48 @@ def rollback_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return DATASET
 
 
+@contextmanager
+def serving(services: Any, model: str, log: Path) -> Iterator[str]:
+    """``python -m include.mlops.serving serve`` for ``model`` as ./deploy.sh serve runs it (the
+    read-only MLflow login; the alias checked every second); its URL once it serves."""
+    from stack import MLFLOW_VIEWER, free_port
+
+    from include.mlops.serving import served_models
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "AWS_", "AIRFLOW_CONN_"))}
+    env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_VIEWER, PYTHONPATH=str(REPO),
+               MLFLOW_TRACKING_PASSWORD=services.secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.mlops.serving", "serve", "--model", model,
+             "--tracking-uri", services.mlflow_url, "--port", str(port), "--poll-seconds", "1"],
+            cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+            try:
+                if served_models(url, timeout=2).get(model):
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            assert time.monotonic() < deadline, f"not serving after 90 s:\n{log.read_text()}"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_a_fresh_champion_below_the_floor_is_rolled_back_then_by_hand_forward_and_back(
-        services, run_dag, run_any_dag, dagbag, rollback_datasets, alert_sinks):
+        services, run_dag, run_any_dag, dagbag, rollback_datasets, alert_sinks, tmp_path,
+        monkeypatch):
     store, client, model = services.store(), services.mlflow_client(), "it_rollback"
     source, labels = f"s3://mlops-data/{model}", f"s3://mlops-data/{model}-labels"
     write_partitions(store, source, date(2025, 10, 1), 3, rows=1500)
@@ -58,6 +105,18 @@ def test_a_fresh_champion_below_the_floor_is_rolled_back_then_by_hand_forward_an
     assert second.state == "success", second.error_lines()
     assert champion_of(client, model) == "2"
 
+    with serving(services, model, tmp_path / "serving.log") as url:
+        monkeypatch.setenv("MLOPS_SERVING_URL", url)  # the workers' setting (dag.test: here)
+        _rolled_back_and_served(services, run_dag, run_any_dag, dagbag, alert_sinks, url,
+                                model=model, source=source, labels=labels, common=common)
+
+
+def _rolled_back_and_served(services, run_dag, run_any_dag, dagbag, alert_sinks, url, *, model,
+                            source, labels, common):
+    from include.mlops.serving import served_models
+
+    store, client = services.store(), services.mlflow_client()
+    assert served_models(url) == {model: "2"}
     monitoring = {"scoring_uri": source, "labels_uri": labels}
     conf = {**common, "partition_date": "2025-10-03", "monitoring": monitoring}
     scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-10-04", **conf)
@@ -74,6 +133,9 @@ def test_a_fresh_champion_below_the_floor_is_rolled_back_then_by_hand_forward_an
     assert f"Rolled back {model} @champion from v2 to v1; verified; audit s3://mlops/audit/" \
            f"{model}/rollback-v000001-from-2-" in perf.log
     assert f"{model} v1 loads and predicts 5 rows of its training data" in perf.log
+    # The smoke test waited for the server to pick up v1 (no restart) and asked it.
+    assert f"Serving endpoint {url} serves {model} v1 and answered 5 rows in " in perf.log
+    assert served_models(url) == {model: "1"}
     tags = client.get_model_version(model, "2").tags
     assert tags["audit.rolled_back_to"] == "1"
     assert "below the floor (roc_auc >= 0.999 (observed 0." in tags["audit.rolled_back_reason"]
@@ -100,6 +162,7 @@ def test_a_fresh_champion_below_the_floor_is_rolled_back_then_by_hand_forward_an
     assert forward.tasks == {"rollback": "success", "smoke_test": "success"}
     assert not forward.error_lines(), forward.error_lines()  # a success logs no error line
     assert champion_of(client, model) == "2"
+    assert f"Serving endpoint {url} serves {model} v2 and answered 5 rows" in forward.log
     back = run_any_dag(rollback, "2025-10-07", **common, to_version=None,
                        reason="back to the audit trail's previous champion")
     assert back.state == "success", back.error_lines()

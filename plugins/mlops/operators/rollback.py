@@ -132,12 +132,19 @@ class ServingSmokeTestOperator(MlopsStageOperator):
         url = self.serving_url or os.environ.get(SERVING_URL_ENV)
         served = None
         if url:
-            from include.mlops.serving import smoke_test
+            from include.mlops.serving import served_models, smoke_test
 
-            served = smoke_test(url, model_name=name, expected_version=version,
-                                rows=json_rows(frame), timeout=self.timeout)
-            self.log.info("Serving endpoint %s serves %s v%s (%s ms)", url, name, version,
-                          served.get("latency_ms"))
+            models = served_models(url)
+            if name in models:
+                answer = smoke_test(url, model_name=name, expected_version=version,
+                                    rows=json_rows(frame), timeout=self.timeout)
+                served = {**answer, "predictions": len(answer.get("predictions") or [])}
+                self.log.info("Serving endpoint %s serves %s v%s and answered %d rows in %.1f ms",
+                              url, name, version, served["predictions"],
+                              float(served.get("latency_ms") or 0))
+            else:
+                self.log.info("The serving endpoint %s does not serve %s (it serves %s): "
+                              "nothing to check there", url, name, ", ".join(models) or "none")
         else:
             self.log.info("No serving endpoint to check (%s is not set)", SERVING_URL_ENV)
         return {"model_name": name, "version": version, "rows": len(frame), "serving": served}
