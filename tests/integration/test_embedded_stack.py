@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -89,6 +90,48 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Any:
     finally:
         stopped = stack.deploy("stop", timeout=120)
         assert stopped.returncode == 0, (stopped.stdout + stopped.stderr)[-2000:]
+
+
+def test_deploy_serve_serves_the_promoted_demo_model(embedded: Embedded) -> None:
+    """``./deploy.sh serve`` as the README says, on the stack ``./deploy.sh local`` left: the
+    demo's @champion over HTTP, the version in the answer (docs/serving.md)."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([str(REPO / "deploy.sh"), "serve", "--port", str(port)], cwd=REPO,
+                            env=embedded.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/version", timeout=2) as answer:  # noqa: S310
+                    versions = json.loads(answer.read())["models"]
+                if versions["churn_demo"]["version"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "./deploy.sh serve did not serve in 90 s"
+            time.sleep(0.5)
+        assert versions["churn_demo"]["version"] == "1"
+        row = {"tenure_months": 22, "monthly_charges": 99.01, "total_charges": 2281.44,
+               "contract": "two_year", "payment_method": "electronic_check",
+               "internet_service": "none", "support_calls": 2, "age": 37, "region": "west"}
+        request = urllib.request.Request(f"{url}/predict", method="POST",
+                                         data=json.dumps({"rows": [row, row]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            body, version = json.loads(answer.read()), answer.headers["X-Model-Version"]
+        assert (body["model_version"], version, len(body["predictions"])) == ("1", "1", 2), body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "Serving churn_demo (@champion)" in out, out
+    for secret in embedded.secrets.values():
+        assert len(secret) < 8 or secret not in out, "a secret in ./deploy.sh serve's output"
 
 
 def test_local_backup_wipe_restore_brings_everything_back_and_training_works(
