@@ -313,6 +313,8 @@ PARTS = ("api-server", "dag-processor", "scheduler", "triggerer")  # triggerer: 
 WAIT_DATASET, WAIT_MINUTES = "churn_wait", 1
 # A dataset whose promotions a person approves, with a short answer window (0.02 h = 72 s).
 APPROVAL_DATASET, APPROVAL_HOURS = "churn_approval", 0.02
+# The same, for the request that nobody answers: it times out in 18 s, not 72.
+SHORT_APPROVAL_DATASET, SHORT_APPROVAL_HOURS = "churn_approval_short", 0.005
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
 LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
@@ -399,6 +401,20 @@ class Airflow:
         return f"tasks {self.states(run_id, dag_id)}{logs}"
 
 
+def datasets_dir(folder: Path, variants: dict[str, str]) -> Path:
+    """A datasets folder (``MLOPS_DATASETS_DIR``): the bundled configs, plus one variant of the
+    demo per entry of ``variants`` (dataset name -> YAML appended to churn_demo.yaml): what a
+    deployment sets and no run may change."""
+    folder.mkdir(parents=True)
+    bundled = REPO / "include" / "datasets"
+    for config in bundled.glob("*.yaml"):
+        (folder / config.name).write_text(config.read_text())
+    for name, extra in variants.items():
+        (folder / f"{name}.yaml").write_text((bundled / "churn_demo.yaml").read_text()
+                                             + "\n" + extra)
+    return folder
+
+
 def _airflow_env(home: Path, port: int, services: Any, password_file: Path) -> dict[str, str]:
     """The Airflow processes' environment as ./deploy.sh sets it (scripts/stack.py), with the
     tests' retries and log level."""
@@ -427,16 +443,11 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("airflow-scheduler")
     port = free_port()
     password_file = home / "passwords.json"
-    datasets = home / "datasets"
-    datasets.mkdir()
-    for bundled in (REPO / "include" / "datasets").glob("*.yaml"):
-        (datasets / bundled.name).write_text(bundled.read_text())
-    (datasets / f"{WAIT_DATASET}.yaml").write_text(
-        (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
-        + f"\ndata_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n")
-    (datasets / f"{APPROVAL_DATASET}.yaml").write_text(
-        (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
-        + f"\napproval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n")
+    datasets = datasets_dir(home / "datasets", {
+        WAIT_DATASET: f"data_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n",
+        APPROVAL_DATASET: f"approval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n",
+        SHORT_APPROVAL_DATASET: "approval:\n  required: true\n  timeout_hours: "
+                                f"{SHORT_APPROVAL_HOURS}\n"})
     from tests.integration.alert_sinks import AlertSinks
 
     sinks = AlertSinks().start()

@@ -464,9 +464,13 @@ def test_worker_killed_around_the_alias_move_never_leaves_champion_half_promoted
             assert watch.values() == ["1"]
             _set_pool(celery_stack, 1)
 
-            # Try 1: killed as soon as a worker supervises it, before the alias moves.
-            victim = _wait_for("a worker supervising promote try 1",
-                               lambda: _kill_supervising_worker(celery_stack), celery_stack,
+            # Try 1: killed as soon as a worker runs it, before the alias moves. "Runs": the
+            # task instance is running, so the heartbeat timeout finds it; a kill between the
+            # fork and the supervisor's start call would leave it queued, for the scheduler's
+            # task_queued_timeout (10 min) to find instead.
+            victim = _wait_for("a worker running promote try 1",
+                               lambda: celery_stack.states(run_id).get("promote") == "running"
+                               and _kill_supervising_worker(celery_stack), celery_stack,
                                timeout=60, every=0.01)
             kills.append((victim, time.monotonic()))
             celery_stack.kill_worker(victim)  # reaps it

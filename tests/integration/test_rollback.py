@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from include.mlops.demo_data import write_labels, write_partitions
-from tests.integration.conftest import REPO, champion_of
+from tests.integration.conftest import REPO, champion_of, datasets_dir
 
 STUMP = {"family": "hist_gradient_boosting",
          "hyperparameters": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.1}}
@@ -36,13 +36,7 @@ DATASET = "churn_rollback"
 def rollback_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The bundled datasets plus ``churn_rollback``: the demo with automatic rollback within
     24 h of a promotion (a deployment's setting: no run can change it)."""
-    folder = tmp_path / "datasets"
-    folder.mkdir()
-    for bundled in (REPO / "include" / "datasets").glob("*.yaml"):
-        (folder / bundled.name).write_text(bundled.read_text())
-    (folder / f"{DATASET}.yaml").write_text(
-        (REPO / "include" / "datasets" / "churn_demo.yaml").read_text()
-        + "\nrollback:\n  auto_window_hours: 24\n")
+    folder = datasets_dir(tmp_path / "datasets", {DATASET: "rollback:\n  auto_window_hours: 24\n"})
     monkeypatch.setenv("MLOPS_DATASETS_DIR", str(folder))
     return DATASET
 

@@ -25,6 +25,7 @@ from include.mlops.demo_data import encode, generate, write_partitions
 from tests.integration.conftest import (
     APPROVAL_DATASET,
     DAG_ID,
+    SHORT_APPROVAL_DATASET,
     TASKS,
     WAIT_DATASET,
     WAIT_MINUTES,
@@ -363,7 +364,8 @@ def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
     for model, day in (("it_sched_approved", 1), ("it_sched_rejected", 3), ("it_sched_timeout", 5)):
         source = f"s3://mlops-data/{model}"
         write_partitions(services.store(), source, date(2025, 7, day), 1, rows=1000)
-        runs[model] = airflow.trigger(f"2025-07-{day + 1:02d}", dataset=APPROVAL_DATASET,
+        dataset = SHORT_APPROVAL_DATASET if model == "it_sched_timeout" else APPROVAL_DATASET
+        runs[model] = airflow.trigger(f"2025-07-{day + 1:02d}", dataset=dataset,
                                       model_name=model, source_uri=source)
         _wait_for_state(airflow, runs[model], "approve", "awaiting_input", timeout=120)
         assert airflow.states(runs[model])["promote"] is None, airflow.states(runs[model])
@@ -395,7 +397,7 @@ def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
     assert "Approval rejected by operator: it_sched_rejected v1 is not promoted (runbook: " \
            "docs/runbooks/approval-rejected.md)" in airflow.task_log(runs["it_sched_rejected"],
                                                                       "approve")
-    assert "Approval timed out: no answer within 0.02 h" in \
+    assert "Approval timed out: no answer within 0.005 h" in \
         airflow.task_log(runs["it_sched_timeout"], "approve")
     # The approvers were paged, and the outcomes that promote nothing were alerted.
     posts = {(p["event"], p["model"]): p for p in airflow.alerts.posts
@@ -409,7 +411,7 @@ def test_a_person_approves_or_rejects_and_no_answer_rejects(services, airflow):
     assert posts[("approval_rejected", "it_sched_rejected")]["reason"] == \
         "Approval rejected by operator: it_sched_rejected v1 is not promoted"
     timed_out = posts[("approval_rejected", "it_sched_timeout")]
-    assert timed_out["reason"].startswith("Approval timed out: no answer within 0.02 h")
+    assert timed_out["reason"].startswith("Approval timed out: no answer within 0.005 h")
     assert timed_out["runbook"] == "docs/runbooks/approval-timeout.md"
     assert ("approval_rejected", "it_sched_approved") not in posts
     assert ("promoted", "it_sched_approved") in posts

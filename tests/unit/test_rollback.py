@@ -18,19 +18,28 @@ from include.mlops.storage import ObjectStore
 from tests.unit.helpers import churn_config
 
 
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SQLite registry for the module (creating one costs seconds); each test its own
+    model, named after the test."""
     from mlflow import MlflowClient
 
-    monkeypatch.chdir(tmp_path)
-    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                        registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folder = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        yield MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+                           registry_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
-def _stage(client: Any, tmp_path: Path, run_id: str) -> pipeline.Stage:
-    return pipeline.Stage(config=churn_config(), store=ObjectStore(), client=client,
-                          mlflow_run_id=run_id, artifacts_uri=str(tmp_path / "artifacts"),
-                          run_key="2025-01-02T000000")
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    return request.node.name.removeprefix("test_")[:60]
+
+
+def _stage(client: Any, tmp_path: Path, run_id: str, name: str) -> pipeline.Stage:
+    return pipeline.Stage(config=churn_config(model_name=name), store=ObjectStore(),
+                          client=client, mlflow_run_id=run_id,
+                          artifacts_uri=str(tmp_path / "artifacts"), run_key="2025-01-02T000000")
 
 
 def _version(client: Any, name: str, *, approved: bool = True) -> tuple[str, str]:
@@ -45,13 +54,12 @@ def _version(client: Any, name: str, *, approved: bool = True) -> tuple[str, str
     return run_id, str(mv.version)
 
 
-def _promoted_chain(client: Any, tmp_path: Path, n: int) -> tuple[str, list[str]]:
+def _promoted_chain(client: Any, tmp_path: Path, n: int, name: str) -> tuple[str, list[str]]:
     """n versions, each promoted over the one before (what the training DAG leaves)."""
-    name = churn_config().registered_model_name
     versions, previous = [], None
     for i in range(n):
         run_id, version = _version(client, name)
-        pipeline.promote(_stage(client, tmp_path, run_id), version=version, reasons=["ok"],
+        pipeline.promote(_stage(client, tmp_path, run_id, name), version=version, reasons=["ok"],
                          dag_context={"dag_id": "training", "dag_run_id": f"run_{i}"},
                          compared_with=previous)
         versions.append(version)
@@ -66,8 +74,9 @@ def _roll(client: Any, tmp_path: Path, name: str, *, to: str | None = None,
                              by=f"airflow:rollback/{run}", dag_run_id=run, trigger="by hand")
 
 
-def test_goes_back_to_the_previous_champion_and_audits_it(registry: Any, tmp_path: Path) -> None:
-    name, (v1, v2, v3) = _promoted_chain(registry, tmp_path, 3)
+def test_goes_back_to_the_previous_champion_and_audits_it(registry: Any, tmp_path: Path,
+                                                            name: str) -> None:
+    name, (v1, v2, v3) = _promoted_chain(registry, tmp_path, 3, name)
 
     result = _roll(registry, tmp_path, name)
 
@@ -91,8 +100,9 @@ def test_goes_back_to_the_previous_champion_and_audits_it(registry: Any, tmp_pat
 
 
 def test_a_retry_after_the_alias_moved_completes_the_same_record(registry: Any,
-                                                                 tmp_path: Path) -> None:
-    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2)
+                                                                 tmp_path: Path,
+                                                                 name: str) -> None:
+    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2, name)
     first = _roll(registry, tmp_path, name, run="manual__r")
 
     again = _roll(registry, tmp_path, name, run="manual__r")  # the task's retry
@@ -103,8 +113,9 @@ def test_a_retry_after_the_alias_moved_completes_the_same_record(registry: Any,
     assert len(list((tmp_path / "artifacts" / "audit" / name).glob("rollback-*"))) == 1
 
 
-def test_a_version_by_hand_must_have_passed_the_gate(registry: Any, tmp_path: Path) -> None:
-    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2)
+def test_a_version_by_hand_must_have_passed_the_gate(registry: Any, tmp_path: Path,
+                                                     name: str) -> None:
+    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2, name)
     _, rejected = _version(registry, name, approved=False)
 
     with pytest.raises(RollbackError, match=f"refusing to restore {name} v{rejected}: .* no "
@@ -122,15 +133,14 @@ def test_a_version_by_hand_must_have_passed_the_gate(registry: Any, tmp_path: Pa
     assert _roll(registry, tmp_path, name, to=f"v{v1}")["version"] == v1
 
 
-def test_no_champion_is_nothing_to_roll_back(registry: Any, tmp_path: Path) -> None:
-    name = churn_config().registered_model_name
+def test_no_champion_is_nothing_to_roll_back(registry: Any, tmp_path: Path, name: str) -> None:
     _version(registry, name)
     with pytest.raises(RollbackError, match="has no @champion"):
         _roll(registry, tmp_path, name)
 
 
-def test_the_automatic_rule(registry: Any, tmp_path: Path) -> None:
-    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2)
+def test_the_automatic_rule(registry: Any, tmp_path: Path, name: str) -> None:
+    name, (v1, v2) = _promoted_chain(registry, tmp_path, 2, name)
     live = {"model_name": name, "model_version": v2, "below_floor": True,
             "partition_date": "2025-03-01", "failed": ["roc_auc >= 0.7 (observed 0.5100)"]}
     now = datetime.now(UTC)
