@@ -97,6 +97,17 @@ class GateConfig(_Frozen):
                           "classification, rmse for regression)")
     champion_margin: Annotated[float, Field(ge=0)] = Field(
         0.0, description="The challenger must beat the champion by at least this")
+    require_significance: bool = Field(
+        False, description="Promote only on evidence: a paired test of challenger vs champion "
+                           "on the same held-out rows, whose lower bound must be above "
+                           "champion_margin (docs/monitoring.md#significance)")
+    significance_confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        0.95, description="Two-sided confidence of that test's interval")
+    significance_test: Literal["auto", "bootstrap", "mcnemar", "delong"] = Field(
+        "auto", description="auto: McNemar for accuracy, DeLong for binary ROC AUC, a paired "
+                            "bootstrap otherwise")
+    bootstrap_resamples: Annotated[int, Field(ge=200, le=100_000)] = Field(
+        2000, description="Resamples of the paired bootstrap")
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -104,14 +115,127 @@ class GateConfig(_Frozen):
         return _parse_thresholds(value)
 
 
+class IntRange(_Frozen):
+    """Integers from ``low`` to ``high`` (both included), every ``step``; ``log``: sampled on
+    a log scale (for ranges spanning orders of magnitude)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: Annotated[int, Field(ge=1)] = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"int range: low {self.low} > high {self.high}")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("int range with log: true needs low >= 1 and step 1")
+        return self
+
+
+class FloatRange(_Frozen):
+    """Floats from ``low`` to ``high``; ``log``: sampled on a log scale (``low`` > 0)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"float range: low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("float range with log: true needs low > 0")
+        return self
+
+
+class Categorical(_Frozen):
+    """One of ``choices`` (strings, numbers, booleans or null)."""
+
+    type: Literal["categorical"]
+    choices: Annotated[list[str | int | float | bool | None], Field(min_length=1)]
+
+
+SearchDimension = Annotated[IntRange | FloatRange | Categorical, Field(discriminator="type")]
+
+
+class Candidate(_Frozen):
+    """One model family to train: fixed hyperparameters, and optionally a search space that
+    the tune step explores on top of them (``{name: {type: int|float|categorical, ...}}``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)] | None = None
+    family: ModelFamily
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, SearchDimension] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.family
+
+    @model_validator(mode="after")
+    def _check(self) -> Candidate:
+        both = sorted(set(self.hyperparameters) & set(self.search_space))
+        if both:
+            raise ValueError(f"candidate {self.label}: {both} are both fixed hyperparameters and "
+                             "searched; keep each in one place")
+        return self
+
+
+class TuningConfig(_Frozen):
+    """The tune step's budget (docs/configuration.md): on for every candidate with a search
+    space. Trials are cross-validated on the training rows and pruned fold by fold."""
+
+    n_trials: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        20, description="Finished trials (complete or pruned) per candidate")
+    timeout_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = Field(
+        30, description="Each tune task stops starting trials after this long")
+    parallel_tasks: Annotated[int, Field(ge=1, le=32)] = Field(
+        1, description="Mapped tune tasks per candidate sharing its study (one per worker slot)")
+    cv_folds: Annotated[int, Field(ge=2, le=10)] = Field(
+        3, description="Cross-validation folds per trial; a poor trial is pruned after a fold")
+
+
 class TrainingConfig(_Frozen):
     family: ModelFamily = Field("hist_gradient_boosting", description="Estimator family")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the estimator, e.g. "
                                           '{"max_iter": 200}')
+    search_space: dict[str, SearchDimension] = Field(
+        default_factory=dict, description="Hyperparameters the tune step searches for family "
+                                          '(e.g. {"max_depth": {"type": "int", "low": 2, '
+                                          '"high": 12}}); empty: no tuning')
+    candidates: list[Candidate] = Field(
+        default_factory=list, description="Several families trained side by side (each with "
+                                          "its hyperparameters and search space); select keeps "
+                                          "the best. Empty: family alone")
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     seed: int = Field(42, description="Random seed of the split and the estimator")
     test_size: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.2, description="Share of rows held out for evaluation")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        labels = [c.label for c in self.candidates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"candidate names must be unique: {labels}; give two candidates of "
+                             "the same family a name each")
+        if self.candidates and (self.search_space or self.hyperparameters):
+            raise ValueError("with candidates, put hyperparameters and search_space in each "
+                             "candidate, not in training")
+        both = sorted(set(self.hyperparameters) & set(self.search_space))
+        if both:
+            raise ValueError(f"{both} are both fixed hyperparameters and searched; keep each in "
+                             "one place")
+        return self
+
+    @property
+    def all_candidates(self) -> list[Candidate]:
+        """The candidates to train: ``candidates``, or the one of ``family``."""
+        return list(self.candidates) or [Candidate(
+            family=self.family, hyperparameters=self.hyperparameters,
+            search_space=self.search_space)]
 
 
 class ContainerConfig(_Frozen):
@@ -290,13 +414,21 @@ class DatasetConfig(_Frozen):
             raise ValueError("rollout mode 'canary' assigns rows to arms by id_column; declare one")
         if self.gate.champion_metric is not None and self.gate.champion_metric not in allowed:
             raise ValueError(f"champion_metric {self.gate.champion_metric!r} is not one of {allowed}")
-        family = self.training.family
-        if self.task == "classification" and family in ("ridge", "linear"):
-            raise ValueError(f"model family {family!r} is for regression; use logistic_regression, "
-                             "random_forest, hist_gradient_boosting or xgboost for classification")
-        if self.task == "regression" and family == "logistic_regression":
-            raise ValueError("model family 'logistic_regression' is for classification; use "
-                             "ridge, linear, random_forest, hist_gradient_boosting or xgboost")
+        test = self.gate.significance_test
+        if test == "mcnemar" and self.comparison_metric != "accuracy":
+            raise ValueError(f"significance_test mcnemar compares accuracy; the champion metric "
+                             f"is {self.comparison_metric} (use auto or bootstrap)")
+        if test == "delong" and self.comparison_metric != "roc_auc":
+            raise ValueError(f"significance_test delong compares ROC AUC; the champion metric "
+                             f"is {self.comparison_metric} (use auto or bootstrap)")
+        for family in {c.family for c in self.training.all_candidates}:
+            if self.task == "classification" and family in ("ridge", "linear"):
+                raise ValueError(f"model family {family!r} is for regression; use "
+                                 "logistic_regression, random_forest, hist_gradient_boosting or "
+                                 "xgboost for classification")
+            if self.task == "regression" and family == "logistic_regression":
+                raise ValueError("model family 'logistic_regression' is for classification; use "
+                                 "ridge, linear, random_forest, hist_gradient_boosting or xgboost")
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError("max_rows must be >= min_rows")
         return self
@@ -333,6 +465,21 @@ class DatasetConfig(_Frozen):
         columns = [self.column[self.id_column], self.column[self.target]]
         return self.model_copy(update={"source_uri": self.monitoring.labels_uri,
                                        "columns": columns})
+
+    def candidate_view(self, label: str, tuned: dict[str, Any] | None = None) -> DatasetConfig:
+        """This config training only candidate ``label``, with ``tuned`` (the tune step's best
+        params) over its fixed hyperparameters: what train, evaluate and the trainer use."""
+        found = {c.label: c for c in self.training.all_candidates}
+        if label not in found:
+            from include.mlops.errors import ConfigError
+
+            raise ConfigError(f"no candidate {label!r} in dataset {self.name!r}; candidates: "
+                              f"{sorted(found)}")
+        candidate = found[label]
+        training = self.training.model_copy(update={
+            "family": candidate.family, "candidates": [], "search_space": {},
+            "hyperparameters": {**candidate.hyperparameters, **(tuned or {})}})
+        return self.model_copy(update={"training": training})
 
     @property
     def comparison_metric(self) -> str:
@@ -372,7 +519,7 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
     if training.get("family") and training["family"] != base_training.get("family"):
         # Hyperparameters belong to a family: another family starts from its own defaults
         # (plus the override's hyperparameters), not from e.g. max_iter of gradient boosting.
-        raw["training"] = {**base_training, "hyperparameters": {}}
+        raw["training"] = {**base_training, "hyperparameters": {}, "search_space": {}}
     try:
         return DatasetConfig.model_validate(deep_merge(raw, overrides or {}))
     except ValidationError as err:

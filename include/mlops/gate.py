@@ -76,7 +76,22 @@ def decide(config: DatasetConfig, challenger: dict[str, float],
                f"({', '.join(champion['excluded_partitions'])} left out)"
                if champion.get("excluded_partitions") else "")
             + f": improvement {delta:+.4f}, required > 0 and >= {margin:g}"))
+        if config.gate.require_significance:
+            checks.append(significance_check(config, champion.get("significance")))
     return Decision(all(c.passed for c in checks), checks)
+
+
+def significance_check(config: DatasetConfig, test: dict[str, Any] | None) -> Check:
+    """``require_significance``: the paired test's lower bound must be above the margin."""
+    margin = config.gate.champion_margin
+    if not test or test.get("error"):
+        why = (test or {}).get("error") or "the evaluation ran no paired test"
+        return Check("significance", False, f"no paired test of {config.comparison_metric}: {why}")
+    low = test["low"]
+    ok = not math.isnan(low) and low > margin
+    detail = test.get("description") or f"lower bound {low:+.4f}"
+    return Check("significance", ok, f"{detail}; promote needs the lower bound above the "
+                                     f"margin {margin:g} (require_significance)")
 
 
 @dataclass(frozen=True)
@@ -240,10 +255,14 @@ def render_card_html(card: dict[str, Any], images: dict[str, bytes] | None = Non
                f'font-weight:bold">Decided under a LOOSENED gate (the run\'s overrides, allowed '
                f'by the deployment\'s policy): {esc("; ".join(loosened))}</div>'
                if loosened else "")
-    stats = card.get("statistics") or {}
-    statistics = ("<h2>Significance test</h2><table>" + "".join(
-        f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in stats.items())
-        + "</table>") if stats else ""
+    # The A/B decision's test, or the training gate's paired test against the champion.
+    stats = card.get("statistics") or (card.get("champion") or {}).get("significance") or {}
+    summary = stats.get("description") or stats.get("error") or ""
+    statistics = ("<h2>Significance test</h2>" + (f"<p>{esc(summary)}</p>" if summary else "")
+                  + "<table>" + "".join(
+                      f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
+                      for k, v in stats.items() if k != "description")
+                  + "</table>") if stats else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Promotion card: {esc(card['model_name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}

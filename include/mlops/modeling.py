@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from include.mlops import metrics as metric_module
 from include.mlops.config import DatasetConfig
 from include.mlops.errors import ConfigError, DataError
 from include.mlops.ingest import SOURCE_COLUMN
@@ -148,34 +148,14 @@ def train(train_frame: pd.DataFrame, config: DatasetConfig) -> Pipeline:
 
 # -- evaluation -----------------------------------------------------------------------------------
 def metrics(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> dict[str, float]:
-    """Held-out metrics: accuracy, F1, ROC AUC, log loss (classification) or RMSE, MAE, R²."""
-    from sklearn import metrics as m
+    """Held-out metrics (:mod:`include.mlops.metrics`): accuracy, F1, ROC AUC, log loss
+    (classification, binary or multi-class) or RMSE, MAE, R²."""
+    return metric_module.compute(config.task, target(frame, config), scores(model, frame, config))
 
-    features = [c.name for c in config.feature_columns]
-    y = target(frame, config)
-    x = frame[features]
-    if config.task == "regression":
-        pred = model.predict(x)
-        return {"rmse": float(math.sqrt(m.mean_squared_error(y, pred))),
-                "mae": float(m.mean_absolute_error(y, pred)),
-                "r2": float(m.r2_score(y, pred)) if len(y) > 1 else float("nan")}
-    proba = model.predict_proba(x)
-    classes = list(model.classes_)
-    pred = [classes[i] for i in proba.argmax(axis=1)]
-    binary = len(classes) == 2
-    out = {"accuracy": float(m.accuracy_score(y, pred)),
-           "f1": float(m.f1_score(y, pred, average="binary" if binary else "macro",
-                                  pos_label=classes[-1] if binary else 1, zero_division=0))}
-    try:
-        out["roc_auc"] = float(m.roc_auc_score(y, proba[:, 1]) if binary else
-                               m.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
-    except ValueError:  # one class present in this slice
-        out["roc_auc"] = float("nan")
-    try:
-        out["log_loss"] = float(m.log_loss(y, proba, labels=classes))
-    except ValueError:
-        out["log_loss"] = float("nan")
-    return out
+
+def scores(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> metric_module.Scores:
+    """What ``model`` says about ``frame``'s rows: predictions and class probabilities."""
+    return metric_module.scores_from_model(model, frame[[c.name for c in config.feature_columns]])
 
 
 def slice_metrics(model: Any, frame: pd.DataFrame, config: DatasetConfig) -> dict[str, dict[str, float]]:

@@ -216,11 +216,24 @@ def join_labels(stage: Stage, day: date) -> tuple[dict[str, Any], pd.DataFrame, 
                     len(frame), where, manifest["predictions_uri"], key, examples)
     if manifest.get("shadow_uri"):
         shadow = ingestion.read_parquet_bytes(store.read_bytes(manifest["shadow_uri"]))
+        multi = [c for c in ("proba", "classes", "champion_proba", "champion_classes")
+                 if c in shadow]
         joined = joined.merge(shadow[[key, "prediction", "score", "model_version",
-                                      "champion_prediction", "champion_score"]].rename(
+                                      "champion_prediction", "champion_score", *multi]].rename(
             columns={"prediction": "shadow_prediction", "score": "shadow_score",
-                     "model_version": "shadow_version"}), on=key, how="left")
+                     "model_version": "shadow_version", "proba": "shadow_proba",
+                     "classes": "shadow_classes"}), on=key, how="left")
     return manifest, joined, stats
+
+
+def _multi(rows: pd.DataFrame, prefix: str = "") -> dict[str, Any]:
+    """A multi-class model's stored probabilities and classes (one model version's rows);
+    nothing for binary and regression models, or predictions written before they were kept."""
+    proba, classes = f"{prefix}proba", f"{prefix}classes"
+    if proba not in rows or classes not in rows or not len(rows) \
+            or rows[classes].isna().any() or rows[classes].nunique() != 1:
+        return {}
+    return {"proba": list(rows[proba]), "classes": rows[classes].iloc[0]}
 
 
 def live_performance(stage: Stage, day: date) -> dict[str, Any]:
@@ -241,16 +254,17 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
     by_version: dict[str, dict[str, float]] = {}
     for version, rows in joined.groupby("model_version"):
         by_version[str(version)] = {**metric_values(config.task, rows["label"], rows["prediction"],
-                                                    rows["score"]), "rows": float(len(rows))}
+                                                    rows["score"], **_multi(rows)),
+                                    "rows": float(len(rows))}
     if "shadow_prediction" in joined:
         rows = joined.dropna(subset=["shadow_prediction"])
         if len(rows):
             version = str(rows["shadow_version"].iloc[0])
             shadow = metric_values(config.task, rows["label"], rows["shadow_prediction"],
-                                   rows["shadow_score"])
+                                   rows["shadow_score"], **_multi(rows, "shadow_"))
             # The champion on exactly the same rows: the delta is paired, not arm against arm.
             same_rows = metric_values(config.task, rows["label"], rows["champion_prediction"],
-                                      rows["champion_score"])
+                                      rows["champion_score"], **_multi(rows, "champion_"))
             by_version.setdefault(version, {}).update(
                 {f"shadow.{k}": v for k, v in shadow.items()}
                 | {f"shadow.delta.{k}": v - same_rows[k] for k, v in shadow.items()
@@ -350,24 +364,27 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
         rows = rows[(rows.get("shadow_version") == cv) & (rows["model_version"] == hv)] \
             if "shadow_version" in rows else rows.iloc[0:0]
         arms = {"champion": {"y": rows["label"], "prediction": rows.get("prediction"),
-                             "score": rows.get("score")},
+                             "score": rows.get("score"), **_multi(rows)},
                 "challenger": {"y": rows["label"], "prediction": rows.get("shadow_prediction"),
-                               "score": rows.get("shadow_score")}}
+                               "score": rows.get("shadow_score"), **_multi(rows, "shadow_")}}
     else:
         if len(rows):  # only days on which the challenger served: the same period for both arms
             days = set(rows.loc[rows["model_version"] == cv, "partition_date"])
             rows = rows[rows["partition_date"].isin(days)]
         champ_rows = rows[rows["model_version"] == hv] if len(rows) else rows
         chal_rows = rows[rows["model_version"] == cv] if len(rows) else rows
-        arms = {arm: {"y": r["label"], "prediction": r["prediction"], "score": r["score"]}
+        arms = {arm: {"y": r["label"], "prediction": r["prediction"], "score": r["score"],
+                      **_multi(r)}
                 for arm, r in (("champion", champ_rows), ("challenger", chal_rows))}
     counts = {arm: int(len(a["y"])) for arm, a in arms.items()}
-    live = {arm: abtest.metric_values(config.task, a["y"], a["prediction"], a["score"])
+    live = {arm: abtest.metric_values(config.task, a["y"], a["prediction"], a["score"],
+                                      proba=a.get("proba"), classes=a.get("classes"))
             if counts[arm] else {} for arm, a in arms.items()}
     interval = None
     if min(counts.values()) >= config.rollout.min_labelled_rows:
         interval = abtest.bootstrap_difference(
-            config.task, metric, *({k: v.to_numpy() for k, v in arms[a].items()}
+            config.task, metric, *({k: v.to_numpy() if hasattr(v, "to_numpy") else v
+                                    for k, v in arms[a].items()}
                                    for a in ("champion", "challenger")),
             paired=paired, confidence=config.rollout.confidence,
             resamples=config.rollout.bootstrap_resamples, seed=config.training.seed)

@@ -20,7 +20,8 @@ from typing import Any
 
 from include.mlops import gate as gates
 from include.mlops import ingest as ingestion
-from include.mlops import modeling, reproducibility, tracking, validation
+from include.mlops import metrics as metric_module
+from include.mlops import modeling, reproducibility, significance, tracking, validation
 from include.mlops.config import DatasetConfig
 from include.mlops.errors import PromotionError, ValidationFailedError
 from include.mlops.storage import ObjectExistsError, ObjectStore, join, safe_name
@@ -230,6 +231,12 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
     from mlflow.entities import Param
 
     config = stage.config
+    if config.training.candidates or config.training.search_space:
+        from include.mlops.errors import ConfigError
+
+        raise ConfigError(f"dataset {config.name!r} declares training.candidates or "
+                          "training.search_space, which this version's training DAG does not "
+                          "run yet; remove them (docs/configuration.md)")
     data_manifest = stage.get_json(manifest_uri)
     repro = reproducibility.manifest(config=config, data_manifest=data_manifest,
                                      snapshot_uri=data_manifest["snapshot_uri"])
@@ -309,14 +316,20 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
             champion_model = tracking.load_version(stage.client, stage.model_name,
                                                    current.version)
             rows, excluded = unseen_by(test, current.tags.get("mlops.data_partitions", ""))
-            champion["metrics"] = modeling.metrics(champion_model, rows, config)
+            champion_scores = modeling.scores(champion_model, rows, config)
+            challenger_scores = modeling.scores(model, rows, config)
+            y = modeling.target(rows, config)
+            champion["metrics"] = metric_module.compute(config.task, y, champion_scores)
             if excluded:
                 # Both models on the rows the champion never trained on: a fair comparison.
                 champion.update(rows=len(rows), excluded_partitions=excluded,
-                                challenger_metrics=modeling.metrics(model, rows, config))
+                                challenger_metrics=metric_module.compute(config.task, y,
+                                                                         challenger_scores))
                 log.info("Champion comparison on %d of %d held-out rows: %s were in champion "
                          "v%s's training data", len(rows), len(test), ", ".join(excluded),
                          current.version)
+            champion["significance"] = paired_significance(config, y, champion_scores,
+                                                            challenger_scores)
             stage.log_metrics({f"champion.{k}": v for k, v in champion["metrics"].items()})
         except ModelRefusedError:
             raise  # a tampered champion is an incident, not a lost comparison
@@ -330,6 +343,27 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
              f"; champion v{champion['version']}: {_fmt(champion.get('metrics', {}))}"
              if champion else "; no champion yet")
     return {"evaluation_uri": uri, "metrics": held_out}
+
+
+def paired_significance(config: DatasetConfig, y: Any, champion: Any,
+                        challenger: Any) -> dict[str, Any]:
+    """The gate's paired test of challenger vs champion on the same rows
+    (:func:`significance.paired_test`), as a dict for the evaluation and the card; a test that
+    cannot apply (DeLong on a multi-class model) is ``{"error": why}``, which fails a gate that
+    requires significance."""
+    gate_config = config.gate
+    metric = config.comparison_metric
+    started = time.monotonic()
+    try:
+        interval = significance.paired_test(
+            config.task, metric, y, champion, challenger, method=gate_config.significance_test,
+            confidence=gate_config.significance_confidence,
+            resamples=gate_config.bootstrap_resamples, seed=config.training.seed)
+    except ValueError as err:
+        log.warning("No paired significance test of %s: %s", metric, err)
+        return {"metric": metric, "error": str(err)}
+    log.info("Paired test (%.1f s): %s", time.monotonic() - started, interval.describe())
+    return {**interval.as_dict(), "description": interval.describe()}
 
 
 def unseen_by(test: Any, champion_partitions: str) -> tuple[Any, list[str]]:

@@ -257,6 +257,16 @@ def loosened(base: DatasetConfig, effective: DatasetConfig) -> list[str]:
     if effective.gate.champion_margin < base.gate.champion_margin:
         found.append(f"champion margin {base.gate.champion_margin:g} lowered to "
                      f"{effective.gate.champion_margin:g}")
+    old_g, new_g = base.gate, effective.gate
+    if old_g.require_significance and not new_g.require_significance:
+        found.append("require_significance turned off")
+    if old_g.require_significance and new_g.require_significance:
+        if new_g.significance_confidence < old_g.significance_confidence:
+            found.append(f"significance confidence {old_g.significance_confidence:g} lowered to "
+                         f"{new_g.significance_confidence:g}")
+        if new_g.significance_test != old_g.significance_test:
+            found.append(f"significance test {old_g.significance_test} changed to "
+                         f"{new_g.significance_test}")
     old_r, new_r = base.rollout, effective.rollout
     if old_r.mode != "direct" and new_r.mode == "direct":
         found.append(f"rollout {old_r.mode} bypassed (mode direct)")

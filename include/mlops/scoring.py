@@ -74,15 +74,29 @@ def canary_mask(keys: pd.Series, share: float, salt: str) -> np.ndarray:
 
 def predict(model: Any, features: pd.DataFrame, config: DatasetConfig) -> tuple[Any, Any]:
     """Predictions and, for classification, the positive-class probability (else NaN)."""
+    prediction, score, _, _ = predict_all(model, features, config)
+    return prediction, score
+
+
+def predict_all(model: Any, features: pd.DataFrame, config: DatasetConfig
+                ) -> tuple[Any, Any, list[Any] | None, str | None]:
+    """:func:`predict`, plus, for a multi-class classifier, every class's probability per row
+    and the classes (JSON) they belong to: what its live ROC AUC and log loss need."""
+    import json
+
     import numpy as np
 
     prediction = model.predict(features)
     score = np.full(len(features), np.nan)
+    proba_rows, classes = None, None
     if config.task == "classification" and hasattr(model, "predict_proba"):
         proba = model.predict_proba(features)
         if proba.shape[1] == 2:
             score = proba[:, 1]
-    return prediction, score
+        else:
+            proba_rows = list(proba.astype("float32"))
+            classes = json.dumps([c.item() if hasattr(c, "item") else c for c in model.classes_])
+    return prediction, score, proba_rows, classes
 
 
 def score_frame(frame: pd.DataFrame, config: DatasetConfig, champion: ModelRef,
@@ -95,18 +109,25 @@ def score_frame(frame: pd.DataFrame, config: DatasetConfig, champion: ModelRef,
     key_column = config.id_column or ROW_COLUMN
     keys = frame[config.id_column] if config.id_column else pd.Series(np.arange(len(frame)))
     features = frame[[c.name for c in config.feature_columns]]
-    champ_pred, champ_score = predict(champion.model, features, config)
+    champ_pred, champ_score, champ_proba, champ_classes = predict_all(champion.model, features,
+                                                                      config)
     served = pd.DataFrame({key_column: keys.to_numpy(), "prediction": champ_pred,
                            "score": champ_score})
+    if champ_proba is not None:  # multi-class: every class's probability, and which classes
+        served["proba"], served["classes"] = champ_proba, champ_classes
     served["arm"] = CHAMPION
     served["model_version"] = champion.version
     served["model_run_id"] = champion.run_id
     shadow = None
     if challenger is not None:
-        chal_pred, chal_score = predict(challenger.model, features, config)
+        chal_pred, chal_score, chal_proba, chal_classes = predict_all(challenger.model,
+                                                                      features, config)
         shadow = pd.DataFrame({key_column: keys.to_numpy(), "prediction": chal_pred,
                                "score": chal_score, "champion_prediction": champ_pred,
                                "champion_score": champ_score})
+        if chal_proba is not None and champ_proba is not None:
+            shadow["proba"], shadow["classes"] = chal_proba, chal_classes
+            shadow["champion_proba"], shadow["champion_classes"] = champ_proba, champ_classes
         shadow["model_version"] = challenger.version
         shadow["model_run_id"] = challenger.run_id
         shadow["partition_date"] = day.isoformat()
@@ -114,6 +135,10 @@ def score_frame(frame: pd.DataFrame, config: DatasetConfig, champion: ModelRef,
             canary = canary_mask(keys, config.rollout.canary_share, config.registered_model_name)
             served.loc[canary, "prediction"] = chal_pred[canary]
             served.loc[canary, "score"] = chal_score[canary]
+            if chal_proba is not None and champ_proba is not None:
+                served["proba"] = [c if in_canary else p for p, c, in_canary
+                                   in zip(champ_proba, chal_proba, canary, strict=True)]
+                served.loc[canary, "classes"] = chal_classes
             served.loc[canary, "arm"] = CHALLENGER
             served.loc[canary, "model_version"] = challenger.version
             served.loc[canary, "model_run_id"] = challenger.run_id

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from include.mlops.abtest import Interval, _metric, bootstrap_difference, metric_values
+from include.mlops import metrics
+from include.mlops.abtest import Interval, bootstrap_difference, metric_values, scores
 from include.mlops.config import DatasetConfig
 from include.mlops.gate import ABDecision, ab_card, decide_ab, render_card_html
 from tests.unit.helpers import churn_config
@@ -37,6 +38,12 @@ def accuracy_arm(n: int, correct: int, seed: int) -> dict[str, np.ndarray]:
     right = np.zeros(n, dtype=bool)
     right[rng.choice(n, correct, replace=False)] = True
     return {"y": y, "prediction": np.where(right, y, 1 - y), "score": np.full(n, 0.5)}
+
+
+def _metric(task: str, metric: str, y: Any, pred: Any, score: Any) -> float:
+    """One metric of stored predictions, by the path the bootstrap's inner loop takes."""
+    y = metrics.labels(y) if task == "classification" else np.asarray(y, dtype=float)
+    return metrics.metric(metric, y, scores(task, y, pred, score))
 
 
 def live(arm: dict[str, np.ndarray]) -> dict[str, float]:
@@ -236,8 +243,8 @@ def test_interval_describe_and_dict() -> None:
                         difference=0.05, low=0.01, high=0.09, confidence=0.95, resamples=2000,
                         champion_rows=800, challenger_rows=200)
     assert interval.describe() == (
-        "roc_auc: challenger 0.8500 (200 rows) vs champion 0.8000 (800 rows), improvement +0.0500, "
-        "95% unpaired bootstrap interval [+0.0100, +0.0900] (2000 resamples)")
+        "roc_auc: challenger 0.8500 vs champion 0.8000 on 200 vs 800 rows, improvement +0.0500, "
+        "95% unpaired bootstrap interval (2000 resamples) [+0.0100, +0.0900]")
     assert json.loads(json.dumps(interval.as_dict()))["low"] == 0.01
 
 

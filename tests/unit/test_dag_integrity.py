@@ -209,14 +209,18 @@ def test_a_wider_policy_widens_the_form(tmp_path: Path, monkeypatch: pytest.Monk
     assert set(dag.params.deep_merge({}).validate()) == {
         "dataset", "partition_date", "trainer", "gate", "rollout", "training"}
     schema = {key: dag.params.get_param(key).schema for key in ("gate", "rollout", "training")}
-    assert set(schema["gate"]["properties"]) == {"thresholds", "champion_metric",
-                                                 "champion_margin"}
+    assert set(schema["gate"]["properties"]) == {
+        "thresholds", "champion_metric", "champion_margin", "require_significance",
+        "significance_confidence", "significance_test", "bootstrap_resamples"}
+    assert schema["gate"]["properties"]["significance_test"]["enum"] == [
+        "auto", "bootstrap", "mcnemar", "delong"]
     assert schema["rollout"]["properties"]["mode"]["enum"] == ["direct", "shadow", "canary"]
     assert schema["training"]["properties"] == {"seed": {
         "type": "integer", "description": "Random seed of the split and the estimator"}}
     for conf, message in (({"trainer": "gpu"}, "'gpu' is not one of"),
                           ({"gate": {"thresholds": ["roc_auc is good"]}}, "does not match"),
                           ({"gate": {"champion_margin": -1}}, "less than the minimum of 0"),
+                          ({"gate": {"significance_confidence": 0.4}}, "minimum of 0.5"),
                           ({"rollout": {"canary_share": 0.2}}, "Additional properties")):
         with pytest.raises(ParamValidationError, match=message):
             dag.params.deep_merge(conf).validate()

@@ -304,3 +304,44 @@ def test_read_committed_with_a_row_count_mismatch_is_inconsistent(tmp_path: Path
 
     assert folder in str(err.value)
     assert "5 rows" in str(err.value) and "holds 2" in str(err.value)
+
+
+def test_a_multiclass_model_keeps_every_class_probability_for_its_live_metrics() -> None:
+    """A 3-class model's predictions carry each class's probability and the classes, so its
+    live ROC AUC is a number (one-vs-rest, macro), also on a day whose labels lack a class:
+    a performance floor on it reads a value, not NaN."""
+    from sklearn.metrics import roc_auc_score
+
+    from include.mlops.abtest import metric_values
+    from include.mlops.ingest import read_parquet_bytes
+    from include.mlops.monitor import _multi
+
+    base = churn_config(target="contract", rollout={"mode": "shadow"},
+                        gate={"thresholds": ["accuracy >= 0.1"]},
+                        training={"family": "logistic_regression"})
+    config = base.model_copy(update={"training": base.training.model_copy(
+        update={"hyperparameters": {}})})
+    champ = modeling.train(demo_frame(config, rows=400), config)
+    chal = modeling.train(demo_frame(config, rows=400, day=date(2025, 1, 2), seed=3), config)
+    frame = demo_frame(config, rows=300, day=date(2025, 1, 5), seed=11)
+    served, shadow = score_frame(frame, config.scoring_view(),
+                                 ModelRef("m", "1", "r1", champ), ModelRef("m", "2", "r2", chal),
+                                 day=DAY, scoring_run_id="s")
+    served = read_parquet_bytes(to_parquet_bytes(served))  # as monitoring reads it back
+    shadow = read_parquet_bytes(to_parquet_bytes(shadow))
+
+    assert json.loads(served["classes"].iloc[0]) == ["month_to_month", "one_year", "two_year"]
+    labels = frame["contract"].to_numpy()
+    values = metric_values("classification", labels, served["prediction"], served["score"],
+                           **_multi(served))
+    proba = champ.predict_proba(features(frame, config))
+    assert values["roc_auc"] == pytest.approx(roc_auc_score(labels, proba, multi_class="ovr"),
+                                              abs=1e-6)  # stored as float32
+    shadow_values = metric_values("classification", labels, shadow["prediction"],
+                                  shadow["score"], **_multi(shadow))
+    assert 0 < shadow_values["roc_auc"] < 1 and 0 < shadow_values["log_loss"]
+    two_classes = labels != "two_year"
+    day = metric_values("classification", labels[two_classes],
+                        served["prediction"][two_classes], served["score"][two_classes],
+                        **_multi(served[two_classes]))
+    assert not np.isnan(day["roc_auc"])
