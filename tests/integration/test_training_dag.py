@@ -150,6 +150,42 @@ def test_better_data_promotes_and_worse_is_rejected(services, run_dag):
     assert card["champion"]["version"] == "2"
 
 
+def test_a_challenger_better_by_noise_is_refused_under_require_significance(services, run_dag):
+    """Same data, same challenger, two gates: a higher ROC AUC on 500 held-out rows that
+    DeLong's test cannot tell from noise is refused when the gate requires significance, and
+    promoted on the point comparison when it does not."""
+    store, client, model = services.store(), services.mlflow_client(), "it_noise"
+    source = "s3://mlops-data/it_noise"
+    write_partitions(store, source, date(2025, 4, 1), 1, rows=2000, seed=7)
+    write_partitions(store, source, date(2025, 4, 2), 1, rows=2000, seed=21)
+    first = run_dag("2025-04-01", model_name=model, source_uri=source, partition_date="2025-04-01")
+    assert first.state == "success" and champion_of(client, model) == "1"
+
+    strict = run_dag("2025-04-02", model_name=model, source_uri=source,
+                     partition_date="2025-04-02", gate={"require_significance": True})
+    assert strict.state == "success", strict.error_lines()
+    assert strict.tasks["gate"] == "success" and strict.tasks["register"] == "skipped"
+    card = load_dict(f"runs:/{_mlflow_run(client, strict.run_id).info.run_id}/promotion_card.json")
+    test = card["champion"]["significance"]
+    assert test["test"] == "delong" and test["metric"] == "roc_auc"
+    assert test["difference"] > 0 > test["low"], "precondition: better on these rows, by noise"
+    failed = [c for c in card["decision"]["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["significance"]
+    assert "FAIL significance: roc_auc: challenger" in strict.log
+    assert registered_versions(client, model) == ["1"]
+
+    # The gate as the dataset declares it (require_significance false), said explicitly: in one
+    # process, dag.test() keeps a run's conf as the DAG's Param default for the next run (the
+    # task SDK's Param.resolve stores the value on the DAG's own Param object).
+    plain = run_dag("2025-04-04", model_name=model, source_uri=source, partition_date="2025-04-02",
+                    gate={"require_significance": False})
+    assert plain.state == "success" and plain.tasks["promote"] == "success"
+    assert champion_of(client, model) == "2"
+    card = load_dict(f"runs:/{_mlflow_run(client, plain.run_id).info.run_id}/promotion_card.json")
+    assert card["champion"]["significance"]["low"] == test["low"]  # the same rows, the same test
+    assert "significance" not in [c["name"] for c in card["decision"]["checks"]]
+
+
 def test_threshold_failure_blocks_first_model(services, run_dag):
     store, client, model = services.store(), services.mlflow_client(), "it_threshold"
     source = "s3://mlops-data/it_threshold"
