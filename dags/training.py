@@ -1,5 +1,6 @@
-"""Training: check → ingest → validate → features → train → evaluate → gate → register → approve
-→ promote (approve waits for a person only where the dataset config asks for it).
+"""Training: check → ingest → validate → features → tune → train → select → evaluate → gate →
+register → approve → promote (approve waits for a person only where the dataset config asks
+for it; tune runs only for candidates with a search space).
 
 Trains the dataset named by the ``dataset`` Param (a YAML file in include/datasets/) on the
 partitions of the run's data interval, or, when started by a ``drift_detected`` or
@@ -20,12 +21,14 @@ from mlops.operators.training import (
     BuildFeaturesOperator,
     EvaluateModelOperator,
     IngestOperator,
+    PlanTuningOperator,
     PromoteModelOperator,
     QualityGateOperator,
     RegisterModelOperator,
     SkipIfUnchangedOperator,
     ValidateDataOperator,
 )
+from mlops.operators.tuning import SelectModelOperator, TuneOperator
 
 with DAG(
     dag_id="training",
@@ -49,13 +52,20 @@ with DAG(
     ingested = IngestOperator(task_id="ingest")
     validated = ValidateDataOperator(task_id="validate", ingest_result=ingested.output)
     features = BuildFeaturesOperator(task_id="build_features", ingest_result=ingested.output)
-    trained = TrainModelOperator(task_id="train", features=features.output,
-                                 ingest_result=ingested.output)
-    evaluated = EvaluateModelOperator(task_id="evaluate", model=trained.output,
+    plan = PlanTuningOperator(task_id="plan_tuning")  # which candidates to tune, how wide
+    # tuning.parallel_tasks per candidate with a search space, sharing its study (none: skipped)
+    tuned = TuneOperator.partial(task_id="tune", features=features.output).expand(
+        slot=plan.output)
+    trained = TrainModelOperator.partial(  # one per candidate, with its study's best params
+        task_id="train", ingest_result=ingested.output, trigger_rule="none_failed",
+    ).expand(features=features.output)
+    selected = SelectModelOperator(task_id="select", candidates=trained.output,
+                                   features=features.output)  # the best on the same rows
+    evaluated = EvaluateModelOperator(task_id="evaluate", model=selected.output,
                                       features=features.output)
     decision = QualityGateOperator(task_id="gate", evaluation=evaluated.output,
                                    on_success_callback=alerts_for("gate_rejected"))
-    registered = RegisterModelOperator(task_id="register", model=trained.output,
+    registered = RegisterModelOperator(task_id="register", model=selected.output,
                                        ingest_result=ingested.output)
     approved = PromotionApprovalOperator(task_id="approve", decision=decision.output,
                                          registration=registered.output)  # if the dataset asks
@@ -63,5 +73,7 @@ with DAG(
                                     decision=decision.output,
                                     on_success_callback=alerts_for("promoted"))
 
-    changed >> ingested >> validated >> features >> trained >> evaluated >> decision
+    changed >> ingested >> validated >> features >> tuned >> trained >> selected >> evaluated
+    changed >> plan >> tuned
+    evaluated >> decision
     decision >> registered >> approved >> promoted

@@ -456,11 +456,11 @@ def start_throwaway_services(workdir: Path, secrets: dict[str, str]) -> tuple[Se
 
 
 def connection_env(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
-                   **s3_extra: Any) -> dict[str, str]:
+                   optuna_db: Path | None = None, **s3_extra: Any) -> dict[str, str]:
     """The workers' Connections (:func:`airflow_connections`) as ``AIRFLOW_CONN_*`` variables."""
     out = {}
-    for conn_id, conn in airflow_connections(secrets, mlflow_url=mlflow_url,
-                                             s3_url=s3_url).items():
+    for conn_id, conn in airflow_connections(secrets, mlflow_url=mlflow_url, s3_url=s3_url,
+                                             optuna_db=optuna_db).items():
         conn = {k: v for k, v in conn.items() if k != "description"}
         extra = conn.pop("extra_dejson", None)
         if extra is not None:
@@ -864,10 +864,14 @@ def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
     return env
 
 
-def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str
-                        ) -> dict[str, dict[str, Any]]:
-    """The workers' Connections: MLflow as its service account, S3 with the workers' key."""
-    return {
+def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
+                        optuna_db: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The workers' Connections: MLflow as its service account, S3 with the workers' key, and
+    (``optuna_db``) the SQLite file the tune step's studies live in on one machine."""
+    optuna = {} if optuna_db is None else {"mlops_optuna": {
+        "conn_type": "sqlite", "host": str(optuna_db),
+        "description": "Optuna studies of the tune step (a SQLite file on this machine)"}}
+    return {**optuna,
         "mlflow_default": {"conn_type": "http", "host": mlflow_url, "login": MLFLOW_WORKER,
                            "password": secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],
                            "description": "MLflow tracking server (service account of the "
@@ -880,8 +884,8 @@ def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str
 
 
 def configure_airflow(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
-                      passwords_file: Path, scratch: Path,
-                      env: dict[str, str] | None = None) -> None:
+                      passwords_file: Path, scratch: Path, env: dict[str, str] | None = None,
+                      optuna_db: Path | None = None) -> None:
     """The users' passwords file, the Connections and the promotion pool; idempotent. The
     secrets go through files of mode 600 (the connections file in ``scratch`` is deleted at
     once), never a command line or an environment variable. ``env``: of the airflow CLI."""
@@ -889,7 +893,7 @@ def configure_airflow(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
                                               in AIRFLOW_USERS.items()}) + "\n")
     conns = scratch / "connections.json"
     write_private(conns, json.dumps(airflow_connections(secrets, mlflow_url=mlflow_url,
-                                                        s3_url=s3_url)))
+                                                        s3_url=s3_url, optuna_db=optuna_db)))
     try:
         for args in (["connections", "import", "--overwrite", str(conns)],
                      ["pools", "set", "mlops_promotion", "1", "serializes model promotion"]):
@@ -1103,10 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
             configure_airflow(
                 _secrets(), mlflow_url=stack.url("mlflow"), s3_url=stack.url("seaweedfs"),
                 passwords_file=Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]),
-                scratch=stack.state / "run")
+                scratch=stack.state / "run", optuna_db=stack.state / "optuna.db")
             print("  Airflow users admin, operator, viewer; connections mlflow_default "
-                  f"({MLFLOW_WORKER}), mlops_s3 (workers' key); pool mlops_promotion (1 slot)",
-                  flush=True)
+                  f"({MLFLOW_WORKER}), mlops_s3 (workers' key), mlops_optuna (studies); pool "
+                  "mlops_promotion (1 slot)", flush=True)
         elif args.command == "up-s3":
             up_s3(stack)
         elif args.command == "up-mlflow":

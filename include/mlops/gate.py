@@ -156,11 +156,14 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
 def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dict[str, Any],
                    champion: dict[str, Any] | None, context: dict[str, Any],
                    loosened: list[str] | None = None, lineage: dict[str, Any] | None = None,
-                   plots: list[str] | None = None) -> dict[str, Any]:
+                   plots: list[str] | None = None,
+                   selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """The promotion card as a JSON-serialisable dict (also rendered to HTML). ``loosened``: how
     the run's overrides loosened the dataset's gate (the card says so in red). ``lineage``: what
     the model was trained from (:func:`lineage`); ``plots``: URIs of the evaluation's pictures,
-    which the HTML card embeds."""
+    which the HTML card embeds; ``selection``: the select step's comparison of the candidates
+    (every candidate, its metric, its difference to the best with that difference's interval,
+    and each tuned candidate's study)."""
     return {
         "model_name": config.registered_model_name,
         "task": config.task,
@@ -171,6 +174,7 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
         "gate_config": json.loads(config.gate.model_dump_json()),
         "lineage": lineage,
         "plots": list(plots or []),
+        "selection": selection,
         **context,
     }
 
@@ -196,6 +200,7 @@ def lineage(repro: dict[str, Any], *, image: str | None = None) -> dict[str, Any
         "code_version": repro.get("code_version"),
         "source_hash": repro.get("source_hash"),
         "params": (repro.get("params") or {}).get("training"),
+        "trained": repro.get("trained"),
         "packages": repro.get("packages"),
         "image": f"trainer image {image}" if image else "in-process (the Airflow worker)",
     }
@@ -242,7 +247,7 @@ def render_card_html(card: dict[str, Any], images: dict[str, bytes] | None = Non
     context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
                       for k, v in card.items()
                       if k not in {"decision", "challenger", "champion", "gate_config",
-                                   "loosened_gate", "lineage", "plots"}
+                                   "loosened_gate", "lineage", "plots", "selection"}
                       and not isinstance(v, dict))
     pictures = "".join(
         f'<figure><img alt="{esc(name)}" src="data:image/png;base64,'
@@ -273,8 +278,35 @@ table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
 <h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
 {metric_rows}</table>
 {pictures}
-{statistics}<h2>Context</h2><table>{context}</table>
+{statistics}{_selection_html(card.get("selection"))}<h2>Context</h2><table>{context}</table>
 {lineage_html}</body></html>"""
+
+
+def _selection_html(selection: dict[str, Any] | None) -> str:
+    """The candidates table: each candidate's metric on the same held-out rows, its difference
+    to the selected one with that difference's interval, and its tuning study."""
+    if not selection or not selection.get("candidates"):
+        return ""
+    esc = html.escape
+    metric = selection.get("metric", "")
+    rows = []
+    for row in selection["candidates"]:
+        value = row.get("value")
+        interval = row.get("interval")
+        tuning = row.get("tuning") or {}
+        study = (f"{(tuning.get('trials') or {}).get('complete', 0)} complete, "
+                 f"{(tuning.get('trials') or {}).get('pruned', 0)} pruned; best "
+                 f"{json.dumps(tuning.get('best_params'), sort_keys=True)}") if tuning else "-"
+        rows.append(
+            f"<tr><td>{'&#9733;' if row.get('selected') else ''}</td>"
+            f"<td>{esc(str(row.get('candidate')))}</td><td>{esc(str(row.get('family')))}</td>"
+            f"<td>{'-' if value is None else f'{value:.4f}'}</td>"
+            f"<td>{esc(row['description']) if row.get('description') else '-' if not interval else ''}"
+            f"</td><td>{esc(study)}</td></tr>")
+    return (f"<h2>Candidates</h2><p>Compared by {esc(metric)} on the same "
+            f"{selection.get('test_rows', '')} held-out rows; &#9733; = selected.</p><table><tr>"
+            f"<th></th><th>candidate</th><th>family</th><th>{esc(metric)}</th>"
+            f"<th>vs the selected (paired test)</th><th>tuning</th></tr>{''.join(rows)}</table>")
 
 
 def _lineage_html(lineage: dict[str, Any] | None) -> str:
@@ -293,6 +325,7 @@ def _lineage_html(lineage: dict[str, Any] | None) -> str:
             ("training code hash", lineage.get("source_hash")),
             ("trained in", lineage.get("image")),
             ("training params", json.dumps(lineage.get("params"), sort_keys=True)),
+            ("trained with", json.dumps(lineage.get("trained"), sort_keys=True)),
             ("packages", ", ".join(f"{k} {v}" for k, v in (lineage.get("packages") or {}).items()))]
     table = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in rows)
     return (f"<h2>Lineage</h2><table>{table}</table><h3>Data files</h3>"

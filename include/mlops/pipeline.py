@@ -227,22 +227,29 @@ def build_features(stage: Stage, snapshot_uri: str) -> dict[str, Any]:
 
 
 # -- train ------------------------------------------------------------------------------------------
-def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
+def train(stage: Stage, *, train_uri: str, manifest_uri: str, candidate: str | None = None,
+          tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit one candidate (default: the only or first one) with ``tuned`` (the tune step's best
+    params) over its fixed hyperparameters, and log it to ``stage``'s MLflow run.
+
+    The reproducibility key stays the whole config's (what check_changed compares); what this
+    model was trained with (candidate, family, hyperparameters, tuned params) goes into the
+    manifest's ``trained`` section and the run's params."""
     from mlflow.entities import Param
 
-    config = stage.config
-    if config.training.candidates or config.training.search_space:
-        from include.mlops.errors import ConfigError
-
-        raise ConfigError(f"dataset {config.name!r} declares training.candidates or "
-                          "training.search_space, which this version's training DAG does not "
-                          "run yet; remove them (docs/configuration.md)")
+    full = stage.config
+    label = candidate or full.training.all_candidates[0].label
+    config = full.candidate_view(label, tuned)
     data_manifest = stage.get_json(manifest_uri)
-    repro = reproducibility.manifest(config=config, data_manifest=data_manifest,
+    repro = reproducibility.manifest(config=full, data_manifest=data_manifest,
                                      snapshot_uri=data_manifest["snapshot_uri"])
+    repro["trained"] = {"candidate": label, "family": config.training.family,
+                        "hyperparameters": config.training.hyperparameters,
+                        "tuned": dict(tuned or {})}
     run = stage.client.get_run(stage.mlflow_run_id)
     if run.data.tags.get("mlops.model_uri") and \
-            run.data.tags.get("mlops.model_repro_key") == repro["repro_key"]:
+            run.data.tags.get("mlops.model_repro_key") == repro["repro_key"] and \
+            run.data.tags.get("mlops.candidate", label) == label:
         # A retry after the model was logged: reuse it instead of logging a second one.
         log.info("Run %s already holds the model for this data/code/params: %s",
                  stage.mlflow_run_id, run.data.tags["mlops.model_uri"])
@@ -250,7 +257,7 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
                    "train_rows": int(run.data.params.get("train_rows", 0))}
         return {"model_uri": run.data.tags["mlops.model_uri"], "repro_key": repro["repro_key"],
                 "reproducibility_uri": stage.put_json("reproducibility.json", repro),
-                "metrics": metrics}
+                "metrics": metrics, "candidate": label, "family": config.training.family}
 
     frame = stage.read_frame(train_uri)
     started = time.monotonic()
@@ -274,11 +281,123 @@ def train(stage: Stage, *, train_uri: str, manifest_uri: str) -> dict[str, Any]:
     stage.client.log_metric(stage.mlflow_run_id, "train_seconds", train_seconds)
     stage.client.set_tag(stage.mlflow_run_id, "mlops.model_uri", info.model_uri)
     stage.client.set_tag(stage.mlflow_run_id, "mlops.model_repro_key", repro["repro_key"])
+    stage.client.set_tag(stage.mlflow_run_id, "mlops.candidate", label)
     log.info("Trained %s (%s) on %d rows in %.1fs; model %s", config.registered_model_name,
-             config.training.family, len(frame), train_seconds, info.model_uri)
+             config.training.family if label == config.training.family
+             else f"candidate {label}, {config.training.family}", len(frame), train_seconds,
+             info.model_uri)
     return {"model_uri": info.model_uri, "repro_key": repro["repro_key"],
-            "reproducibility_uri": repro_uri,
+            "reproducibility_uri": repro_uri, "candidate": label,
+            "family": config.training.family,
             "metrics": {"train_seconds": round(train_seconds, 3), "train_rows": len(frame)}}
+
+
+def candidate_stage(stage: Stage, label: str) -> Stage:
+    """The stage a candidate trains in when several do: its own MLflow child run of the DAG
+    run's run (found again by tag on a retry) and its own folder under the run's."""
+    from dataclasses import replace
+
+    client = stage.client
+    parent = client.get_run(stage.mlflow_run_id)
+    experiment_id = parent.info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{stage.mlflow_run_id}' and "
+                      f"tags.`mlops.candidate` = '{label}' and tags.`mlops.child` = 'candidate'",
+        max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(
+            experiment_id, run_name=f"{parent.info.run_name}:{label}",
+            tags={"mlflow.parentRunId": stage.mlflow_run_id, "mlops.candidate": label,
+                  "mlops.child": "candidate"}).info.run_id
+    return replace(stage, mlflow_run_id=run_id,
+                   run_key=f"{stage.run_key}/candidates/{safe_name(label)}")
+
+
+def select(stage: Stage, *, trained: list[dict[str, Any]], test_uri: str) -> dict[str, Any]:
+    """Compare the trained candidates on the same held-out rows and keep the best by the
+    champion metric (ties: the one listed first). Each candidate's metrics go to its child
+    run; the table (every candidate, its metrics, the difference to the best and that
+    difference's paired interval) to ``selection.json`` and the promotion card. The winner's
+    model, reproducibility manifest and params become the DAG run's run's, as with one
+    candidate, so register, the card and check_changed read them where they always do."""
+    from include.mlops.config import HIGHER_IS_BETTER
+    from include.mlops.model_loading import load_model
+
+    config = stage.config
+    metric = config.comparison_metric
+    order = [c.label for c in config.training.all_candidates]
+    trained = sorted(trained, key=lambda t: order.index(t["candidate"])
+                     if t.get("candidate") in order else len(order))
+    if len(trained) == 1:
+        only = trained[0]
+        table = [{"candidate": only.get("candidate"), "family": only.get("family"),
+                  "selected": True, "tuning": only.get("tuning"),
+                  "mlflow_run_id": only.get("mlflow_run_id")}]
+        uri = stage.put_json("selection.json", {"metric": metric, "candidates": table})
+        return {**only, "selection_uri": uri}
+    test = stage.read_frame(test_uri)
+    y = modeling.target(test, config)
+    scored = []
+    for item in trained:
+        model = load_model(item["model_uri"], item["family"])
+        scores = modeling.scores(model, test, config)
+        values = metric_module.compute(config.task, y, scores)
+        stage.log_metrics({f"select.{k}": v for k, v in values.items()},
+                          run_id=item["mlflow_run_id"])
+        scored.append((item, scores, values))
+    sign = 1 if HIGHER_IS_BETTER[metric] else -1
+    best_index = max(range(len(scored)), key=lambda i: (
+        sign * scored[i][2].get(metric, float("nan"))
+        if scored[i][2].get(metric) == scored[i][2].get(metric) else float("-inf"), -i))
+    winner, winner_scores, winner_values = scored[best_index]
+    table = []
+    for item, scores, values in scored:
+        row = {"candidate": item["candidate"], "family": item["family"],
+               "selected": item is winner, "metric": metric, "value": values.get(metric),
+               "metrics": values, "tuning": item.get("tuning"),
+               "model_uri": item["model_uri"], "mlflow_run_id": item["mlflow_run_id"]}
+        if item is not winner:
+            try:
+                test_result = significance.paired_test(
+                    config.task, metric, y, scores, winner_scores,
+                    confidence=config.gate.significance_confidence,
+                    resamples=config.gate.bootstrap_resamples, seed=config.training.seed)
+                row.update(difference_to_best=test_result.difference,
+                           interval=[test_result.low, test_result.high], test=test_result.test,
+                           p_value=test_result.p_value, description=test_result.describe())
+            except ValueError as err:
+                row["test_error"] = str(err)
+        table.append(row)
+    selection = {"metric": metric, "test_rows": len(test), "selected": winner["candidate"],
+                 "candidates": table}
+    uri = stage.put_json("selection.json", selection, mlflow_path="selection/selection.json")
+    # The winner becomes the DAG run's model: its manifest and model URI on the run's run.
+    repro = stage.get_json(winner["reproducibility_uri"])
+    repro_uri = stage.put_json("reproducibility.json", repro, mlflow_path="reproducibility.json")
+    from mlflow.entities import Param
+
+    existing = stage.client.get_run(stage.mlflow_run_id).data.params
+    params = {"candidate": winner["candidate"], "family": winner["family"],
+              **{f"hp.{k}": v for k, v in repro["trained"]["hyperparameters"].items()}}
+    stage.client.log_batch(stage.mlflow_run_id, params=[
+        Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing][:100])
+    for key, value in (("mlops.model_uri", winner["model_uri"]), ("mlops.candidate",
+                                                                  winner["candidate"]),
+                       ("mlops.model_repro_key", winner["repro_key"])):
+        stage.client.set_tag(stage.mlflow_run_id, key, value)
+    log.info("Selected %s by %s on %d held-out rows: %s", winner["candidate"], metric, len(test),
+             "; ".join(f"{r['candidate']} {r['value']:.4f}" + (
+                 f" (the selected is better by {r['difference_to_best']:+.4f}, {r['test']} "
+                 f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}])"
+                 if r.get("interval") else "") for r in table))
+    return {**winner, "reproducibility_uri": repro_uri, "selection_uri": uri,
+            "metrics": {**winner.get("metrics", {}), **{f"select.{k}": v
+                                                        for k, v in winner_values.items()}}}
 
 
 def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
@@ -288,13 +407,16 @@ def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
 
 
 # -- evaluate ---------------------------------------------------------------------------------------
-def evaluate(stage: Stage, *, model_uri: str, test_uri: str) -> dict[str, Any]:
+def evaluate(stage: Stage, *, model_uri: str, test_uri: str,
+             family: str | None = None) -> dict[str, Any]:
+    """Held-out metrics of the model at ``model_uri`` (of model ``family``; default the
+    config's), its plot, and the champion's metrics and the paired test on the same rows."""
     from include.mlops.errors import ModelRefusedError
     from include.mlops.model_loading import load_model
 
     config = stage.config
     test = stage.read_frame(test_uri)
-    model = load_model(model_uri, config.training.family)
+    model = load_model(model_uri, family or config.training.all_candidates[0].family)
     held_out = modeling.metrics(model, test, config)
     slices = modeling.slice_metrics(model, test, config)
     run_id = stage.mlflow_run_id
@@ -405,6 +527,8 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
     decision = gates.decide(stage.config, evaluation["metrics"], evaluation["champion"])
     repro_uri = join(stage.run_dir, "reproducibility.json")  # what train wrote
     repro = stage.get_json(repro_uri) if stage.store.exists(repro_uri) else None
+    selection_uri = join(stage.run_dir, "selection.json")  # what select wrote
+    selection = stage.get_json(selection_uri) if stage.store.exists(selection_uri) else None
     card = gates.promotion_card(
         config=stage.config, decision=decision,
         challenger={"mlflow_run_id": stage.mlflow_run_id, "model_uri": evaluation["model_uri"],
@@ -412,7 +536,8 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
         champion=evaluation["champion"], context=dag_context, loosened=list(stage.loosened),
         lineage=gates.lineage(repro, image=stage.client.get_run(stage.mlflow_run_id).data.tags
                               .get("mlops.trainer.image")) if repro else None,
-        plots=[evaluation["plot_uri"]] if evaluation.get("plot_uri") else [])
+        plots=[evaluation["plot_uri"]] if evaluation.get("plot_uri") else [],
+        selection=selection)
     card_uri = stage.put_json("promotion_card.json", card, mlflow_path="promotion_card.json")
     images = {uri.rsplit("/", 1)[-1]: stage.store.read_bytes(uri) for uri in card["plots"]
               if stage.store.exists(uri)}

@@ -6,7 +6,8 @@ in-process path, driven by a work directory.
 Reads the job from ``$MLOPS_TRAINER_CONFIG`` (JSON; what the Airflow operator passes, so it works
 on a remote engine too) or else ``<work-dir>/config.json``::
 
-    {"dataset_config": {...DatasetConfig...}, "train_uri": "s3://…", "manifest_uri": "s3://…",
+    {"dataset_config": {...DatasetConfig...}, "candidate": "…", "tuned": {…},
+     "train_uri": "s3://…", "manifest_uri": "s3://…",
      "mlflow_run_id": "…", "artifacts_uri": "s3://…", "run_key": "2025-01-01T000000"}
 
 Where the services are comes from the environment (``MLFLOW_TRACKING_URI``,
@@ -200,14 +201,18 @@ def run(work_dir: Path) -> tuple[dict[str, Any], int]:
         stage = Stage(config=config, store=store, client=MlflowClient(),
                       mlflow_run_id=job["mlflow_run_id"], artifacts_uri=job["artifacts_uri"],
                       run_key=job["run_key"])
-        if device == "cuda" and config.training.family != "xgboost":
+        candidate, tuned = job.get("candidate"), job.get("tuned") or {}
+        family = config.candidate_view(candidate or config.training.all_candidates[0].label,
+                                       tuned).training.family
+        if device == "cuda" and family != "xgboost":
             log.warning("A GPU was given, but family %s trains on CPU only (xgboost uses it)",
-                        config.training.family)
+                        family)
             device = "cpu"  # what actually trained, for result.json and the MLflow tags
         log.info("Training %s (%s) on %s; MLflow run %s", config.registered_model_name,
-                 config.training.family, device, job["mlflow_run_id"])
+                 family, device, job["mlflow_run_id"])
         with sampler:
-            trained = train(stage, train_uri=job["train_uri"], manifest_uri=job["manifest_uri"])
+            trained = train(stage, train_uri=job["train_uri"], manifest_uri=job["manifest_uri"],
+                            candidate=candidate, tuned=tuned)
         result = {"status": "ok", **trained, "mlflow_run_id": job["mlflow_run_id"]}
         code = EXIT_OK
     except Exception as err:  # noqa: BLE001 - every failure becomes a classified result file

@@ -147,7 +147,8 @@ class Services:
         from stack import connection_env
 
         return connection_env(self.secrets, mlflow_url=self.mlflow_url, s3_url=self.s3_url,
-                              attempts=2, backoff_seconds=0.2)
+                              optuna_db=self.workdir / "optuna.db", attempts=2,
+                              backoff_seconds=0.2)
 
 
 @pytest.fixture(scope="session")
@@ -456,7 +457,8 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
            **sinks.connection_env()}
     _airflow_cli(env, "db", "migrate")
     configure_airflow(services.secrets, mlflow_url=services.mlflow_url, s3_url=services.s3_url,
-                      passwords_file=password_file, scratch=home, env=env)
+                      passwords_file=password_file, scratch=home, env=env,
+                      optuna_db=home / "optuna.db")
 
     logs = {part: home / "process-logs" / f"{part}.log" for part in PARTS}
     api = {user: AirflowApi(f"http://127.0.0.1:{port}", user, services.secrets[key])

@@ -20,10 +20,13 @@ from mlops.hooks.mlflow import MlflowHook
 from mlops.hooks.object_storage import ObjectStorageHook
 from mlops.operators import training as ops
 from mlops.operators.trainer import TrainModelOperator
+from mlops.operators.tuning import SelectModelOperator, TuneOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-CHAIN = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
-         "register", "approve", "promote"]
+CHAIN = ["check_changed", "ingest", "validate", "build_features", "plan_tuning", "tune", "train",
+         "select", "evaluate", "gate", "register", "approve", "promote"]
+# plan_tuning needs the config only: it runs beside ingest → validate → build_features
+SIDE = {"plan_tuning"}
 
 
 def load() -> DagBag:
@@ -76,17 +79,21 @@ def test_retries_env_var_is_honoured(monkeypatch: pytest.MonkeyPatch, retries: s
 
 # -- graph ------------------------------------------------------------------------------------------
 def test_training_dag_has_exactly_the_pipeline_tasks(training: Any) -> None:
+    """The pipeline diagram, in order (tune and train are mapped: one name each)."""
     assert sorted(training.task_ids) == sorted(CHAIN)
 
 
 def test_training_dag_edges(training: Any) -> None:
     """The chain plus the data edges that XCom inputs add (all pointing forward along it)."""
     expected = {
-        "check_changed": {"ingest"},
+        "check_changed": {"ingest", "plan_tuning"},
         "ingest": {"validate", "build_features", "train", "register"},
         "validate": {"build_features"},
-        "build_features": {"train", "evaluate"},
-        "train": {"evaluate", "register"},
+        "build_features": {"tune", "train", "select", "evaluate"},
+        "plan_tuning": {"tune"},
+        "tune": {"train"},
+        "train": {"select"},
+        "select": {"evaluate", "register"},
         "evaluate": {"gate"},
         "gate": {"register", "approve", "promote"},
         "register": {"approve", "promote"},
@@ -104,9 +111,24 @@ def test_training_dag_reduces_to_the_chain(training: Any) -> None:
     for task_id in CHAIN:
         downstream = training.get_task(task_id).downstream_task_ids
         assert all(position[d] > position[task_id] for d in downstream), task_id
-    for before, after in zip(CHAIN, CHAIN[1:], strict=False):
+    main = [t for t in CHAIN if t not in SIDE]
+    for before, after in zip(main, main[1:], strict=False):
         assert after in training.get_task(before).downstream_task_ids
+    assert training.get_task("plan_tuning").upstream_task_ids == {"check_changed"}
     assert [t.task_id for t in training.topological_sort()] == CHAIN
+
+
+def test_tune_and_train_are_mapped_and_train_runs_when_tuning_is_skipped(training: Any) -> None:
+    """tune expands over plan_tuning's slots (none: skipped), train over build_features' one
+    entry per candidate; train must still run when tune was skipped."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    tune, train = training.get_task("tune"), training.get_task("train")
+    assert isinstance(tune, MappedOperator) and isinstance(train, MappedOperator)
+    assert tune.expand_input.value["slot"].operator.task_id == "plan_tuning"
+    assert train.expand_input.value["features"].operator.task_id == "build_features"
+    assert train.partial_kwargs["trigger_rule"] == "none_failed"
+    assert training.get_task("select").trigger_rule == "all_success"
 
 
 @pytest.mark.parametrize(
@@ -114,12 +136,12 @@ def test_training_dag_reduces_to_the_chain(training: Any) -> None:
     [
         pytest.param("validate", "ingest_result", "ingest", id="validate"),
         pytest.param("build_features", "ingest_result", "ingest", id="build_features"),
-        pytest.param("train", "features", "build_features", id="train-features"),
-        pytest.param("train", "ingest_result", "ingest", id="train-ingest"),
-        pytest.param("evaluate", "model", "train", id="evaluate-model"),
+        pytest.param("select", "candidates", "train", id="select-candidates"),
+        pytest.param("select", "features", "build_features", id="select-features"),
+        pytest.param("evaluate", "model", "select", id="evaluate-model"),
         pytest.param("evaluate", "features", "build_features", id="evaluate-features"),
         pytest.param("gate", "evaluation", "evaluate", id="gate"),
-        pytest.param("register", "model", "train", id="register-model"),
+        pytest.param("register", "model", "select", id="register-model"),
         pytest.param("register", "ingest_result", "ingest", id="register-ingest"),
         pytest.param("promote", "registration", "register", id="promote-registration"),
         pytest.param("promote", "decision", "gate", id="promote-decision"),
@@ -236,7 +258,7 @@ OPERATORS = [
     pytest.param(ops.BuildFeaturesOperator, {"ingest_result": {}},
                  ("artifacts_uri", "ingest_result"), id="BuildFeaturesOperator"),
     pytest.param(TrainModelOperator, {"features": {}, "ingest_result": {}},
-                 ("artifacts_uri", "features", "ingest_result", "trainer"),
+                 ("artifacts_uri", "features", "ingest_result", "trainer", "candidate"),
                  id="TrainModelOperator"),
     pytest.param(ops.EvaluateModelOperator, {"model": {}, "features": {}},
                  ("artifacts_uri", "model", "features"), id="EvaluateModelOperator"),
@@ -246,6 +268,11 @@ OPERATORS = [
                  ("artifacts_uri", "model", "ingest_result"), id="RegisterModelOperator"),
     pytest.param(ops.PromoteModelOperator, {"registration": {}, "decision": {}},
                  ("artifacts_uri", "registration", "decision", "alias"), id="PromoteModelOperator"),
+    pytest.param(ops.PlanTuningOperator, {}, ("artifacts_uri",), id="PlanTuningOperator"),
+    pytest.param(TuneOperator, {"slot": {}, "features": {}}, ("artifacts_uri", "slot", "features"),
+                 id="TuneOperator"),
+    pytest.param(SelectModelOperator, {"candidates": [], "features": {}},
+                 ("artifacts_uri", "candidates", "features"), id="SelectModelOperator"),
 ]
 
 

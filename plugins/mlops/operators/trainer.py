@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from mlops.operators.training import MlopsStageOperator
+from mlops.operators.training import MlopsStageOperator, split_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,8 +44,13 @@ class TrainModelOperator(MlopsStageOperator):
     override. The whole container log is streamed into the task log; the XCom is the parsed
     result file: model URI, MLflow run id, device, timings and resource use.
 
-    :param features: the build_features task's XCom (templated)
+    :param features: one entry of the build_features task's XCom (templated; the DAG maps one
+        train task per entry, that is per candidate): the split and the candidate's label
     :param ingest_result: the ingest task's XCom (templated)
+    :param candidate: which of the dataset's candidates to train (templated); default the
+        ``candidate`` of ``features``, else the only or first one. With several, each trains in its
+        own MLflow child run. A candidate with a search space trains with the best params of
+        its study (the tune tasks'), read from the study database (``optuna_conn_id``)
     :param trainer: ``inprocess`` or ``docker`` (templated; default: the ``trainer`` Param when
         the policy lets runs choose it, else ``$MLOPS_TRAINER`` of the worker, else inprocess)
     :param image: trainer image reference; default the policy's ``trainer_image``
@@ -62,10 +67,11 @@ class TrainModelOperator(MlopsStageOperator):
     """
 
     template_fields: Sequence[str] = (*MlopsStageOperator.template_fields, "features",
-                                      "ingest_result", "trainer")
+                                      "ingest_result", "trainer", "candidate")
     ui_color = "#fde8d4"
 
-    def __init__(self, *, features: Any, ingest_result: Any, trainer: str | None = None,
+    def __init__(self, *, features: Any, ingest_result: Any, candidate: str | None = None,
+                 optuna_conn_id: str = "mlops_optuna", trainer: str | None = None,
                  image: str | None = None, network_mode: str | None = None,
                  docker_url: str | None = None, docker_conn_id: str | None = None,
                  tls_ca_cert: str | None = None, tls_client_cert: str | None = None,
@@ -77,6 +83,10 @@ class TrainModelOperator(MlopsStageOperator):
         super().__init__(**kwargs)
         self.features = features
         self.ingest_result = ingest_result
+        self.candidate = candidate
+        self.optuna_conn_id = optuna_conn_id
+        self.tuned: dict[str, Any] = {}  # the study's best params, when the candidate was tuned
+        self.tuning: dict[str, Any] | None = None  # the study's summary, for the card
         self.trainer = trainer
         self.image = image
         self.network_mode = network_mode
@@ -111,17 +121,42 @@ class TrainModelOperator(MlopsStageOperator):
             from include.mlops.errors import ConfigError
 
             raise ConfigError(f"trainer {self.trainer!r} is not one of {', '.join(TRAINERS)}")
+        stage = self.candidate_stage(stage, context)
         if self.trainer == "inprocess":
             return self.train_in_process(stage)
         return self.train_in_container(stage, context)
+
+    def candidate_stage(self, stage: Stage, context: Context) -> Stage:
+        """Which candidate, with which tuned params, in which MLflow run: its own child run
+        when the dataset trains several candidates, the DAG run's run when it trains one."""
+        from include.mlops.pipeline import candidate_stage
+
+        candidates = stage.config.training.all_candidates
+        self.candidate = self.candidate or (self.features.get("candidate")
+                                            if isinstance(self.features, dict) else None) \
+            or candidates[0].label
+        chosen = {c.label: c for c in candidates}.get(self.candidate)
+        if chosen is not None and chosen.search_space:
+            from include.mlops import tuning
+            from mlops.hooks.optuna import OptunaStorageHook
+            from mlops.operators.tuning import study_for
+
+            url = OptunaStorageHook(self.optuna_conn_id).storage_url
+            self.tuning = tuning.summary(url, study_for(stage, context, self.candidate))
+            self.tuned = dict(self.tuning.get("best_params") or {})
+            self.log.info("Candidate %s: the study's best params %s (%s %s, trial %s)",
+                          self.candidate, self.tuned, self.tuning.get("metric"),
+                          self.tuning.get("best_value"), self.tuning.get("best_trial"))
+        return candidate_stage(stage, self.candidate) if len(candidates) > 1 else stage
 
     def train_in_process(self, stage: Stage) -> dict[str, Any]:
         from include.mlops.pipeline import train
         from include.mlops.trainer import resources
 
         before, started = resources()["cpu_seconds"], time.monotonic()
-        trained = train(stage, train_uri=self.features["train_uri"],
-                        manifest_uri=self.ingest_result["manifest_uri"])
+        trained = train(stage, train_uri=split_of(self.features)["train_uri"],
+                        manifest_uri=self.ingest_result["manifest_uri"],
+                        candidate=self.candidate, tuned=self.tuned)
         usage = resources()
         usage.pop("container_peak_mb", None)  # the worker's cgroup, not this training's
         return self.record(stage, trained, trainer="inprocess", device="cpu",
@@ -200,6 +235,7 @@ class TrainModelOperator(MlopsStageOperator):
         environment, secrets = self.container_environment(stage, device)
         dag_run = context["dag_run"]
         labels = {"mlops.dag_id": dag_run.dag_id, "mlops.task_id": self.task_id,
+                  "mlops.map_index": str(context["ti"].map_index),
                   "mlops.run_id": dag_run.run_id, "mlops.try": str(context["ti"].try_number),
                   "mlops.mlflow_run_id": stage.mlflow_run_id}
         self.container_name = self.name_container(context)
@@ -250,7 +286,8 @@ class TrainModelOperator(MlopsStageOperator):
         mlflow_env, mlflow_secrets = self.mlflow_hook.container_environment()
         s3_env, s3_secrets = self.s3_hook.container_environment()
         job = {"dataset_config": json.loads(stage.config.model_dump_json()),
-               "train_uri": self.features["train_uri"],
+               "candidate": self.candidate, "tuned": self.tuned,
+               "train_uri": split_of(self.features)["train_uri"],
                "manifest_uri": self.ingest_result["manifest_uri"],
                "mlflow_run_id": stage.mlflow_run_id, "artifacts_uri": stage.artifacts_uri,
                "run_key": stage.run_key}
@@ -263,10 +300,13 @@ class TrainModelOperator(MlopsStageOperator):
         dag_run = context["dag_run"]
         digest = hashlib.sha256(dag_run.run_id.encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"mlops-{dag_run.dag_id}-{self.task_id}")[:100]
-        name = f"{name}-{digest}-try{context['ti'].try_number}"
+        map_index = context["ti"].map_index
+        mapped = f"-{map_index}" if map_index is not None and map_index >= 0 else ""
+        name = f"{name}{mapped}-{digest}-try{context['ti'].try_number}"
         for left in self.hook.remove_leftovers(
                 labels=[f"mlops.dag_id={dag_run.dag_id}", f"mlops.task_id={self.task_id}",
-                        f"mlops.run_id={dag_run.run_id}"], name=name):
+                        f"mlops.run_id={dag_run.run_id}", f"mlops.map_index={map_index}"],
+                name=name):
             self.log.warning("Removed container %s left by an earlier try of this task", left)
         return name
 
@@ -354,6 +394,9 @@ class TrainModelOperator(MlopsStageOperator):
         self.log.info("Trained with the %s trainer on %s in %.1f s (%s)", trainer, device,
                       wall_seconds, ", ".join(f"{k} {v}" for k, v in usage.items()))
         return {"model_uri": trained["model_uri"], "repro_key": trained["repro_key"],
+                "reproducibility_uri": trained.get("reproducibility_uri"),
+                "candidate": trained.get("candidate", self.candidate),
+                "family": trained.get("family"), "tuning": self.tuning,
                 "metrics": trained.get("metrics", {}),
                 "mlflow_run_id": stage.mlflow_run_id, "trainer": trainer, "device": device,
                 "wall_seconds": round(wall_seconds, 3), "resources": resources,

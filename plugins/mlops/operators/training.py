@@ -443,7 +443,36 @@ class BuildFeaturesOperator(MlopsStageOperator):
     def run(self, stage: Stage, context: Context) -> dict[str, Any]:
         from include.mlops.pipeline import build_features
 
-        return build_features(stage, self.ingest_result["snapshot_uri"])
+        split = build_features(stage, self.ingest_result["snapshot_uri"])
+        # What the train task maps over: one entry per candidate, each with the same split.
+        return [{"candidate": c.label, **split} for c in stage.config.training.all_candidates]
+
+
+def split_of(features: Any) -> dict[str, Any]:
+    """The train/held-out split from the build_features XCom: one entry per candidate (the
+    same split in each), or, from a DAG run of an older version, the split itself."""
+    return dict(features[0] if isinstance(features, list | tuple) else features)
+
+
+class PlanTuningOperator(MlopsStageOperator):
+    """What the tune task maps over: ``tuning.parallel_tasks`` slots per candidate with a
+    search space; none (tune is skipped) when no candidate has one. Cheap: the config only, no
+    MLflow run; it runs beside ingest and validate."""
+
+    uses_mlflow_run = False
+
+    def run(self, stage: None, context: Context) -> list[dict[str, Any]]:
+        from include.mlops.config import resolve_config
+
+        training = resolve_config(run_params(context)).training
+        slots = [{"candidate": c.label, "worker": worker} for c in training.all_candidates
+                 if c.search_space for worker in range(training.tuning.parallel_tasks)]
+        tuned = sorted({s["candidate"] for s in slots})
+        self.log.info("Tuning %s with %d task(s) each, %d trials per study",
+                      ", ".join(tuned), training.tuning.parallel_tasks,
+                      training.tuning.n_trials) if slots else \
+            self.log.info("No candidate has a search space: nothing to tune")
+        return slots
 
 
 class EvaluateModelOperator(MlopsStageOperator):
@@ -464,7 +493,8 @@ class EvaluateModelOperator(MlopsStageOperator):
         from include.mlops.pipeline import evaluate
 
         return evaluate(stage, model_uri=self.model["model_uri"],
-                        test_uri=self.features["test_uri"])
+                        test_uri=split_of(self.features)["test_uri"],
+                        family=self.model.get("family"))
 
 
 class QualityGateOperator(MlopsStageOperator):
