@@ -354,7 +354,9 @@ def log_entries(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any]) -
     """The task's log of its latest try (structured entries); None when the API has none."""
     attempt = max(int(ti.get("try_number") or 1), 1)
     path = f"{_run_path(dag_id, run_id)}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{attempt}"
-    response = api.request("GET", path, params={"full_content": "true"})
+    # A mapped task's instances (train, tune) are told apart by their map index.
+    response = api.request("GET", path, params={"full_content": "true",
+                                                "map_index": ti.get("map_index", -1)})
     if response.status_code != 200:
         return None
     return response.json().get("content", [])

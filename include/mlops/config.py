@@ -195,6 +195,10 @@ class TuningConfig(_Frozen):
         1, description="Mapped tune tasks per candidate sharing its study (one per worker slot)")
     cv_folds: Annotated[int, Field(ge=2, le=10)] = Field(
         3, description="Cross-validation folds per trial; a poor trial is pruned after a fold")
+    max_rows: Annotated[int, Field(ge=100)] | None = Field(
+        20_000, description="Trials cross-validate on at most this many training rows (a "
+                            "seeded sample, stratified for classification); the best params "
+                            "then train on all of them. null: every row")
 
 
 class TrainingConfig(_Frozen):

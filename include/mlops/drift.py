@@ -138,11 +138,24 @@ class DriftResult:
             "columns": [c.as_dict() for c in self.columns],
         }
 
-    def summary_line(self, report_uri: str) -> str:
+    def ranked(self, importance: dict[str, float] | None) -> list[str]:
+        """The drifted columns, the ones the model relies on most first (``importance``: the
+        champion's share of mean |SHAP| per column, :func:`include.mlops.explain.importance_ranking`);
+        columns it has no importance for keep their order, last."""
         drifted = self.drifted_columns
+        if not importance:
+            return drifted
+        return sorted(drifted, key=lambda c: (-importance.get(c, -1.0), drifted.index(c)))
+
+    def summary_line(self, report_uri: str, importance: dict[str, float] | None = None) -> str:
+        drifted = self.ranked(importance)
         line = (f"Drift: {len(drifted)} of {len(self.columns)} columns drifted "
                 f"(share {self.share:.2f}, threshold {self.drift_share:.2f})")
-        if drifted:
+        if drifted and importance:
+            line += ", by the model's importance: " + _names(
+                [f"{c} ({importance[c]:.0%})" if c in importance else f"{c} (not a feature)"
+                 for c in drifted])
+        elif drifted:
             line += ": " + _names(drifted)
         if self.broken:
             line += f"; {len(self.broken)} not checked: " + " | ".join(self.broken[:3])
@@ -653,3 +666,37 @@ def _empty_report(result: DriftResult) -> str:
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Drift report</title></head>"
             f"<body><h1>Drift report</h1><p>No column could be checked.</p><ul>{items}</ul>"
             "</body></html>")
+
+
+def importance_section(result: DriftResult, importance: dict[str, float] | None) -> str:
+    """An HTML section for the top of the report: the drifted columns ranked by the champion's
+    importance, so the on-call engineer sees at once whether a drifted column matters."""
+    import html
+
+    if not result.drifted_columns:
+        return ""
+    if not importance:
+        note = ("The champion has no recorded explanation (trained before explanations were "
+                "kept, or its explanation failed): drifted columns are not ranked.")
+        return f'<section style="font-family:sans-serif;margin:1em"><p>{html.escape(note)}</p></section>'
+    rows = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>"
+        f"{f'{importance[c]:.1%}' if c in importance else 'not a model input'}</td></tr>"
+        for c in result.ranked(importance))
+    return ('<section style="font-family:sans-serif;margin:1em"><h2>Drifted columns by the '
+            "champion's importance</h2><p>Share of the champion's mean |SHAP| on its held-out "
+            "rows: a drifted column with a large share changes its predictions most.</p>"
+            '<table border="1" cellpadding="4" style="border-collapse:collapse"><tr>'
+            f"<th>column</th><th>importance</th></tr>{rows}</table></section>")
+
+
+def with_section(report_html: str, section: str) -> str:
+    """``report_html`` with ``section`` at the top of its body."""
+    import re
+
+    if not section:
+        return report_html
+    match = re.search(r"<body[^>]*>", report_html)
+    if not match:
+        return section + report_html
+    return report_html[:match.end()] + section + report_html[match.end():]

@@ -41,12 +41,14 @@ class Decision:
 
 
 def decide(config: DatasetConfig, challenger: dict[str, float],
-           champion: dict[str, Any] | None) -> Decision:
+           champion: dict[str, Any] | None, *, training_test: bool = True) -> Decision:
     """Apply thresholds, then champion-vs-challenger on the same held-out rows.
 
     :param challenger: the new model's held-out metrics
     :param champion: ``None`` when no champion exists; else ``{"version": v, "metrics": {...}}``
         or ``{"version": v, "error": "why it could not be scored"}``
+    :param training_test: apply ``require_significance`` to the training evaluation's paired
+        test (``champion["significance"]``); the A/B decision applies its own test instead
     """
     checks: list[Check] = []
     for threshold in config.gate.thresholds:
@@ -76,7 +78,7 @@ def decide(config: DatasetConfig, challenger: dict[str, float],
                f"({', '.join(champion['excluded_partitions'])} left out)"
                if champion.get("excluded_partitions") else "")
             + f": improvement {delta:+.4f}, required > 0 and >= {margin:g}"))
-        if config.gate.require_significance:
+        if config.gate.require_significance and training_test:
             checks.append(significance_check(config, champion.get("significance")))
     return Decision(all(c.passed for c in checks), checks)
 
@@ -121,7 +123,7 @@ def decide_ab(config: DatasetConfig, *, challenger: dict[str, float], champion: 
     :param trial_days: days since the challenger got its alias; past ``rollout.max_trial_days``
         an undecided trial ends in a rejection
     """
-    base = decide(config, challenger, champion)
+    base = decide(config, challenger, champion, training_test=False)  # its own test below
     checks = list(base.checks)
     need = config.rollout.min_labelled_rows
     limit = config.rollout.max_trial_days
@@ -157,13 +159,15 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
                    champion: dict[str, Any] | None, context: dict[str, Any],
                    loosened: list[str] | None = None, lineage: dict[str, Any] | None = None,
                    plots: list[str] | None = None,
-                   selection: dict[str, Any] | None = None) -> dict[str, Any]:
+                   selection: dict[str, Any] | None = None,
+                   explanation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The promotion card as a JSON-serialisable dict (also rendered to HTML). ``loosened``: how
     the run's overrides loosened the dataset's gate (the card says so in red). ``lineage``: what
     the model was trained from (:func:`lineage`); ``plots``: URIs of the evaluation's pictures,
     which the HTML card embeds; ``selection``: the select step's comparison of the candidates
     (every candidate, its metric, its difference to the best with that difference's interval,
-    and each tuned candidate's study)."""
+    and each tuned candidate's study); ``explanation``: the top features by SHAP and
+    permutation importance on the held-out rows (or why there is none)."""
     return {
         "model_name": config.registered_model_name,
         "task": config.task,
@@ -175,6 +179,7 @@ def promotion_card(*, config: DatasetConfig, decision: Decision, challenger: dic
         "lineage": lineage,
         "plots": list(plots or []),
         "selection": selection,
+        "explanation": explanation,
         **context,
     }
 
@@ -247,7 +252,8 @@ def render_card_html(card: dict[str, Any], images: dict[str, bytes] | None = Non
     context = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>"
                       for k, v in card.items()
                       if k not in {"decision", "challenger", "champion", "gate_config",
-                                   "loosened_gate", "lineage", "plots", "selection"}
+                                   "loosened_gate", "lineage", "plots", "selection",
+                                   "explanation"}
                       and not isinstance(v, dict))
     pictures = "".join(
         f'<figure><img alt="{esc(name)}" src="data:image/png;base64,'
@@ -278,8 +284,25 @@ table{{border-collapse:collapse;margin-bottom:1.5em}}</style></head><body>
 <h2>Held-out metrics</h2><table><tr><th>metric</th><th>challenger</th><th>champion</th></tr>
 {metric_rows}</table>
 {pictures}
-{statistics}{_selection_html(card.get("selection"))}<h2>Context</h2><table>{context}</table>
+{statistics}{_selection_html(card.get("selection"))}{_explanation_html(card.get("explanation"))}<h2>Context</h2><table>{context}</table>
 {lineage_html}</body></html>"""
+
+
+def _explanation_html(explanation: dict[str, Any] | None) -> str:
+    """What drives the model: the top input columns by mean |SHAP| and permutation importance."""
+    if not explanation:
+        return ""
+    esc = html.escape
+    if explanation.get("error"):
+        return f"<h2>Explanation</h2><p>Not available: {esc(explanation['error'])}</p>"
+    rows = "".join(
+        f"<tr><td>{f['rank']}</td><td>{esc(str(f['column']))}</td><td>{f['shap']:.4g}</td>"
+        f"<td>{f['permutation_mean']:.4g} &plusmn; {f['permutation_std']:.2g}</td></tr>"
+        for f in explanation.get("top_features") or [])
+    return (f"<h2>Explanation</h2><p>SHAP ({esc(str(explanation.get('method')))}) and "
+            f"permutation importance on the held-out rows.</p><table><tr><th>rank</th>"
+            f"<th>column</th><th>mean |SHAP|</th><th>permutation importance</th></tr>{rows}"
+            "</table>")
 
 
 def _selection_html(selection: dict[str, Any] | None) -> str:

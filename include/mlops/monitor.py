@@ -112,6 +112,9 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
                         f"{err.args[0]}", runbook=err.runbook) from None
     html, payload = drift.render_report(reference, current, result, numeric=numeric,
                                         categorical=categorical)
+    importance = champion_importance(stage, version)
+    html = drift.with_section(html, drift.importance_section(result, importance))
+    payload["importance"] = importance
     folder = drift_dir(stage, day)
     report_uri = join(folder, "report.html")
     result_uri = join(folder, "result.json")
@@ -140,13 +143,34 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     outcome = {
         "dataset": config.name, "model_name": stage.model_name, "model_version": version,
         "partition_date": day.isoformat(), "drifted": result.dataset_drift,
-        "columns": result.drifted_columns, "share": round(result.share, 4),
+        "columns": result.ranked(importance), "share": round(result.share, 4),
         "threshold": config.monitoring.drift_share, "report_uri": report_uri,
         "result_uri": result_uri, "source_uri": training_source(stage, reference_uri),
         "scoring_run_id": run_id,
     }
-    log.info(result.summary_line(report_uri))
+    log.info(result.summary_line(report_uri, importance))
     return outcome
+
+
+def champion_importance(stage: Stage, version: str) -> dict[str, float]:
+    """The scoring champion's importance per input column (its share of mean |SHAP| on its
+    held-out rows), from the explanation evaluate logged to its run; {} when it has none."""
+    import tempfile
+
+    from include.mlops import explain
+    from include.mlops.pipeline import EXPLANATION_PATH
+
+    try:
+        run_id = stage.client.get_model_version(stage.model_name, version).run_id
+        with tempfile.TemporaryDirectory() as folder:
+            path = stage.client.download_artifacts(run_id, EXPLANATION_PATH, folder)
+            with open(path) as file:
+                explanation = json.load(file)
+    except Exception as err:  # noqa: BLE001 - older champions have none; the report says so
+        log.info("No explanation of %s v%s to rank drifted columns by (%s)", stage.model_name,
+                 version, type(err).__name__)
+        return {}
+    return explain.importance_ranking(explanation)
 
 
 def _scored_rows(store: Any, view: Any, manifest: dict[str, Any]) -> pd.DataFrame:

@@ -408,15 +408,17 @@ def _log_dataset(stage: Stage, frame: Any, manifest: dict[str, Any]) -> None:
 
 # -- evaluate ---------------------------------------------------------------------------------------
 def evaluate(stage: Stage, *, model_uri: str, test_uri: str,
-             family: str | None = None) -> dict[str, Any]:
-    """Held-out metrics of the model at ``model_uri`` (of model ``family``; default the
-    config's), its plot, and the champion's metrics and the paired test on the same rows."""
+             family: str | None = None, candidate: str | None = None) -> dict[str, Any]:
+    """Held-out metrics of the model at ``model_uri`` (candidate ``candidate`` of model
+    ``family``; default the config's first), its plot, its explanation (SHAP and permutation
+    importance), and the champion's metrics and the paired test on the same rows."""
     from include.mlops.errors import ModelRefusedError
     from include.mlops.model_loading import load_model
 
     config = stage.config
     test = stage.read_frame(test_uri)
-    model = load_model(model_uri, family or config.training.all_candidates[0].family)
+    first = config.training.all_candidates[0]
+    model = load_model(model_uri, family or first.family)
     held_out = modeling.metrics(model, test, config)
     slices = modeling.slice_metrics(model, test, config)
     run_id = stage.mlflow_run_id
@@ -429,6 +431,8 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str,
     stage.client.log_image(run_id, _png(plot), f"plots/{plot_name}")
     plot_uri = join(stage.run_dir, plot_name)  # the promotion card shows it
     stage.store.write_bytes(plot_uri, plot)
+    explained = explain_model(stage, model, test, config.candidate_view(candidate or first.label)
+                              if family is None or candidate else _family_view(config, family))
 
     champion = None
     current = tracking.champion_version(stage.client, stage.model_name)
@@ -459,12 +463,56 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str,
             log.warning("Champion v%s cannot score the held-out rows: %s", current.version, err)
             champion["error"] = f"{type(err).__name__}: {err}"
     evaluation = {"metrics": held_out, "slices": slices, "champion": champion,
-                  "model_uri": model_uri, "test_rows": len(test), "plot_uri": plot_uri}
+                  "model_uri": model_uri, "test_rows": len(test), "plot_uri": plot_uri,
+                  **explained}
     uri = stage.put_json("evaluation.json", evaluation, mlflow_path="evaluation/evaluation.json")
     log.info("Held-out metrics: %s%s", _fmt(held_out),
              f"; champion v{champion['version']}: {_fmt(champion.get('metrics', {}))}"
              if champion else "; no champion yet")
     return {"evaluation_uri": uri, "metrics": held_out}
+
+
+EXPLANATION_PATH = "explanations/explanation.json"  # on the run of every registered version
+
+
+def _family_view(config: DatasetConfig, family: str) -> DatasetConfig:
+    """The config as model ``family`` was trained (a model from a train task that named no
+    candidate): the first candidate of that family, else the config with that family."""
+    for candidate in config.training.all_candidates:
+        if candidate.family == family:
+            return config.candidate_view(candidate.label)
+    return config.model_copy(update={"training": config.training.model_copy(
+        update={"family": family, "candidates": [], "search_space": {}})})
+
+
+def explain_model(stage: Stage, model: Any, test: Any, config: DatasetConfig) -> dict[str, Any]:
+    """SHAP values and permutation importance of ``model`` on the held-out rows
+    (:mod:`include.mlops.explain`): the JSON and a summary plot on the MLflow run (so every
+    registered version has them; the drift report ranks drifted columns by them) and in the
+    run's folder for the card. Explanations inform, they do not gate: when they cannot be
+    computed the card says why and the run goes on."""
+    from include.mlops import explain
+
+    try:
+        explanation = explain.explain(model, test, config)
+    except Exception as err:  # noqa: BLE001 - the card and the log say why; the run goes on
+        why = f"{type(err).__name__}: {err}"
+        log.warning("No explanation of this model: %s", why)
+        return {"explanation": {"error": why}}
+    stage.client.log_dict(stage.mlflow_run_id, explanation, EXPLANATION_PATH)
+    stage.client.log_dict(stage.mlflow_run_id, {"top_features": explanation["top_features"]},
+                          "explanations/top_features.json")
+    picture = explain.summary_plot(explanation, f"{config.registered_model_name}: what drives "
+                                                f"its predictions (held-out rows)")
+    stage.client.log_image(stage.mlflow_run_id, _png(picture), "explanations/summary.png")
+    plot_uri = join(stage.run_dir, "explanation.png")
+    stage.store.write_bytes(plot_uri, picture)
+    stage.log_metrics({"explain.shap_seconds": explanation["seconds"]["shap"],
+                       "explain.permutation_seconds": explanation["seconds"]["permutation"]})
+    top = explanation["top_features"][:10]
+    return {"explanation": {"method": explanation["method"], "top_features": top,
+                            "rows": explanation["rows"], "notes": explanation.get("notes", [])},
+            "explanation_plot_uri": plot_uri}
 
 
 def paired_significance(config: DatasetConfig, y: Any, champion: Any,
@@ -536,8 +584,9 @@ def gate(stage: Stage, *, evaluation_uri: str, dag_context: dict[str, Any]) -> d
         champion=evaluation["champion"], context=dag_context, loosened=list(stage.loosened),
         lineage=gates.lineage(repro, image=stage.client.get_run(stage.mlflow_run_id).data.tags
                               .get("mlops.trainer.image")) if repro else None,
-        plots=[evaluation["plot_uri"]] if evaluation.get("plot_uri") else [],
-        selection=selection)
+        plots=[uri for uri in (evaluation.get("plot_uri"), evaluation.get("explanation_plot_uri"))
+               if uri],
+        selection=selection, explanation=evaluation.get("explanation"))
     card_uri = stage.put_json("promotion_card.json", card, mlflow_path="promotion_card.json")
     images = {uri.rsplit("/", 1)[-1]: stage.store.read_bytes(uri) for uri in card["plots"]
               if stage.store.exists(uri)}

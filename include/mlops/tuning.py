@@ -174,12 +174,14 @@ def tune(frame: pd.DataFrame, config: DatasetConfig, *, candidate: str, storage_
     """
     import optuna
     from optuna.trial import TrialState
+    from threadpoolctl import threadpool_limits
 
     _quiet_optuna()
     started = time.monotonic()
     space = _search_space(config, candidate)
     tuning, metric = config.training.tuning, config.comparison_metric
     direction = "maximize" if HIGHER_IS_BETTER[metric] else "minimize"
+    frame = sample(frame, config, tuning.max_rows)
     folds = _folds(frame, config, tuning.cv_folds)
     stale: list[int] = []
 
@@ -215,11 +217,12 @@ def tune(frame: pd.DataFrame, config: DatasetConfig, *, candidate: str, storage_
                                metric=metric, n_trials=tuning.n_trials, worker=worker,
                                tracker=tracker)
         guard = _Guard(tuning.n_trials, worker)
-        the_study.optimize(
-            objective, timeout=tuning.timeout_minutes * 60, gc_after_trial=False,
-            catch=(ConfigError, ValueError, _Surplus),
-            callbacks=[optuna.study.MaxTrialsCallback(
-                tuning.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), guard])
+        with threadpool_limits(limits=fit_threads(tuning.parallel_tasks)):
+            the_study.optimize(
+                objective, timeout=tuning.timeout_minutes * 60, gc_after_trial=False,
+                catch=(ConfigError, ValueError, _Surplus),
+                callbacks=[optuna.study.MaxTrialsCallback(
+                    tuning.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), guard])
         if tracker:
             tracker.reconcile(the_study)
 
@@ -255,6 +258,38 @@ def _search_space(config: DatasetConfig, candidate: str) -> dict[str, Any]:
         raise ConfigError(f"candidate {candidate!r} of dataset {config.name!r} has no "
                           "search_space: nothing to tune. Add one, or skip the tune step for it")
     return dict(found.search_space)
+
+
+def fit_threads(parallel_tasks: int) -> int | None:
+    """Threads each trial's fits may use: all of them for one tune task; with several, this
+    machine's cores shared among them (several tune tasks of a study on one worker would
+    otherwise each start a thread per core and slow each other down). None: no limit."""
+    import os
+
+    if parallel_tasks <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // parallel_tasks)
+
+
+def sample(frame: pd.DataFrame, config: DatasetConfig, max_rows: int | None) -> pd.DataFrame:
+    """At most ``max_rows`` of the training rows for the trials: the same seeded sample for
+    every worker and retry, stratified by the target for classification (when every class
+    allows it). The best params then train on every row."""
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    from sklearn.model_selection import train_test_split
+
+    from include.mlops import modeling
+
+    stratify = None
+    if config.task == "classification":
+        y = modeling.target(frame, config)
+        counts = y.value_counts()
+        if len(counts) >= 2 and counts.min() >= 2:
+            stratify = y
+    kept, _ = train_test_split(frame, train_size=max_rows, random_state=config.training.seed,
+                               stratify=stratify)
+    return kept.reset_index(drop=True)
 
 
 def _folds(frame: pd.DataFrame, config: DatasetConfig, k: int) -> list[tuple[Any, Any]]:

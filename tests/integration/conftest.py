@@ -306,8 +306,18 @@ def trainer_image() -> Any:
 
 # -- a real Airflow: api-server, dag-processor, scheduler ------------------------------------------
 DAG_ID = "training"
-TASKS = {"check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
-         "register", "approve", "promote"}
+TASKS = {"check_changed", "ingest", "validate", "build_features", "plan_tuning", "tune", "train",
+         "select", "evaluate", "gate", "register", "approve", "promote"}
+MAPPED = {"tune", "train"}  # their instances have map indexes (train[0]: the only candidate)
+UNTUNED = {"tune"}  # skipped (mapped over no slot) when no candidate has a search space
+
+
+def ran_ok(states: dict[str, Any]) -> bool:
+    """Every task of an untuned training run succeeded (tune: skipped, nothing to tune).
+    ``states``: task id -> state, or -> a task instance dict with a ``state``."""
+    state = {task: value["state"] if isinstance(value, dict) else value
+             for task, value in states.items()}
+    return all(s == "success" or (t in UNTUNED and s == "skipped") for t, s in state.items())
 PARTS = ("api-server", "dag-processor", "scheduler", "triggerer")  # triggerer: data waits
 # A dataset that waits for its partition (data_wait), beside the bundled ones, for the
 # scheduler's tests: WAIT_DATASET waits WAIT_MINUTES, listing every 5 s.
@@ -381,8 +391,10 @@ class Airflow:
         return {task: ti["state"] for task, ti in self.task_instances(run_id, dag_id).items()}
 
     def task_log(self, run_id: str, task_id: str, attempt: int = 1, dag_id: str = DAG_ID) -> str:
-        """The task log of one try through ``GET …/taskInstances/{task}/logs/{try}`` (JSON)."""
-        lines = log_lines(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt})
+        """The task log of one try through ``GET …/taskInstances/{task}/logs/{try}`` (JSON);
+        of map index 0 for a mapped task."""
+        lines = log_lines(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt,
+                                                     "map_index": 0 if task_id in MAPPED else -1})
         assert lines is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
         return "\n".join(lines)
 
@@ -390,7 +402,9 @@ class Airflow:
                          dag_id: str = DAG_ID) -> list[dict[str, Any]]:
         """The structured records of one try's task log (level, logger, event), as the UI gets
         them; text lines (a log from before structured logging) are skipped."""
-        entries = log_entries(self.api, dag_id, run_id, {"task_id": task_id, "try_number": attempt})
+        entries = log_entries(self.api, dag_id, run_id, {
+            "task_id": task_id, "try_number": attempt,
+            "map_index": 0 if task_id in MAPPED else -1})
         assert entries is not None, f"no log for {task_id} try {attempt} of {run_id} from the API"
         return [e for e in entries if isinstance(e, dict)]
 

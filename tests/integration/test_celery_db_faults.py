@@ -34,7 +34,7 @@ from tests.integration.celery_stack import (
     own_postgres,
     start_celery_stack,
 )
-from tests.integration.conftest import TASKS, champion_of, registered_versions
+from tests.integration.conftest import TASKS, champion_of, ran_ok, registered_versions
 from tests.integration.test_celery_faults import (
     FAULT_SETTINGS,
     SLOW_TRAINING,
@@ -153,7 +153,7 @@ def test_postgres_restarted_mid_train_run_recovers(services, postgres, db_stack)
           f"{[(name, code, round(at - stopped, 1)) for at, name, code in restarts]}; "
           f"tasks (state, try) {report}")
     assert run["state"] == "success", db_stack.failure_report(run_id)
-    assert set(tis) == TASKS and all(ti["state"] == "success" for ti in tis.values()), report
+    assert set(tis) == TASKS and ran_ok(tis), report
     # Only the scheduler and the dag-processor may need the restart policy; the api-server and
     # the workers rode the outage out (the same processes as before).
     assert set(exited) <= {"scheduler", "dag-processor"}, restarts

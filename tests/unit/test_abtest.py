@@ -451,3 +451,12 @@ def test_an_undecided_trial_ends_in_a_rejection_after_max_trial_days() -> None:
            "rollout.max_trial_days=14" in late.decision.reasons
     too_few = decide_ab(config, **{**kwargs, "interval": None}, trial_days=30)
     assert too_few.verdict == "reject"
+
+
+def test_require_significance_does_not_block_an_ab_promotion() -> None:
+    """The A/B decision applies its own interval; the training gate's paired test (which live
+    metrics have none of) must not be required again, or no challenger could ever win."""
+    config = churn_config(rollout={"mode": "shadow"}, gate={"require_significance": True})
+    outcome = ab(config, LIVE_GOOD, interval(0.05, 0.15))
+    assert outcome.verdict == "promote", outcome.decision.reasons
+    assert [c.name for c in outcome.decision.checks].count("significance") == 1

@@ -392,3 +392,58 @@ def test_another_family_does_not_inherit_the_yamls_hyperparameters() -> None:
     assert xgb.training.hyperparameters == {"max_depth": 3}
     same = resolve_config({"dataset": "churn_demo", "training": {"seed": 3}})
     assert same.training.hyperparameters["max_iter"] == 150  # same family: merged as before
+
+
+# -- candidates and search spaces -------------------------------------------------------------------
+def _with_training(**training: object) -> DatasetConfig:
+    raw = churn_raw()
+    raw["training"] = {"seed": 42, **training}
+    return DatasetConfig.model_validate(raw)
+
+
+def test_one_family_is_one_candidate_and_a_view_trains_only_it() -> None:
+    config = _with_training(family="random_forest", hyperparameters={"n_estimators": 10},
+                            search_space={"max_depth": {"type": "int", "low": 2, "high": 8}})
+    [only] = config.training.all_candidates
+    assert (only.label, only.family, only.search_space["max_depth"].high) == (
+        "random_forest", "random_forest", 8)
+    view = config.candidate_view("random_forest", {"max_depth": 5})
+    assert view.training.family == "random_forest"
+    assert view.training.hyperparameters == {"n_estimators": 10, "max_depth": 5}
+    assert view.training.search_space == {} and view.training.candidates == []
+
+
+def test_candidates_need_unique_names_and_their_own_hyperparameters() -> None:
+    two = [{"family": "random_forest"}, {"name": "lr", "family": "logistic_regression",
+                                          "hyperparameters": {"C": 0.5}}]
+    config = _with_training(candidates=two)
+    assert [c.label for c in config.training.all_candidates] == ["random_forest", "lr"]
+    assert config.candidate_view("lr").training.hyperparameters == {"C": 0.5}
+    with pytest.raises(ValidationError, match="candidate names must be unique"):
+        _with_training(candidates=[{"family": "random_forest"}, {"family": "random_forest"}])
+    with pytest.raises(ValidationError, match="put hyperparameters and search_space in each"):
+        _with_training(candidates=two, hyperparameters={"max_iter": 3})
+    with pytest.raises(ValidationError, match="is for regression"):
+        _with_training(candidates=[{"family": "ridge"}])
+    from include.mlops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no candidate 'svm'"):
+        config.candidate_view("svm")
+
+
+@pytest.mark.parametrize(("dimension", "message"), [
+    ({"type": "int", "low": 5, "high": 1}, "low 5 > high 1"),
+    ({"type": "int", "low": 0, "high": 9, "log": True}, "log: true needs low >= 1"),
+    ({"type": "float", "low": 0, "high": 1, "log": True}, "log: true needs low > 0"),
+    ({"type": "categorical", "choices": []}, "at least 1 item"),
+    ({"type": "normal", "low": 0, "high": 1}, "does not match any of the expected tags"),
+])
+def test_a_bad_search_dimension_is_a_config_error(dimension: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _with_training(search_space={"max_iter": dimension})
+
+
+def test_a_parameter_both_fixed_and_searched_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"\['max_iter'\] are both fixed"):
+        _with_training(hyperparameters={"max_iter": 100},
+                       search_space={"max_iter": {"type": "int", "low": 10, "high": 20}})

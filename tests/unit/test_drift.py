@@ -264,3 +264,30 @@ def test_report_carries_the_full_data_numbers() -> None:
     assert "Not checked: empty (numeric)" in html
     assert "Wasserstein distance (normed) (full data)" in html
     json.dumps(report)
+
+
+# -- drifted columns ranked by the champion's importance --------------------------------------------
+def _drifted(*names: str) -> DriftResult:
+    return DriftResult(columns=[ColumnDrift(n, "numeric", "wasserstein", 0.3, 0.1, True)
+                                for n in names]
+                       + [ColumnDrift("calm", "numeric", "wasserstein", 0.01, 0.1, False)],
+                       drift_share=0.5, reference_rows=100, current_rows=100)
+
+
+def test_drifted_columns_are_ranked_by_the_models_importance() -> None:
+    from include.mlops.drift import importance_section, with_section
+
+    result = _drifted("age", "region", "prediction")
+    importance = {"region": 0.6, "age": 0.1, "calm": 0.3}
+
+    assert result.ranked(importance) == ["region", "age", "prediction"]
+    assert result.ranked({}) == ["age", "region", "prediction"]
+    line = result.summary_line("s3://r/report.html", importance)
+    assert "by the model's importance: region (60%), age (10%), prediction (not a feature)" in line
+    section = importance_section(result, importance)
+    assert section.index("<td>region") < section.index("<td>age") < section.index("<td>prediction")
+    assert "60.0%" in section and "not a model input" in section
+    page = with_section("<html><body class='x'><div>evidently</div></body></html>", section)
+    assert page.index("importance") < page.index("evidently")
+    assert "not ranked" in importance_section(result, {})
+    assert importance_section(_drifted(), importance) == ""

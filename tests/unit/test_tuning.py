@@ -19,7 +19,7 @@ import pytest
 from include.mlops import modeling, tracking, tuning
 from include.mlops.config import DatasetConfig
 from include.mlops.errors import ConfigError, DataError
-from tests.unit.helpers import churn_raw, demo_frame, regression_config
+from tests.unit.helpers import churn_config, churn_raw, demo_frame, regression_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSIFIER_SPACE = {
@@ -348,3 +348,16 @@ def test_storage_errors_never_show_the_password() -> None:
     with pytest.raises(ConfigError) as err:
         tuning.storage("not a url hunter2")
     assert "hunter2" not in str(err.value)
+
+
+def test_trials_cross_validate_on_a_seeded_stratified_sample_of_at_most_max_rows() -> None:
+    from include.mlops.tuning import sample
+
+    config = churn_config()
+    frame = demo_frame(config, rows=3000)
+    kept = sample(frame, config, 1000)
+    assert len(kept) == 1000
+    assert kept.equals(sample(frame, config, 1000))  # every worker and retry: the same rows
+    share = frame["churned"].mean()
+    assert abs(kept["churned"].mean() - share) < 0.005  # stratified
+    assert sample(frame, config, None) is frame and sample(frame, config, 5000) is frame

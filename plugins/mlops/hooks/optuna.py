@@ -13,7 +13,7 @@ class OptunaStorageHook(BaseHook):
 
     Connection ``mlops_optuna``: type ``postgres`` (``host``, ``port``, ``schema`` = database,
     ``login``, ``password``; the production stack's ``optuna`` database) or type ``sqlite``
-    (``host`` = the file's path; the embedded stack's ``.local/state/optuna.db``), or any type
+    (``host`` = the file's path; the embedded stack's ``.local/optuna.db``), or any type
     with the SQLAlchemy URL in the extra ``url``. The URL holds the password: it is masked in
     task logs and never returned in XCom.
 

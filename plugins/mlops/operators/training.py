@@ -494,7 +494,7 @@ class EvaluateModelOperator(MlopsStageOperator):
 
         return evaluate(stage, model_uri=self.model["model_uri"],
                         test_uri=split_of(self.features)["test_uri"],
-                        family=self.model.get("family"))
+                        family=self.model.get("family"), candidate=self.model.get("candidate"))
 
 
 class QualityGateOperator(MlopsStageOperator):
