@@ -58,6 +58,7 @@ with DAG(
         slot=plan.output)
     trained = TrainModelOperator.partial(  # one per candidate, with its study's best params
         task_id="train", ingest_result=ingested.output, trigger_rule="none_failed",
+        **TrainModelOperator.routing(),  # the trainer queue ($MLOPS_TRAINER_QUEUE), if any
     ).expand(features=features.output)
     selected = SelectModelOperator(task_id="select", candidates=trained.output,
                                    features=features.output)  # the best on the same rows

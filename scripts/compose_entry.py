@@ -158,14 +158,14 @@ def run_init() -> None:
     ensure_fab_users(secrets)
     conns = PRIVATE / "connections.json"
     write_private(conns, json.dumps(airflow_connections(secrets, mlflow_url=MLFLOW_URL,
-                                                        s3_url=S3_URL)))
+                                                        s3_url=S3_URL, optuna_postgres="postgres")))
     try:
         _airflow("connections", "import", "--overwrite", str(conns))
     finally:
         conns.unlink(missing_ok=True)
     _airflow("pools", "set", "mlops_promotion", "1", "serializes model promotion")
-    say(f"Connections mlflow_default ({MLFLOW_WORKER}), mlops_s3 (workers' key); "
-        "pool mlops_promotion (1 slot)")
+    say(f"Connections mlflow_default ({MLFLOW_WORKER}), mlops_s3 (workers' key), mlops_optuna "
+        "(Optuna studies, PostgreSQL role optuna); pool mlops_promotion (1 slot)")
     wait_until(lambda: _http_status(f"{MLFLOW_URL}/health") == 200, 180, "MLflow server")
     ensure_mlflow_users(MLFLOW_URL, admin_password=secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
                         users={MLFLOW_WORKER: secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],

@@ -76,6 +76,7 @@ COMPOSE_SECRETS: dict[str, Any] = {
     "MLOPS_DB_SUPERUSER_PASSWORD": _token(24),
     "MLOPS_DB_AIRFLOW_PASSWORD": _token(24),
     "MLOPS_DB_MLFLOW_PASSWORD": _token(24),
+    "MLOPS_DB_OPTUNA_PASSWORD": _token(24),
     "MLOPS_REDIS_PASSWORD": _token(24),
 }
 # Keys of SECRETS that the Airflow processes themselves need (their own configuration); every
@@ -865,12 +866,21 @@ def airflow_process_env(home: Path, port: int, secrets: dict[str, str], *,
 
 
 def airflow_connections(secrets: dict[str, str], *, mlflow_url: str, s3_url: str,
-                        optuna_db: Path | None = None) -> dict[str, dict[str, Any]]:
+                        optuna_db: Path | None = None,
+                        optuna_postgres: str | None = None) -> dict[str, dict[str, Any]]:
     """The workers' Connections: MLflow as its service account, S3 with the workers' key, and
-    (``optuna_db``) the SQLite file the tune step's studies live in on one machine."""
-    optuna = {} if optuna_db is None else {"mlops_optuna": {
-        "conn_type": "sqlite", "host": str(optuna_db),
-        "description": "Optuna studies of the tune step (a SQLite file on this machine)"}}
+    where the tune step's Optuna studies live: the SQLite file ``optuna_db`` on one machine, or
+    the ``optuna`` database on the PostgreSQL host ``optuna_postgres`` (its own role)."""
+    optuna: dict[str, dict[str, Any]] = {}
+    if optuna_db is not None:
+        optuna["mlops_optuna"] = {
+            "conn_type": "sqlite", "host": str(optuna_db),
+            "description": "Optuna studies of the tune step (a SQLite file on this machine)"}
+    elif optuna_postgres is not None:
+        optuna["mlops_optuna"] = {
+            "conn_type": "postgres", "host": optuna_postgres, "port": 5432, "schema": "optuna",
+            "login": "optuna", "password": secrets["MLOPS_DB_OPTUNA_PASSWORD"],
+            "description": "Optuna studies of the tune step (PostgreSQL, role optuna)"}
     return {**optuna,
         "mlflow_default": {"conn_type": "http", "host": mlflow_url, "login": MLFLOW_WORKER,
                            "password": secrets["MLOPS_MLFLOW_WORKER_PASSWORD"],

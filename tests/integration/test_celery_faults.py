@@ -147,7 +147,7 @@ def test_worker_killed_mid_train_is_retried_on_the_other_worker(services, celery
     detected = [line for line in celery_stack.logs["scheduler"].read_text(errors="replace")
                 .splitlines() if "Detected a task instance without a heartbeat" in line]
     assert any("'Task Id': 'train'" in line and run_id in line for line in detected), detected
-    retry = f"run_id={run_id}/task_id=train/attempt=2.log"
+    retry = f"run_id={run_id}/task_id=train/map_index=0/attempt=2.log"  # train is mapped
     assert retry in _log_since(celery_stack, survivor, offsets[survivor]), \
         f"{survivor} did not run the retry of train"
     # The killed try had not logged its model: the retry trained it, into the same MLflow run.

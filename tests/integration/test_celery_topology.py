@@ -15,7 +15,7 @@ from stack import MLFLOW_WORKER, MlflowLogin
 
 from include.mlops.demo_data import write_partitions
 from tests.integration.celery_stack import WORKERS, parent_pid, start_celery_stack
-from tests.integration.conftest import TASKS, ran_ok
+from tests.integration.conftest import TASKS, UNTUNED, ran_ok
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,11 @@ def test_training_runs_through_celery_workers_on_postgres_and_redis(services, ce
     assert run["state"] == "success", celery_stack.failure_report(run_id)
     tis = celery_stack.task_instances(run_id)
     assert set(tis) == TASKS and ran_ok(tis)
-    # Every task went through the broker to a Celery worker, which ran it.
+    # Every task that ran went through the broker to a Celery worker (tune was skipped: this
+    # dataset has no search space).
     worker_logs = "".join(celery_stack.logs[name].read_text(errors="replace")
                           for name in WORKERS)
-    for task in TASKS:
+    for task in TASKS - UNTUNED:
         assert f"'task_id': '{task}'" in worker_logs or f"task_id='{task}'" in worker_logs, \
             f"{task} is not in the Celery workers' logs:\n{worker_logs[-3000:]}"
     # Each worker imported the stages' libraries once, before forking its pool.

@@ -43,7 +43,8 @@ def test_compose_secrets_file_is_private_complete_and_stable(tmp_path: Path) -> 
     assert len(set(values.values())) == len(values)  # every secret its own value
     Fernet(values["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid key, made without cryptography
     # URL-safe: the compose file puts passwords into database and broker URLs unescaped.
-    for key in ("MLOPS_DB_AIRFLOW_PASSWORD", "MLOPS_DB_MLFLOW_PASSWORD", "MLOPS_REDIS_PASSWORD"):
+    for key in ("MLOPS_DB_AIRFLOW_PASSWORD", "MLOPS_DB_MLFLOW_PASSWORD",
+                "MLOPS_DB_OPTUNA_PASSWORD", "MLOPS_REDIS_PASSWORD"):
         assert re.fullmatch(r"[A-Za-z0-9_-]{24,}", values[key]), key
     assert ensure_env_file(path, COMPOSE_SECRETS, "the production stack") == ""
     assert read_env_file(path) == values

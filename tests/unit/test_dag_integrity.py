@@ -323,3 +323,17 @@ def test_promote_operator_defaults() -> None:
     operator = ops.PromoteModelOperator(task_id="promote", registration={}, decision={})
     assert operator.pool == ops.PROMOTION_POOL == "mlops_promotion"
     assert operator.alias is None  # champion, or challenger under a shadow/canary rollout
+
+
+def test_the_mapped_train_task_goes_to_the_trainer_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler routes a mapped task by its partial arguments (no operator instance exists
+    yet): the production stack's MLOPS_TRAINER_QUEUE must reach them."""
+    from airflow.configuration import conf
+
+    monkeypatch.setenv("MLOPS_TRAINER_QUEUE", "gpu")
+    train = load().dags["training"].get_task("train")
+    assert train.queue == "gpu"
+    assert {t.queue for t in load().dags["training"].tasks if t.task_id != "train"} == {
+        conf.get("operators", "default_queue")}
+    monkeypatch.delenv("MLOPS_TRAINER_QUEUE")
+    assert load().dags["training"].get_task("train").queue == conf.get("operators", "default_queue")

@@ -78,8 +78,7 @@ class TrainModelOperator(MlopsStageOperator):
                  tls_client_key: str | None = None, tls_verify: bool = True,
                  tls_hostname: str | bool | None = None, api_version: str | None = None,
                  **kwargs: Any) -> None:
-        if os.environ.get("MLOPS_TRAINER_QUEUE"):
-            kwargs.setdefault("queue", os.environ["MLOPS_TRAINER_QUEUE"])
+        kwargs = {**self.routing(), **kwargs}
         super().__init__(**kwargs)
         self.features = features
         self.ingest_result = ingest_result
@@ -101,6 +100,14 @@ class TrainModelOperator(MlopsStageOperator):
         self.container_name: str | None = None
         self._killed = False  # on_kill stopped the container: its exit is not an OOM
         self._gpu_fallback: str | None = None  # why no GPU was used although one was asked for
+
+    @staticmethod
+    def routing() -> dict[str, Any]:
+        """``{"queue": $MLOPS_TRAINER_QUEUE}`` when the DAG file is parsed with it set, else {}.
+        A mapped train task must be given it in ``partial()``: the scheduler routes a mapped
+        task by its partial arguments, before any instance of the class exists."""
+        queue = os.environ.get("MLOPS_TRAINER_QUEUE")
+        return {"queue": queue} if queue else {}
 
     @cached_property
     def hook(self) -> TrainerEngineHook:
