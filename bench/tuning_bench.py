@@ -156,13 +156,10 @@ def main() -> None:
                     [client.get_experiment_by_name(name).experiment_id],
                     filter_string=f"tags.`airflow.run_id` = '{run['run_id']}'")
                 metrics = parent.data.metrics
-                best = None
-                if label != "untuned":
-                    study = tuning.summary(f"sqlite:///{optuna_db}",
-                                           tuning.study_name(name, run["run_id"],
-                                                             "hist_gradient_boosting"))
-                    best = study
-                results[label] = {**run, "metrics": metrics, "study": best}
+                study = None if label == "untuned" else tuning.summary(
+                    f"sqlite:///{optuna_db}",
+                    tuning.study_name(name, run["run_id"], "hist_gradient_boosting"))
+                results[label] = {**run, "metrics": metrics, "study": study}
                 print(f"{label}: {run['wall_s']:.1f} s, tune {span(run, 'tune'):.1f} s, "
                       f"held-out roc_auc {metrics.get('roc_auc', float('nan')):.4f}", flush=True)
         except BaseException:

@@ -59,12 +59,12 @@ class TuneOperator(MlopsStageOperator):
 
         candidate = self.slot["candidate"]
         frame = stage.read_frame(split_of(self.features)["train_uri"])
-        experiment_id = stage.client.get_run(stage.mlflow_run_id).info.experiment_id
+        # Child runs go to the parent run's experiment (tune looks it up once).
         return tuning.tune(frame, stage.config, candidate=candidate,
                            storage_url=self.optuna_hook.storage_url,
                            study=study_for(stage, context, candidate),
                            worker=int(self.slot.get("worker", 0)), mlflow_client=stage.client,
-                           parent_run_id=stage.mlflow_run_id, experiment_id=experiment_id)
+                           parent_run_id=stage.mlflow_run_id)
 
 
 class SelectModelOperator(MlopsStageOperator):
