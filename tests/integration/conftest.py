@@ -326,6 +326,18 @@ WAIT_DATASET, WAIT_MINUTES = "churn_wait", 1
 APPROVAL_DATASET, APPROVAL_HOURS = "churn_approval", 0.02
 # The same, for the request that nobody answers: it times out in 18 s, not 72.
 SHORT_APPROVAL_DATASET, SHORT_APPROVAL_HOURS = "churn_approval_short", 0.005
+# The demo with a search space: 4 trials shared by 2 mapped tune tasks (the whole training
+# section is replaced: the last of two YAML keys wins).
+TUNED_DATASET, TUNED_TRIALS = "churn_tuned", 4
+TUNED_TRAINING = f"""training:
+  family: hist_gradient_boosting
+  hyperparameters: {{max_iter: 30, max_leaf_nodes: 15}}
+  search_space:
+    learning_rate: {{type: float, low: 0.03, high: 0.3, log: true}}
+  tuning: {{n_trials: {TUNED_TRIALS}, parallel_tasks: 2, cv_folds: 2}}
+  seed: 42
+  test_size: 0.25
+"""
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
 LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
@@ -462,7 +474,8 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
         WAIT_DATASET: f"data_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n",
         APPROVAL_DATASET: f"approval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n",
         SHORT_APPROVAL_DATASET: "approval:\n  required: true\n  timeout_hours: "
-                                f"{SHORT_APPROVAL_HOURS}\n"})
+                                f"{SHORT_APPROVAL_HOURS}\n",
+        TUNED_DATASET: TUNED_TRAINING})
     from tests.integration.alert_sinks import AlertSinks
 
     sinks = AlertSinks().start()

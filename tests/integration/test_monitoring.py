@@ -295,3 +295,74 @@ def test_broken_inputs_get_clear_errors_and_no_event(services, monitored, dagbag
     assert f"missing reference partition: the training snapshot {snapshot} of {model} v1 is " \
            "gone" in gone.final_error()
     assert _asset_events("drift_detected", gone.run_id) == []
+
+
+def test_multiclass_model_is_scored_and_held_to_its_live_floor(services, run_dag, dagbag,
+                                                               run_any_dag, tmp_path,
+                                                               monkeypatch):
+    """A three-class dataset (scikit-learn's make_classification) trained, scored and monitored:
+    its live ROC AUC (one-vs-rest, macro) and log loss are numbers, so a floor it meets raises
+    nothing, and a floor it misses raises the alert with the observed value."""
+    import math
+
+    import pandas as pd
+    import yaml
+    from sklearn.datasets import make_classification
+
+    from include.mlops.ingest import read_parquet_bytes, to_parquet_bytes
+
+    name, store, client = "it_multiclass", services.store(), services.mlflow_client()
+    x, y = make_classification(n_samples=3000, n_features=6, n_informative=4, n_redundant=0,
+                               n_classes=3, n_clusters_per_class=1, class_sep=1.0,
+                               random_state=3)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)])
+    frame["row_id"], frame["label"] = [f"r{i}" for i in range(len(frame))], y
+    source, labels = f"s3://mlops-data/{name}", f"s3://mlops-data/{name}-labels"
+    train_day, scored_day = frame.iloc[:1500], frame.iloc[1500:]
+    store.write_bytes(f"{source}/date=2025-02-01/part-0.parquet", to_parquet_bytes(train_day))
+    store.write_bytes(f"{source}/date=2025-02-02/part-0.parquet",
+                      to_parquet_bytes(scored_day.drop(columns=["label"])))
+    store.ensure_bucket(labels)
+    store.write_bytes(f"{labels}/date=2025-02-02/labels.parquet",
+                      to_parquet_bytes(scored_day[["row_id", "label"]]))
+    config = {"source_uri": source, "task": "classification", "target": "label",
+              "id_column": "row_id", "min_rows": 100,
+              "columns": [{"name": "row_id", "type": "categorical"},
+                          *({"name": f"f{i}", "type": "numeric"} for i in range(6)),
+                          {"name": "label", "type": "integer", "min": 0, "max": 2}],
+              "training": {"family": "logistic_regression", "hyperparameters": {"max_iter": 500}},
+              "gate": {"thresholds": ["accuracy >= 0.6"], "champion_metric": "roc_auc"},
+              "monitoring": {"labels_uri": labels, "performance_floor": ["roc_auc >= 0.8"]}}
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("MLOPS_DATASETS_DIR", str(tmp_path))
+
+    trained = run_dag("2025-02-02", dataset=name, partition_date="2025-02-01")
+    assert trained.state == "success", trained.error_lines()
+    assert champion_of(client, name) == "1"
+    scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-02-03", dataset=name,
+                         partition_date="2025-02-02")
+    assert scored.state == "success", scored.error_lines()
+    served = read_parquet_bytes(store.read_bytes(
+        f"s3://mlops/{name}/predictions/date=2025-02-02/predictions.parquet"))
+    assert len(served) == 1500 and json.loads(served["classes"].iloc[0]) == [0, 1, 2]
+    assert all(abs(sum(p) - 1) < 1e-4 for p in served["proba"])
+
+    perf = dagbag.get_dag("performance_monitor")
+    met = run_any_dag(perf, "2025-02-04", dataset=name, partition_date="2025-02-02",
+                      monitoring={"performance_floor": ["roc_auc >= 0.8"]})
+    assert met.state == "success", met.error_lines()
+    assert met.tasks["performance_degraded"] == "skipped", met.tasks
+    assert "ALERT" not in met.log
+    (live,) = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                                 filter_string="tags.`mlops.monitor` = 'live'")
+    metrics = client.get_run(live.info.run_id).data.metrics
+    assert math.isfinite(metrics["live.roc_auc"]) and metrics["live.roc_auc"] > 0.8, metrics
+    assert math.isfinite(metrics["live.log_loss"]) and metrics["live.rows"] == 1500, metrics
+
+    missed = run_any_dag(perf, "2025-02-04", dataset=name, partition_date="2025-02-02",
+                         monitoring={"performance_floor": ["roc_auc >= 0.999"]})
+    assert missed.state == "success", missed.error_lines()
+    assert missed.tasks["performance_degraded"] == "success", missed.tasks
+    observed = f"{metrics['live.roc_auc']:.4f}"
+    assert f"ALERT: live performance of {name} v1 on 2025-02-02 is below the floor: " \
+           f"roc_auc >= 0.999 (observed {observed}" in missed.log, missed.log[-3000:]
