@@ -303,14 +303,17 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
     champion = by_version.get(str(manifest["champion_version"]), {})
     mv = stage.client.get_model_version(stage.model_name, manifest["champion_version"])
     snapshot = mv.tags.get("mlops.data_snapshot")
-    failed = [str(t) + f" (observed {champion.get(t.metric, float('nan')):.4f})"
-              for t in config.monitoring.performance_floor
-              if not _holds(t, champion.get(t.metric, float("nan")))]
+    failed, unmeasured = floor_check(config.monitoring.performance_floor, champion)
+    if unmeasured:
+        log.warning("Not checked against the floor on %s: %s is undefined on this day's "
+                    "labelled rows (e.g. ROC AUC when they hold a single class); the other bars "
+                    "are checked", day, ", ".join(unmeasured))
     result = {"dataset": config.name, "model_name": stage.model_name,
               "model_version": manifest["champion_version"], "partition_date": day.isoformat(),
               "metrics": {v: {k: round(x, 6) for k, x in m.items()} for v, m in by_version.items()},
               "label_rows": stats["label_rows"], "matched": stats["matched"],
               "unknown_ids": stats["unknown_ids"], "below_floor": bool(failed), "failed": failed,
+              "unmeasured": unmeasured,
               "floor": [str(t) for t in config.monitoring.performance_floor],
               "monitor_runs": run_ids,
               "source_uri": training_source(stage, snapshot) if snapshot else None}
@@ -327,8 +330,24 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
     return result
 
 
-def _holds(threshold: Any, observed: float) -> bool:
-    return observed == observed and threshold.holds(observed)
+def floor_check(floor: list[Any], observed: dict[str, float]) -> tuple[list[str], list[str]]:
+    """(bars not met, each with the observed value; metrics the day's labels leave undefined).
+
+    A metric that was computed and is NaN is undefined on these rows (ROC AUC of labels that
+    hold one class): its bar is not checked today and is reported, not alerted on, since such
+    a day says nothing about the model. A metric that was not computed at all (no labelled rows
+    of the champion) fails its bar."""
+    failed, unmeasured = [], []
+    for threshold in floor:
+        if threshold.metric not in observed:
+            failed.append(f"{threshold} (not measured: no labelled rows of the champion)")
+            continue
+        value = float(observed[threshold.metric])
+        if value != value:
+            unmeasured.append(threshold.metric)
+        elif not threshold.holds(value):
+            failed.append(f"{threshold} (observed {value:.4f})")
+    return failed, sorted(set(unmeasured))
 
 
 def _log_live(stage: Stage, version: str, values: dict[str, float], *, step: int, timestamp: int,

@@ -13,6 +13,7 @@ dies, start it again, and stop and start MLflow.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -205,6 +206,7 @@ class CeleryStack(Airflow):
     mlflow: Any = None  # stack.Service
     mlflow_options: dict[str, Any] = field(default_factory=dict)  # start_mlflow's arguments
     port: int = 0  # the api-server's
+    optuna_url: str = ""  # the tune step's study storage (Connection mlops_optuna)
     _ready_from: dict[str, int] = field(default_factory=dict)  # worker: log offset at its start
 
     @property
@@ -301,7 +303,7 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
     Airflow and MLflow databases (SQLAlchemy URL without a database; default the host's).
     ``workers``: how many of :data:`WORKERS` to start (bench/celery_bench.py starts one)."""
     tag = uuid.uuid4().hex[:8]
-    dbs = {name: f"it_{name}_{tag}" for name in ("airflow", "mlflow", "mlflow_auth")}
+    dbs = {name: f"it_{name}_{tag}" for name in ("airflow", "mlflow", "mlflow_auth", "optuna")}
     for db in dbs.values():
         _pg(f"CREATE DATABASE {db}", pg)
     broker_db = 8 + int(tag, 16) % 8  # db 8-15, flushed before and after
@@ -342,11 +344,22 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
     _airflow_cli(env, "db", "migrate")
     configure_airflow(secrets, mlflow_url=mlflow.url, s3_url=services.s3_url,
                       passwords_file=password_file, scratch=home, env=env)
+    # The tune step's studies in a PostgreSQL database, as in production (trust auth here: no
+    # password); the Connection's fields are what docker-compose.yaml's airflow-init stores.
+    # Imported from a file, as ./deploy.sh does: `connections add --conn-type postgres` would
+    # store type "generic" (the postgres provider is not installed).
+    host, port_pg = pg.split("@", 1)[1].rsplit(":", 1)
+    optuna_conn = home / "optuna-connection.json"
+    optuna_conn.write_text(json.dumps({"mlops_optuna": {
+        "conn_type": "postgres", "host": host, "port": int(port_pg), "schema": dbs["optuna"],
+        "login": "postgres"}}))
+    _airflow_cli(env, "connections", "import", str(optuna_conn))
     logs = {part: home / "process-logs" / f"{part}.log" for part in (*PARTS, *WORKERS)}
     api = {user: AirflowApi(f"http://127.0.0.1:{port}", user, secrets[key])
            for user, (_, key) in AIRFLOW_USERS.items()}
     found = CeleryStack(api["admin"], home, logs, users=api, env=env, mlflow=mlflow,
-                        mlflow_options=mlflow_options, port=port)
+                        mlflow_options=mlflow_options, port=port,
+                        optuna_url=f"{pg}/{dbs['optuna']}")
     try:
         found.procs.update(start_airflow(PARTS, port=port, home=home, env=env, logs=logs,
                                          timeout=120))

@@ -310,6 +310,11 @@ TASKS = {"check_changed", "ingest", "validate", "build_features", "plan_tuning",
          "select", "evaluate", "gate", "register", "approve", "promote"}
 MAPPED = {"tune", "train"}  # their instances have map indexes (train[0]: the only candidate)
 UNTUNED = {"tune"}  # skipped (mapped over no slot) when no candidate has a search space
+# The demo with a search space (Deployment.write_dataset): 4 trials, 2 mapped tune tasks.
+TUNED_TRIALS = 4
+TUNED_TRAINING = {"search_space": {"l2_regularization": {"type": "float", "low": 1e-4,
+                                                         "high": 1.0, "log": True}},
+                  "tuning": {"n_trials": TUNED_TRIALS, "parallel_tasks": 2, "cv_folds": 2}}
 
 
 def ran_ok(states: dict[str, Any]) -> bool:
@@ -326,18 +331,6 @@ WAIT_DATASET, WAIT_MINUTES = "churn_wait", 1
 APPROVAL_DATASET, APPROVAL_HOURS = "churn_approval", 0.02
 # The same, for the request that nobody answers: it times out in 18 s, not 72.
 SHORT_APPROVAL_DATASET, SHORT_APPROVAL_HOURS = "churn_approval_short", 0.005
-# The demo with a search space: 4 trials shared by 2 mapped tune tasks (the whole training
-# section is replaced: the last of two YAML keys wins).
-TUNED_DATASET, TUNED_TRIALS = "churn_tuned", 4
-TUNED_TRAINING = f"""training:
-  family: hist_gradient_boosting
-  hyperparameters: {{max_iter: 30, max_leaf_nodes: 15}}
-  search_space:
-    learning_rate: {{type: float, low: 0.03, high: 0.3, log: true}}
-  tuning: {{n_trials: {TUNED_TRIALS}, parallel_tasks: 2, cv_folds: 2}}
-  seed: 42
-  test_size: 0.25
-"""
 STOP_ORDER = ("scheduler", "dag-processor", "api-server")  # the scheduler ends its task processes
 RUN_TIMEOUT = 240
 LOOP_DAGS = ("batch_scoring", "drift_monitor")  # unpaused too: the Asset chain needs them
@@ -474,8 +467,7 @@ def airflow(services, trainer_image, tmp_path_factory: pytest.TempPathFactory):
         WAIT_DATASET: f"data_wait:\n  timeout_minutes: {WAIT_MINUTES}\n  poll_seconds: 5\n",
         APPROVAL_DATASET: f"approval:\n  required: true\n  timeout_hours: {APPROVAL_HOURS}\n",
         SHORT_APPROVAL_DATASET: "approval:\n  required: true\n  timeout_hours: "
-                                f"{SHORT_APPROVAL_HOURS}\n",
-        TUNED_DATASET: TUNED_TRAINING})
+                                f"{SHORT_APPROVAL_HOURS}\n"})
     from tests.integration.alert_sinks import AlertSinks
 
     sinks = AlertSinks().start()

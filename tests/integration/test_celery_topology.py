@@ -15,7 +15,14 @@ from stack import MLFLOW_WORKER, MlflowLogin
 
 from include.mlops.demo_data import write_partitions
 from tests.integration.celery_stack import WORKERS, parent_pid, start_celery_stack
-from tests.integration.conftest import TASKS, UNTUNED, ran_ok
+from tests.integration.conftest import (
+    DAG_ID,
+    TASKS,
+    TUNED_TRAINING,
+    TUNED_TRIALS,
+    UNTUNED,
+    ran_ok,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +84,70 @@ def test_tasks_start_in_processes_forked_from_a_preloaded_pool(celery_stack):
             maps = Path(f"/proc/{child}/maps").read_text()
             assert "sklearn" in maps and "pyarrow" in maps, \
                 f"pool process {child} of {name} ({children[child]!r}) has not imported them"
+
+
+def test_tune_tasks_share_one_postgres_study_across_workers_and_a_rerun_adds_no_trial(
+        services, celery_stack, deployment):
+    """The two mapped tune tasks of a run go to the two Celery workers (one pool process each)
+    and share one Optuna study in PostgreSQL: n_trials finished trials in all, one MLflow child
+    run each. Clearing both over REST (the grid's Clear) makes the scheduler run them again as
+    try 2: they find the budget spent and add no trial and no child run."""
+    import time
+
+    from summary import task_instances
+
+    from include.mlops import tuning
+
+    dataset = deployment.write_dataset("churn_tuned", training=TUNED_TRAINING)
+    model, source = "it_celery_tune", "s3://mlops-data/it_celery_tune"
+    write_partitions(services.store(), source, date(2025, 9, 3), 1, rows=1000)
+    run_id = celery_stack.trigger("2025-09-04", dataset=dataset, model_name=model,
+                                  source_uri=source)
+    run = celery_stack.wait(run_id)
+    assert run["state"] == "success", celery_stack.failure_report(run_id)
+
+    def tune_tries() -> dict[int, tuple[str, int]]:
+        return {ti["map_index"]: (ti["state"], ti["try_number"])
+                for ti in task_instances(celery_stack.api, DAG_ID, run_id)
+                if ti["task_id"] == "tune"}
+
+    assert tune_tries() == {0: ("success", 1), 1: ("success", 1)}
+    for name in WORKERS:  # one tune task each: both were queued at once, one pool slot each
+        worker_log = celery_stack.logs[name].read_text(errors="replace")
+        assert "'task_id': 'tune'" in worker_log or "task_id='tune'" in worker_log, \
+            f"no tune task ran on {name}:\n{worker_log[-3000:]}"
+    study = tuning.study_name(model, run_id, "hist_gradient_boosting")
+    before = tuning.summary(celery_stack.optuna_url, study)
+    assert before["trials"]["complete"] + before["trials"]["pruned"] == TUNED_TRIALS, before
+    with MlflowLogin(MLFLOW_WORKER, services.secrets["MLOPS_MLFLOW_WORKER_PASSWORD"]):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=celery_stack.mlflow_url,
+                              registry_uri=celery_stack.mlflow_url)
+        experiment = client.get_experiment_by_name(model).experiment_id
+        (parent,) = client.search_runs([experiment],
+                                       filter_string=f"tags.`airflow.run_id` = '{run_id}'")
+
+        def trial_runs() -> list[str]:
+            return sorted(r.info.run_id for r in client.search_runs(
+                [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+                if "mlops.optuna.trial" in r.data.tags)
+
+        trials = trial_runs()
+        assert len(trials) == TUNED_TRIALS
+        celery_stack.users["operator"].json(
+            "POST", f"/api/v2/dags/{DAG_ID}/clearTaskInstances", json={
+                "dry_run": False, "dag_run_id": run_id, "task_ids": [["tune", 0], ["tune", 1]],
+                "only_failed": False, "reset_dag_runs": True, "include_downstream": False})
+        deadline = time.monotonic() + 120
+        while tune_tries() != {0: ("success", 2), 1: ("success", 2)}:
+            assert time.monotonic() < deadline, f"tune was not run again: {tune_tries()}"
+            time.sleep(2)
+        run = celery_stack.wait(run_id)
+        assert run["state"] == "success", celery_stack.failure_report(run_id)
+        assert trial_runs() == trials
+    after = tuning.summary(celery_stack.optuna_url, study)
+    assert after["trials"] == before["trials"] and after["best_params"] == before["best_params"]
+    log = celery_stack.task_log(run_id, "tune", attempt=2)
+    assert f"budget already spent: {TUNED_TRIALS} of {TUNED_TRIALS} trials finished" in log, \
+        log[-3000:]

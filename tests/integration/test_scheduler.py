@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from summary import AirflowApi, task_instances
+from summary import AirflowApi
 
 from include.mlops.demo_data import encode, generate, write_partitions
 from tests.integration.conftest import (
@@ -28,8 +28,6 @@ from tests.integration.conftest import (
     MAPPED,
     SHORT_APPROVAL_DATASET,
     TASKS,
-    TUNED_DATASET,
-    TUNED_TRIALS,
     UNTUNED,
     WAIT_DATASET,
     WAIT_MINUTES,
@@ -164,63 +162,6 @@ def test_back_to_back_runs_queue_and_each_promotes(services, airflow):
     first, second = sorted(runs.values(), key=lambda r: datetime.fromisoformat(r["start_date"]))
     assert datetime.fromisoformat(second["start_date"]) >= \
         datetime.fromisoformat(first["end_date"]), (first, second)
-
-
-def test_cleared_tune_tasks_rerun_without_adding_trials(services, airflow):
-    """Two mapped tune tasks share one Optuna study in the stack's RDB storage; clearing both
-    over REST (what the grid's Clear does) makes the scheduler run them again as try 2: they find
-    the budget spent and add no trial and no MLflow child run."""
-    from include.mlops import tuning
-
-    model, source = "it_sched_tune", "s3://mlops-data/it_sched_tune"
-    write_partitions(services.store(), source, date(2025, 8, 14), 1, rows=1000)
-    run_id = airflow.trigger("2025-08-15", dataset=TUNED_DATASET, model_name=model,
-                             source_uri=source)
-    run = airflow.wait(run_id)
-    assert run["state"] == "success", airflow.failure_report(run_id)
-
-    def tune_tries() -> dict[int, tuple[str, int]]:
-        return {ti["map_index"]: (ti["state"], ti["try_number"])
-                for ti in task_instances(airflow.api, DAG_ID, run_id) if ti["task_id"] == "tune"}
-
-    assert tune_tries() == {0: ("success", 1), 1: ("success", 1)}
-    storage = f"sqlite:///{airflow.home / 'optuna.db'}"
-    study = tuning.study_name(model, run_id, "hist_gradient_boosting")
-    before = tuning.summary(storage, study)
-    assert before["trials"]["complete"] + before["trials"]["pruned"] == TUNED_TRIALS, before
-    client = services.mlflow_client()
-    experiment = client.get_experiment_by_name(model).experiment_id
-    (parent,) = client.search_runs([experiment],
-                                   filter_string=f"tags.`airflow.run_id` = '{run_id}'")
-
-    def trial_runs() -> list[str]:
-        return sorted(r.info.run_id for r in client.search_runs(
-            [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-            if "mlops.optuna.trial" in r.data.tags)
-
-    trials = trial_runs()
-    assert len(trials) == TUNED_TRIALS
-    assert f"Tuned hist_gradient_boosting (study {study}, worker 0)" in \
-        airflow.task_log(run_id, "tune")
-
-    airflow.users["operator"].json(
-        "POST", f"/api/v2/dags/{DAG_ID}/clearTaskInstances", json={
-            "dry_run": False, "dag_run_id": run_id, "task_ids": [["tune", 0], ["tune", 1]],
-            "only_failed": False, "reset_dag_runs": True, "include_downstream": False})
-    deadline = time.monotonic() + 120
-    while tune_tries() != {0: ("success", 2), 1: ("success", 2)}:
-        assert time.monotonic() < deadline, f"tune not re-run: {tune_tries()}"
-        time.sleep(2)
-    run = airflow.wait(run_id)
-    assert run["state"] == "success", airflow.failure_report(run_id)
-
-    after = tuning.summary(storage, study)
-    assert after["trials"] == before["trials"] and after["best_params"] == before["best_params"]
-    assert trial_runs() == trials
-    log = airflow.task_log(run_id, "tune", attempt=2)
-    assert f"budget already spent: {TUNED_TRIALS} of {TUNED_TRIALS} trials finished" in log, \
-        log[-3000:]
-    assert "0 trials in" in log, log[-3000:]
 
 
 def _asset_id(api: AirflowApi, name: str) -> int:

@@ -69,5 +69,9 @@ def storage_url(conn_type: str | None, *, host: str | None, port: int | None,
         auth = f"{quote(login or '', safe='')}:{quote(password or '', safe='')}@" if login else ""
         return (f"postgresql+psycopg://{auth}{host or 'localhost'}:{port or 5432}/"
                 f"{schema or 'optuna'}")
+    hint = (" (`airflow connections add --conn-type postgres` and the UI store type generic "
+            "when the postgres provider is not installed: import the connection from a JSON "
+            "file with `airflow connections import`, as ./deploy.sh does)"
+            if conn_type == "generic" else "")
     raise ConfigError(f"the Optuna connection has type {conn_type!r}: use postgres or sqlite, or "
-                      "put the SQLAlchemy URL in its extra 'url'")
+                      f"put the SQLAlchemy URL in its extra 'url'{hint}")
