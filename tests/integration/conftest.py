@@ -1,8 +1,8 @@
 """Real services for the integration tests: SeaweedFS (S3) and an MLflow tracking server over HTTP,
 started once per session on free ports, plus an Airflow metadata DB for ``dag.test()``.
 
-Every test here is marked ``integration``; a test without the mark fails (conftest hook below),
-so nothing slips into the unit suite by accident.
+Every test collected under tests/integration gets the ``integration`` mark from the hook below,
+so ``-m "not integration"`` leaves them all out without each test repeating the mark.
 """
 
 from __future__ import annotations

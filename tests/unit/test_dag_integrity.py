@@ -308,12 +308,26 @@ def test_operator_construction_does_no_lookup(lookups: Any, cls: type, inputs: d
 
 
 @pytest.mark.parametrize(("cls", "inputs", "fields"), OPERATORS)
-def test_template_fields_are_declared(cls: type, inputs: dict[str, Any],
-                                      fields: tuple[str, ...]) -> None:
-    assert tuple(cls.template_fields) == fields
-    operator = cls(task_id="probe_task", **inputs)
-    for field in fields:
-        assert hasattr(operator, field), field
+def test_templated_arguments_render_and_connection_ids_do_not(cls: type, inputs: dict[str, Any],
+                                                              fields: tuple[str, ...]) -> None:
+    """What Airflow renders before execute(): each argument that takes an upstream XCom or a
+    run's Param (a Jinja template) comes out rendered; the connection ids do not, so a run's
+    Params cannot point a task at other credentials."""
+    with DAG("probe", schedule=None, start_date=datetime(2025, 1, 1)):
+        operator = cls(task_id="probe_task", **{
+            **inputs, **{field: f"{{{{ params.value }}}}/{field}" for field in fields}},
+            mlflow_conn_id="{{ params.value }}", s3_conn_id="{{ params.value }}")
+    assert operator.artifacts_uri == "{{ params.value }}/artifacts_uri"  # nothing resolved yet
+
+    operator.render_template_fields({"params": {"value": "rendered"}})
+
+    assert {field: getattr(operator, field) for field in fields} == \
+        {field: f"rendered/{field}" for field in fields}
+    assert operator.mlflow_conn_id == operator.s3_conn_id == "{{ params.value }}"
+
+
+def test_operator_defaults_resolve_at_run_time() -> None:
+    operator = ops.IngestOperator(task_id="probe_task")
     assert operator.artifacts_uri is None  # the policy's, resolved in execute()
     assert operator.mlflow_conn_id == MlflowHook.default_conn_name == "mlflow_default"
     assert operator.s3_conn_id == ObjectStorageHook.default_conn_name == "mlops_s3"
