@@ -6,106 +6,19 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pytest
 
-from include.mlops.demo_data import encode, generate, write_partitions
+from include.mlops.demo_data import write_partitions
+from tests.bad_input_cases import CASES, GOOD_DAY, half_nan, partition_uri
 
 MODEL = "it_bad_input"
 SOURCE = f"s3://mlops-data/{MODEL}"
-GOOD_DAY = date(2025, 5, 1)
-
-
-@dataclass(frozen=True)
-class Case:
-    day: date
-    write: Callable[[object, str, date], str | None]  # (store, source, day) -> file URI
-    task: str
-    expected: tuple[str, ...]
 
 
 def _uri(day: date, ext: str = "csv") -> str:
-    return f"{SOURCE}/date={day.isoformat()}/part-0.{ext}"
-
-
-def _put_frame(store, day: date, frame, fmt: str = "csv") -> str:
-    uri = _uri(day, fmt)
-    store.write_bytes(uri, encode(frame, fmt))
-    return uri
-
-
-def truncated_parquet(store, day):
-    payload = encode(generate(day, 500), "parquet")
-    store.write_bytes(_uri(day, "parquet"), payload[: len(payload) // 2])
-    return _uri(day, "parquet")
-
-
-def garbage_csv(store, day):
-    store.write_bytes(_uri(day), bytes(range(256)) * 40)
-    return _uri(day)
-
-
-def missing_column(store, day):
-    return _put_frame(store, day, generate(day, 500).drop(columns=["tenure_months"]))
-
-
-def renamed_column(store, day):
-    return _put_frame(store, day, generate(day, 500).rename(columns={"monthly_charges": "monthly_fee"}))
-
-
-def type_change(store, day):
-    frame = generate(day, 500)
-    frame["monthly_charges"] = frame["monthly_charges"].astype(object)
-    frame.loc[::7, "monthly_charges"] = "unknown"
-    return _put_frame(store, day, frame)
-
-
-def empty_partition(store, day):
-    return _put_frame(store, day, generate(day, 500).head(0))
-
-
-def missing_partition(store, day):
-    return None
-
-
-def half_nan(store, day):
-    frame = generate(day, 1000)
-    frame.loc[frame.index % 2 == 0, "age"] = None
-    return _put_frame(store, day, frame)
-
-
-def single_class(store, day):
-    frame = generate(day, 500)
-    frame["churned"] = 0
-    return _put_frame(store, day, frame)
-
-
-CASES = {
-    "truncated_parquet": Case(GOOD_DAY + timedelta(days=10), truncated_parquet, "ingest",
-                              ("corrupt file", "cannot be read as parquet")),
-    "garbage_csv": Case(GOOD_DAY + timedelta(days=11), garbage_csv, "ingest",
-                        ("corrupt file", "cannot be read as csv")),
-    "missing_column": Case(GOOD_DAY + timedelta(days=12), missing_column, "ingest",
-                           ("schema mismatch", "missing column(s) ['tenure_months']")),
-    "renamed_column": Case(GOOD_DAY + timedelta(days=13), renamed_column, "ingest",
-                           ("missing column(s) ['monthly_charges']", "['monthly_fee'] (renamed?)")),
-    "type_change": Case(GOOD_DAY + timedelta(days=14), type_change, "ingest",
-                        ("type mismatch", "'monthly_charges'", "72 of 500 rows are not numbers",
-                         "'unknown'")),
-    "empty_partition": Case(GOOD_DAY + timedelta(days=15), empty_partition, "ingest",
-                            ("empty partition", "hold no rows")),
-    "missing_partition": Case(GOOD_DAY + timedelta(days=16), missing_partition, "check_changed",
-                              ("missing partition", "date=2025-05-17",
-                               "Latest partitions present")),
-    "half_nan": Case(GOOD_DAY + timedelta(days=17), half_nan, "validate",
-                     ("data validation failed", "expect_column_values_to_not_be_null",
-                      "column 'age'", "500 of 1000 rows fail")),
-    "single_class": Case(GOOD_DAY + timedelta(days=18), single_class, "validate",
-                         ("data validation failed", "column 'churned'", "observed 1")),
-}
+    return partition_uri(SOURCE, day, ext)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +52,7 @@ def _assert_nothing_changed(services, established) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_fails_clearly_and_changes_nothing(name, services, established, run_dag):
     case = CASES[name]
-    uri = case.write(services.store(), case.day)
+    uri = case.write(services.store(), SOURCE, case.day)
 
     result = run_dag((case.day + timedelta(days=1)).isoformat(), model_name=MODEL,
                      source_uri=SOURCE)
@@ -166,7 +79,7 @@ def test_validation_result_is_stored_as_artifact(services, established, run_dag)
 
     case = CASES["half_nan"]
     day = case.day + timedelta(days=20)
-    half_nan(services.store(), day)
+    half_nan(services.store(), SOURCE, day)
     result = run_dag((day + timedelta(days=1)).isoformat(), model_name=MODEL, source_uri=SOURCE)
     assert result.tasks["validate"] == "failed"
     client = services.mlflow_client()

@@ -1,7 +1,11 @@
-"""A promotion left half done: the promote task moved @champion and died before it tagged the
+"""promote() at unit speed (MLflow on SQLite, a local store): the refusals (no approved gate
+decision; a stale decision, compared with a champion that another run replaced meanwhile) and
+the repair of a promotion left half done.
+
+A promotion left half done: the promote task moved @champion and died before it tagged the
 version and wrote the audit record, and no retry completed it (its retries were used up). The
 next promotion notices it, says so, and completes the record, so the audit chain has no gap
-(include/mlops/pipeline.py ``_complete_half_done``). MLflow on SQLite, a local store."""
+(include/mlops/pipeline.py ``_complete_half_done``)."""
 
 from __future__ import annotations
 
@@ -99,3 +103,50 @@ def test_a_complete_champion_is_not_repaired(registry: Any, tmp_path: Path,
                      dag_context={"dag_id": "training", "dag_run_id": "run_b"}, compared_with=v1)
     assert "Half-done" not in caplog.text
     assert len(list((tmp_path / "artifacts" / "audit" / base.model_name).iterdir())) == 2
+
+
+@pytest.mark.parametrize("alias", ["champion", "challenger"])
+def test_a_stale_gate_decision_promotes_nothing(registry: Any, tmp_path: Path, alias: str) -> None:
+    """The gate compared v2 with champion v1, but another run promoted v3 meanwhile: promoting
+    v2 now would replace a model it was never compared with. Refused, and nothing moves."""
+    from include.mlops.errors import PromotionError
+
+    client = registry
+    base = _stage(client, tmp_path, "unused")
+    model = base.model_name
+    run_a, v1 = _run_and_version(client, base, "run_a")
+    pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=[],
+                     dag_context={"dag_id": "training", "dag_run_id": "run_a"})
+    run_b, v2 = _run_and_version(client, base, "run_b")  # gated against v1
+    run_c, v3 = _run_and_version(client, base, "run_c")
+    pipeline.promote(_stage(client, tmp_path, run_c), version=v3, reasons=[],
+                     dag_context={"dag_id": "training", "dag_run_id": "run_c"}, compared_with=v1)
+
+    with pytest.raises(PromotionError) as refused:
+        pipeline.promote(_stage(client, tmp_path, run_b), version=v2, reasons=[], alias=alias,
+                         dag_context={"dag_id": "training", "dag_run_id": "run_b"},
+                         compared_with=v1)
+
+    assert f"not promoting {model} v{v2} to @{alias}: the gate compared it with champion " \
+           f"v{v1}, but @champion is now v{v3}" in str(refused.value)
+    assert str(tracking.champion_version(client, model).version) == v3
+    assert tracking.champion_version(client, model, "challenger") is None
+    assert not any(k.startswith("audit.") for k in client.get_model_version(model, v2).tags)
+    audits = [json.loads(p.read_text())["to_version"]
+              for p in (tmp_path / "artifacts" / "audit" / model).iterdir()]
+    assert sorted(audits) == sorted([v1, v3])
+
+
+def test_a_run_without_an_approved_gate_decision_is_never_promoted(registry: Any,
+                                                                    tmp_path: Path) -> None:
+    from include.mlops.errors import PromotionError
+
+    client = registry
+    base = _stage(client, tmp_path, "unused")
+    run_a, v1 = _run_and_version(client, base, "run_a")
+    client.set_tag(run_a, "mlops.gate", "rejected")
+    with pytest.raises(PromotionError, match=f"refusing to promote {base.model_name} v{v1}: its "
+                                             f"run {run_a} has no approved gate decision"):
+        pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=[],
+                         dag_context={"dag_id": "training", "dag_run_id": "run_a"})
+    assert tracking.champion_version(client, base.model_name) is None
