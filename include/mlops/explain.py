@@ -14,26 +14,44 @@ Which SHAP explainer (``"method"``), and why:
   than :data:`MIN_EXACT_ROWS` would remain, shap's approximate per-path attributions (Saabas)
   explain the whole sample instead (``"approximate": true`` and a note). The interventional
   variant (with background data) is not used: it crashed the process (segfault in shap's C
-  extension) on a fully grown 100-tree forest.
-* ``linear`` (logistic_regression, ridge, linear): ``shap.LinearExplainer`` on the transformed
-  features, with the sample itself as the independent background. The model is linear in
-  those features, so this is exact, and it costs one matrix product. A sampling explainer over
-  the pipeline on the raw columns would be approximate and would cost (2 x columns + 1) x
-  background predictions per explained row, more than training a linear model.
-* ``permutation``: the model-agnostic fallback, only when the specialised explainer cannot read
-  the estimator (a shap release behind an estimator's format; an estimator outside the known
-  families): ``shap.explainers.Permutation`` over the whole pipeline on the raw input columns
-  (categorical columns integer-coded for the masker), on at most :data:`AGNOSTIC_ROWS` rows
-  against :data:`AGNOSTIC_BACKGROUND` background rows, two antithetic permutations per row
-  (exact for an additive model, an estimate otherwise: ``"approximate": true``). The ``notes``
-  say why it was used.
+  extension) on a fully grown 100-tree forest. Transformed columns (one-hot categories) are
+  mapped back to their input column through the fitted ColumnTransformer's ``transformers_``
+  and summed as absolute values per row.
+* ``permutation`` (every other family: logistic_regression, ridge, linear, and any estimator
+  outside the known families): ``shap.explainers.Permutation``, model-agnostic, over the whole
+  pipeline on the raw input columns (categorical columns integer-coded for the masker), on at
+  most :data:`AGNOSTIC_ROWS` rows of the sample against :data:`AGNOSTIC_BACKGROUND` background
+  rows drawn from it (``shap.maskers.Independent``: interventional SHAP). Model-agnostic on
+  purpose: it works for any estimator the pipeline may hold, and it attributes to the input columns themselves, so a
+  categorical column's value is the signed effect of its category, not a sum of absolute
+  values over its one-hot columns (which overstates it, and which changes with how the fit
+  splits an effect between one-hot columns that are collinear with the intercept; the signed
+  sum does not).
+  For the linear families it is *exact* (``"approximate": false``): the preprocessor
+  transforms each column on its own and the estimator is linear in its output, so the
+  explained output (the decision function, i.e. log-odds, for logistic regression; the
+  prediction for regression) is a sum of one function per input column, every ordering of the
+  columns gives the same marginal contributions, and one antithetic pair of orderings yields
+  the interventional SHAP values themselves, equal to ``shap.LinearExplainer`` on the
+  transformed features with the same background, summed per input column
+  (tests/unit/test_explain.py checks this). For any other estimator (a tree explainer that
+  failed, an unknown family) two antithetic pairs give an estimate (``"approximate": true``
+  and a note).
+  Cost: one pipeline call per explained row and antithetic pair, on (2 x columns + 1) x
+  background rows, mostly the pipeline's fixed cost per call: 5 to 7 ms per row for the
+  9-column churn demo on the 2-core machine, 1.0 to 1.3 s for 200 rows of logistic regression
+  at 100k rows (``shap.LinearExplainer`` took 0.03 s), twice that with two pairs. The first
+  call in a process also waits for numba to compile shap's masking code: about 6 s, and
+  about 1 s more for a multi-output model (bench/explain_bench.py's "first round" column).
+  Rows are passed to the explainer one at a time: in a multi-row call shap 0.51's
+  ``Explainer.__call__`` rebinds its ``main_effects`` argument to a list, so every row after
+  the first also computes main effects, one more model call per row that nothing reads.
 
-SHAP values are in the estimator's raw output (``"shap_output"``): log-odds (margin) for
-gradient boosting, xgboost and logistic regression, class probability for a random forest, the
-prediction for regression. Transformed columns (one-hot categories) are mapped back to their
-input column through the fitted ColumnTransformer's ``transformers_`` and summed as absolute
-values per row; binary classification explains the positive class (the last of ``classes_``),
-multi-class averages the per-class means over the classes.
+SHAP values are in the model's raw output (``"shap_output"``): log-odds (margin) for gradient
+boosting, xgboost and logistic regression, class probability for a random forest, the prediction
+for regression (for an estimator outside the known families: its decision function if it has
+one, else the positive-class probability). Binary classification explains the positive class
+(the last of ``classes_``), multi-class averages the per-class means over the classes.
 
 Permutation importance (``sklearn.inspection.permutation_importance``) runs on the whole pipeline
 over held-out rows, scored by the dataset's comparison metric, so it is model-agnostic and in
@@ -59,6 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TREE_FAMILIES = frozenset({"hist_gradient_boosting", "random_forest", "xgboost"})
+# Linear in the transformed features, hence additive in the input columns (the preprocessor
+# transforms each column on its own): permutation SHAP with one antithetic pair is exact for them.
 LINEAR_FAMILIES = frozenset({"logistic_regression", "ridge", "linear"})
 # Exact Tree SHAP costs about leaves x depth^2 per tree and row: fine for boosting (shallow trees,
 # ~3e5 per row at 100k rows), hours for a fully grown random forest (~2e9 per row). Rows are cut
@@ -66,8 +86,8 @@ LINEAR_FAMILIES = frozenset({"logistic_regression", "ridge", "linear"})
 # per-path attributions (Saabas, one ordering) are used instead.
 TREE_SHAP_BUDGET = 1_000_000_000
 MIN_EXACT_ROWS = 100
-AGNOSTIC_ROWS = 200  # rows explained by the model-agnostic fallback (at most shap_rows)
-AGNOSTIC_BACKGROUND = 50  # background rows it masks with
+AGNOSTIC_ROWS = 200  # rows explained by the permutation explainer (at most shap_rows)
+AGNOSTIC_BACKGROUND = 50  # background rows it masks with, drawn from the same sample
 PLOT_COLUMNS = 15
 
 # comparison metric -> (sklearn scorer name for binary / multi-class classification or regression)
@@ -213,27 +233,33 @@ def _shap_importance(shap: Any, model: Any, sample: pd.DataFrame, config: Datase
                      seed: int, notes: list[str]) -> dict[str, Any]:
     """``method``, ``output``, ``values`` (mean |SHAP| per input column, in ``sample``'s column
     order), ``rows`` (explained) and ``approximate``."""
+    import numpy as np
+
     family = config.training.family
-    if family in TREE_FAMILIES or family in LINEAR_FAMILIES:
-        method = "tree" if family in TREE_FAMILIES else "linear"
+    additive = family in LINEAR_FAMILIES
+    if family in TREE_FAMILIES:
         found: list[str] = []  # kept only if this explainer succeeds
         try:
-            result = {"method": method, "output": _output_name(config),
-                      **_transformed_shap(shap, model, sample, method, config, found)}
+            result = {"method": "tree", "output": _output_name(config),
+                      **_transformed_shap(shap, model, sample, config, found)}
             notes.extend(found)
             return result
-        except Exception as err:  # any failure to read the model: the model-agnostic fallback
-            log.warning("shap %s explainer failed on %s (%s); using the model-agnostic "
-                        "permutation explainer", method, family, err)
-            notes.append(f"the {method} explainer failed ({type(err).__name__}: {err}); SHAP "
-                         "values come from the model-agnostic permutation explainer")
-    else:
-        notes.append(f"no specialised explainer for family {family!r}: model-agnostic "
-                     "permutation explainer")
+        except Exception as err:  # any failure to read the model: the model-agnostic explainer
+            log.warning("shap tree explainer failed on %s (%s); using the model-agnostic "
+                        "permutation explainer", family, err)
+            notes.append(f"the tree explainer failed ({type(err).__name__}: {err}); SHAP "
+                         "values come from the model-agnostic permutation explainer (estimated)")
+    elif not additive:
+        notes.append(f"family {family!r} is not known to be additive in its input columns: "
+                     "SHAP values from the model-agnostic permutation explainer are estimated")
     rows = sample.iloc[:AGNOSTIC_ROWS]
-    return {"method": "permutation", "output": _agnostic_output_name(model, config),
-            "values": _agnostic_shap(shap, model, rows, sample, config, seed), "rows": len(rows),
-            "approximate": True}
+    background = sample.sample(n=min(AGNOSTIC_BACKGROUND, len(sample)), random_state=seed)
+    values = _agnostic_values(shap, model, rows, background, config, seed,
+                              pairs=1 if additive else 2)
+    return {"method": "permutation",
+            "output": _output_name(config) if additive else _agnostic_output_name(model, config),
+            "values": _reduce_outputs(np.abs(values).mean(axis=0), config), "rows": len(rows),
+            "approximate": not additive}
 
 
 def _output_name(config: DatasetConfig) -> str:
@@ -250,34 +276,29 @@ def _agnostic_output_name(model: Any, config: DatasetConfig) -> str:
     return "decision function" if hasattr(model, "decision_function") else "probability"
 
 
-def _transformed_shap(shap: Any, model: Any, sample: pd.DataFrame, method: str,
-                      config: DatasetConfig, notes: list[str]) -> dict[str, Any]:
-    """SHAP on the transformed features, summed back to input columns (absolute values):
+def _transformed_shap(shap: Any, model: Any, sample: pd.DataFrame, config: DatasetConfig,
+                      notes: list[str]) -> dict[str, Any]:
+    """Tree SHAP on the transformed features, summed back to input columns (absolute values):
     ``values``, ``rows`` and ``approximate``."""
     import numpy as np
 
     preprocessor, estimator = model.named_steps["features"], model.named_steps["model"]
     rows, approximate = len(sample), False
-    if method == "tree":
-        explainer = shap.TreeExplainer(estimator)
-        work = _tree_work(explainer)
-        affordable = TREE_SHAP_BUDGET // work if work else rows
-        if affordable >= min(rows, MIN_EXACT_ROWS):
-            rows = min(rows, affordable)
-        else:
-            approximate = True
-            notes.append(f"exact Tree SHAP would cost about {work:.2g} operations per row (deep "
-                         f"trees) and fit only {affordable} rows in the budget: approximate "
-                         f"per-path attributions (Saabas) on {rows} rows instead")
+    explainer = shap.TreeExplainer(estimator)
+    work = _tree_work(explainer)
+    affordable = TREE_SHAP_BUDGET // work if work else rows
+    if affordable >= min(rows, MIN_EXACT_ROWS):
+        rows = min(rows, affordable)
+    else:
+        approximate = True
+        notes.append(f"exact Tree SHAP would cost about {work:.2g} operations per row (deep "
+                     f"trees) and fit only {affordable} rows in the budget: approximate "
+                     f"per-path attributions (Saabas) on {rows} rows instead")
     x = preprocessor.transform(sample.iloc[:rows])
     x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=float)
-    if method == "tree":
-        # No additivity check: float32 split thresholds (gradient boosting) can miss it by a hair
-        # and make shap raise, for values that are fine.
-        values = explainer.shap_values(x, check_additivity=False, approximate=approximate)
-    else:
-        masker = shap.maskers.Independent(x, max_samples=len(x))
-        values = shap.LinearExplainer(estimator, masker).shap_values(x)
+    # No additivity check: float32 split thresholds (gradient boosting) can miss it by a hair
+    # and make shap raise, for values that are fine.
+    values = explainer.shap_values(x, check_additivity=False, approximate=approximate)
     values = _per_output(values, len(x), x.shape[1])
     owners = input_owners(preprocessor, list(sample.columns))
     if len(owners) != values.shape[1]:
@@ -409,22 +430,26 @@ def _longest_contained(name: str, columns: list[str]) -> str | None:
     return max(found, key=len) if found else None
 
 
-def _agnostic_shap(shap: Any, model: Any, rows: pd.DataFrame, sample: pd.DataFrame,
-                   config: DatasetConfig, seed: int) -> np.ndarray:
-    """Permutation SHAP over the whole pipeline on the raw input columns (model-agnostic):
-    ``rows`` explained against a background drawn from ``sample``."""
+def _agnostic_values(shap: Any, model: Any, rows: pd.DataFrame, background: pd.DataFrame,
+                     config: DatasetConfig, seed: int, *, pairs: int) -> np.ndarray:
+    """Permutation SHAP over the whole pipeline on the raw input columns (model-agnostic), signed,
+    as (rows, input columns, outputs): ``rows`` explained against ``background`` (an independent
+    masker: interventional SHAP), ``pairs`` antithetic pairs of column orderings per row (one
+    is exact for a model additive in its input columns)."""
     import numpy as np
     import pandas as pd
 
-    background = sample.sample(n=min(AGNOSTIC_BACKGROUND, len(sample)), random_state=seed)
-    columns = list(sample.columns)
-    numeric = {c: pd.api.types.is_numeric_dtype(sample[c]) and not pd.api.types.is_bool_dtype(sample[c])
+    columns = list(rows.columns)
+    both = pd.concat([rows, background[columns]], ignore_index=True)
+    numeric = {c: pd.api.types.is_numeric_dtype(both[c]) and not pd.api.types.is_bool_dtype(both[c])
                for c in columns}
-    # shap's maskers compare values numerically: categories travel as float codes (NaN: missing)
-    categories = {c: pd.Index(pd.unique(sample[c].dropna())) for c in columns if not numeric[c]}
+    # shap's maskers compare values numerically: categories travel as float codes (NaN: missing,
+    # decoded as the missing marker the rows themselves hold: None as ingest writes it, or NaN)
+    categories = {c: pd.Index(pd.unique(both[c].dropna())) for c in columns if not numeric[c]}
+    missing = {c: next((v for v in both[c] if pd.isna(v)), None) for c in categories}
 
     def encode(part: pd.DataFrame) -> np.ndarray:
-        out = np.empty(part.shape, dtype=float)
+        out = np.empty((len(part), len(columns)), dtype=float)
         for j, c in enumerate(columns):
             if numeric[c]:
                 out[:, j] = part[c].to_numpy(dtype=float, na_value=np.nan)
@@ -442,7 +467,7 @@ def _agnostic_shap(shap: Any, model: Any, rows: pd.DataFrame, sample: pd.DataFra
                 lookup = np.asarray(categories[c], dtype=object)
                 codes = values[:, j]
                 known = ~np.isnan(codes)
-                column = np.full(len(codes), None, dtype=object)
+                column = np.full(len(codes), missing[c], dtype=object)
                 column[known] = lookup[codes[known].astype(int)]
                 data[c] = column
         return pd.DataFrame(data, columns=columns)
@@ -460,14 +485,19 @@ def _agnostic_shap(shap: Any, model: Any, rows: pd.DataFrame, sample: pd.DataFra
         return np.asarray(respond(decode(values)), dtype=float)
 
     masker = shap.maskers.Independent(encode(background), max_samples=len(background))
+    x = encode(rows)
+    evals = pairs * (2 * len(columns) + 1)
     state = np.random.get_state()  # the explainer seeds numpy's global generator: restore it
     try:
         explainer = shap.explainers.Permutation(predict, masker, seed=seed)
-        explained = explainer(encode(rows), max_evals=2 * (2 * len(columns) + 1), silent=True)
+        # One row per call: in a multi-row call shap 0.51's Explainer.__call__ rebinds its
+        # main_effects argument to a list, and every row after the first computes main effects
+        # (one more model call per row) that nothing reads.
+        values = [_per_output(explainer(x[i:i + 1], max_evals=evals, silent=True).values, 1,
+                              len(columns)) for i in range(len(x))]
     finally:
         np.random.set_state(state)
-    values = _per_output(explained.values, len(rows), len(columns))
-    return _reduce_outputs(np.abs(values).mean(axis=0), config)
+    return np.concatenate(values, axis=0)
 
 
 # -- permutation importance -----------------------------------------------------------------------

@@ -83,14 +83,14 @@ CASES = [
     pytest.param("binary", "hist_gradient_boosting", "tree", id="binary-hist_gradient_boosting"),
     pytest.param("binary", "random_forest", "tree", id="binary-random_forest"),
     pytest.param("binary", "xgboost", "tree", id="binary-xgboost"),
-    pytest.param("binary", "logistic_regression", "linear", id="binary-logistic_regression"),
+    pytest.param("binary", "logistic_regression", "permutation", id="binary-logistic_regression"),
     pytest.param("multiclass", "hist_gradient_boosting", "tree", id="multiclass-hist_gradient_boosting"),
     pytest.param("multiclass", "random_forest", "tree", id="multiclass-random_forest"),
-    pytest.param("multiclass", "logistic_regression", "linear", id="multiclass-logistic_regression"),
+    pytest.param("multiclass", "logistic_regression", "permutation", id="multiclass-logistic_regression"),
     pytest.param("regression", "hist_gradient_boosting", "tree", id="regression-hist_gradient_boosting"),
     pytest.param("regression", "xgboost", "tree", id="regression-xgboost"),
-    pytest.param("regression", "ridge", "linear", id="regression-ridge"),
-    pytest.param("regression", "linear", "linear", id="regression-linear"),
+    pytest.param("regression", "ridge", "permutation", id="regression-ridge"),
+    pytest.param("regression", "linear", "permutation", id="regression-linear"),
 ]
 
 
@@ -243,7 +243,8 @@ def test_a_constant_column_and_a_single_class_sample_give_zeros_and_notes_never_
     assert all(v == {"mean": 0.0, "std": 0.0} for v in result["permutation"].values())
     assert any("permutation importance (roc_auc) needs two classes" in n for n in result["notes"])
     assert any("constant in the sampled rows: ['shade']" in n for n in result["notes"])
-    assert result["shap"]["shade"] == 0.0  # linear SHAP against the sample itself
+    # the background rows come from the same sample: a column constant there changes nothing
+    assert result["shap"]["shade"] == 0.0
     assert result["shap"]["signal"] > 0
 
 
@@ -268,6 +269,76 @@ def test_a_model_the_tree_explainer_cannot_read_falls_back_to_the_permutation_ex
     state = np.random.get_state()[1].copy()
     explain.explain(model, test, config, shap_rows=20, permutation_rows=20, repeats=1)
     assert (np.random.get_state()[1] == state).all()  # numpy's global generator left as it was
+
+
+# -- the permutation explainer is exact for the linear families ----------------------------------
+def two_column_frame(kind: str, rows: int = 300, seed: int = 1) -> pd.DataFrame:
+    """One numeric and one categorical column, both driving the target, with missing values in
+    each (imputed column by column: the pipeline stays additive in its input columns)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=rows)
+    c = rng.choice(["a", "b", "c"], size=rows).astype(object)
+    score = 2 * x + 1.0 * (c == "b") - 1.0 * (c == "c") + rng.normal(0, 0.5, rows)
+    x[::17] = np.nan
+    c[::13] = None  # as ingest writes a missing category
+    label = {"binary": (score > 0).astype(float), "multiclass": np.digitize(score, [-1, 1]),
+             "regression": score}[kind]
+    return pd.DataFrame({"x": x, "c": c, "label": label.astype(float)})
+
+
+def two_column_config(kind: str, family: str) -> DatasetConfig:
+    task = TASKS[kind]
+    return DatasetConfig.model_validate({
+        "name": f"exact_{kind}", "source_uri": "memory://exact", "task": task, "target": "label",
+        "min_rows": 1,
+        "columns": [{"name": "x", "type": "numeric"}, {"name": "c", "type": "categorical"},
+                    {"name": "label", "type": "integer" if task == "classification" else "numeric"}],
+        "training": {"family": family, "hyperparameters": {}, "seed": 42},
+    })
+
+
+@pytest.mark.parametrize(("kind", "family"), [("binary", "logistic_regression"),
+                                              ("multiclass", "logistic_regression"),
+                                              ("regression", "ridge"), ("regression", "linear")])
+def test_permutation_shap_of_a_linear_model_equals_linear_shap_summed_per_input_column(
+        kind: str, family: str) -> None:
+    config = two_column_config(kind, family)
+    frame = two_column_frame(kind)
+    model = modeling.train(frame, config)
+    shap = explain._import_shap()
+    rows, background = frame[["x", "c"]].iloc[:60], frame[["x", "c"]].iloc[100:130]
+
+    values = explain._agnostic_values(shap, model, rows, background, config, 7, pairs=1)
+
+    # shap's own linear explainer on the transformed features, the same background, interventional
+    preprocessor, estimator = model.named_steps["features"], model.named_steps["model"]
+    masker = shap.maskers.Independent(preprocessor.transform(background), max_samples=len(background))
+    linear = explain._per_output(
+        shap.LinearExplainer(estimator, masker).shap_values(preprocessor.transform(rows)),
+        len(rows), len(preprocessor.get_feature_names_out()))
+    owners = explain.input_owners(preprocessor, ["x", "c"])
+    assert sorted(set(owners.tolist())) == [0, 1]
+    signed = np.stack([linear[:, owners == j].sum(axis=1) for j in (0, 1)], axis=1)  # signed sums
+    assert values.shape == signed.shape == (60, 2, 3 if kind == "multiclass" else 1)
+    np.testing.assert_allclose(values, signed, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.abs(values).mean(axis=0), np.abs(signed).mean(axis=0), rtol=1e-6)
+    assert (np.abs(values).mean(axis=0).max(axis=-1) > 0.1).all()  # both columns matter
+    # and explain() reports it as exact SHAP of the model's raw output
+    result = explain.explain(model, frame, config, shap_rows=40, permutation_rows=60, repeats=1)
+    assert (result["method"], result["approximate"], result["notes"]) == ("permutation", False, [])
+    assert result["shap_output"] == ("prediction" if kind == "regression" else "log-odds")
+
+
+def test_permutation_shap_with_one_pair_is_the_same_whatever_the_seed_for_a_linear_model() -> None:
+    model, test, config = fitted("binary", "logistic_regression")
+    shap = explain._import_shap()
+    features = ["signal", "noise", "group", "shade"]
+    rows, background = test[features].iloc[:30], test[features].iloc[100:140]
+
+    first = explain._agnostic_values(shap, model, rows, background, config, 1, pairs=1)
+    other = explain._agnostic_values(shap, model, rows, background, config, 2, pairs=1)
+
+    np.testing.assert_allclose(first, other, rtol=1e-9, atol=1e-12)  # orderings do not matter
 
 
 def test_missing_shap_is_a_config_error_that_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
