@@ -25,6 +25,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$REPO"
 VENV="$REPO/.venv"
+VENV_REQUIREMENTS="requirements.txt"  # ./deploy.sh test: requirements-dev.txt (ensure_venv)
 STATE="${MLOPS_STATE_DIR:-$REPO/.local}"
 ENV_FILE="${MLOPS_ENV_FILE:-$REPO/.env}"
 S3_PORT="${MLOPS_S3_PORT:-8333}"
@@ -79,16 +80,19 @@ ensure_venv() {
     version="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [[ "$version" == "3.11" || "$version" == "3.12" ]] \
         || die "$VENV has Python $version; 3.11 or 3.12 is required (remove $VENV to rebuild it)"
-    local want have
-    want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+    # The runtime lock, or with the test tools (./deploy.sh test): requirements-dev.txt holds
+    # every pin of requirements.txt, so a venv installed from it serves ./deploy.sh local too.
+    local lock="$VENV_REQUIREMENTS" want have
+    want="$(sha256sum "$lock" | cut -d' ' -f1)"
     have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
-    if [[ "$want" != "$have" ]]; then
-        say "Installing requirements.txt into $VENV (it changed since the last install)"
+    if [[ "$want" != "$have" && ! ( "$lock" == requirements.txt
+                                    && "$have" == "$(sha256sum requirements-dev.txt | cut -d' ' -f1)" ) ]]; then
+        say "Installing $lock into $VENV (it changed since the last install)"
         if [[ ! -x "$VENV/bin/uv" ]]; then
             "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip >/dev/null
             "$VENV/bin/python" -m pip install -q uv
         fi
-        VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q -r requirements.txt
+        VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q -r "$lock"
         echo "$want" >"$VENV/.requirements.sha256"
         rm -f "$VENV/.bytecode"
     fi
@@ -309,7 +313,7 @@ cmd_status() {
 }
 
 cmd_test() {
-    ensure_venv --compile-later
+    VENV_REQUIREMENTS=requirements-dev.txt ensure_venv --compile-later
     mkdir -p "$STATE/logs"
     local args=("$@") pytest=("$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15)
     # An explicit selection (`./deploy.sh test tests/unit -x`) runs as given; the Docker engine
