@@ -50,7 +50,7 @@ def main() -> None:
         start_throwaway_services,
     )
 
-    from include.mlops.tracking import alias_lookup
+    from include.mlops.tracking import RestRegistry, alias_version
 
     work = Path(tempfile.mkdtemp(prefix="mlops-auth-bench-"))
     secrets = generate_secrets()
@@ -79,8 +79,8 @@ def main() -> None:
                     calls = {
                         "get_experiment_by_name": lambda c=client: c.get_experiment_by_name("bench"),
                         "log_metric": lambda c=client, r=run_id: c.log_metric(r, "m", 1.0),
-                        "alias lookup (REST)": lambda u=url, a=auth: alias_lookup(u, "bench",
-                                                                                  auth=a),
+                        "alias lookup (REST)": lambda u=url, a=auth: alias_version(
+                            RestRegistry(u, auth=a), "bench"),
                     }
                     for call_name, call in calls.items():
                         results[name].setdefault(call_name, []).extend(timed(call, args.requests))

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def main() -> None:
 
     login = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) \
         if os.environ.get("MLFLOW_TRACKING_USERNAME") else None  # as the workers (basic-auth)
-    champion = tracking.alias_lookup(os.environ["MLFLOW_TRACKING_URI"], args.model, auth=login)
+    found = tracking.alias_version(tracking.RestRegistry(os.environ["MLFLOW_TRACKING_URI"],
+                                                         auth=login), args.model)
+    champion = None if found is None else asdict(found)
     changed = step("check_changed", pipeline.check_changed, config, store, [args.date],
                    champion, dag_run_id=dag_run_id)
     if changed["changed"]:

@@ -40,7 +40,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from include.mlops.tracking import DAG_ID_TAG, RUN_ID_TAG  # noqa: E402
+from include.mlops.tracking import DAG_ID_TAG, RUN_ID_TAG, alias_version  # noqa: E402
 
 FINISHED = {"success", "failed"}
 HEADLINE_METRICS = ("roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2")
@@ -339,9 +339,10 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
         _say("  model: not registered by this run")
     for version in versions:
         try:
-            champion_version = client.get_model_version_by_alias(version.name, "champion").version
-        except Exception:  # noqa: BLE001 - no champion alias yet
-            champion_version = None
+            champion = alias_version(client, version.name)
+        except Exception:  # noqa: BLE001 - the registry could not say; the rest is still useful
+            champion = None
+        champion_version = champion.version if champion is not None else None
         is_champion = str(champion_version) == str(version.version)
         _say(f"  model: {version.name} v{version.version} "
              + ("is @champion" if is_champion else

@@ -387,8 +387,8 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
     from include.mlops.pipeline import promote
 
     config, client, name = stage.config, stage.client, stage.model_name
-    champion = tracking.champion_version(client, name)
-    challenger = tracking.champion_version(client, name, scoring.CHALLENGER)
+    champion = tracking.alias_version(client, name)
+    challenger = tracking.alias_version(client, name, scoring.CHALLENGER)
     if config.rollout.mode == "direct" or challenger is None or champion is None or \
             str(challenger.version) == str(champion.version):
         return {"verdict": "none", "reason": f"no challenger of {name} to decide on "

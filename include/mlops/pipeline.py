@@ -60,6 +60,22 @@ class Stage:
             self.client.log_dict(self.mlflow_run_id, payload, mlflow_path)
         return uri
 
+    def put_bytes(self, name: str, payload: bytes, *, mlflow_path: str) -> str:
+        """Write ``payload`` (a PNG plot) to the run folder and log the same bytes to the MLflow
+        run at ``mlflow_path``."""
+        import tempfile
+        from pathlib import Path, PurePosixPath
+
+        uri = join(self.run_dir, name)
+        self.store.write_bytes(uri, payload)
+        where = PurePosixPath(mlflow_path)
+        with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
+            local = Path(tmp, where.name)
+            local.write_bytes(payload)
+            self.client.log_artifact(self.mlflow_run_id, str(local),
+                                     str(where.parent) if where.parent.parts else None)
+        return uri
+
     def get_json(self, uri: str) -> dict[str, Any]:
         return json.loads(self.store.read_bytes(uri))
 
@@ -126,8 +142,9 @@ def check_changed(config: DatasetConfig, store: ObjectStore, dates: list[date],
     """Is there anything new to train? Same data + ML code + training params as the champion: no.
 
     Runs first and cheaply: the data fingerprint comes from listing the partitions (no file is
-    read) and ``champion`` from one registry call (:func:`tracking.alias_lookup`), so an unchanged
-    run costs a listing and a lookup, and leaves no MLflow run behind.
+    read) and ``champion`` from one registry call (:func:`tracking.alias_version` over
+    :class:`tracking.RestRegistry`, no mlflow import), so an unchanged run costs a listing and a
+    lookup, and leaves no MLflow run behind.
 
     :param champion: ``{"version", "run_id", "tags"}`` of the current champion, or None
     :param champion_manifest: reads the champion's reproducibility manifest; called only when
@@ -421,21 +438,19 @@ def evaluate(stage: Stage, *, model_uri: str, test_uri: str,
     model = load_model(model_uri, family or first.family)
     held_out = modeling.metrics(model, test, config)
     slices = modeling.slice_metrics(model, test, config)
-    run_id = stage.mlflow_run_id
     stage.log_metrics(held_out)
     for value, values in slices.items():
         stage.log_metrics({f"slice.{config.slice_column}.{safe_name(value)}.{k}": v
                              for k, v in values.items()})
     plot_name = "confusion_matrix.png" if config.task == "classification" else "residuals.png"
     plot = modeling.plot(model, test, config)
-    stage.client.log_image(run_id, _png(plot), f"plots/{plot_name}")
-    plot_uri = join(stage.run_dir, plot_name)  # the promotion card shows it
-    stage.store.write_bytes(plot_uri, plot)
+    plot_uri = stage.put_bytes(plot_name, plot,  # the promotion card shows it
+                               mlflow_path=f"plots/{plot_name}")
     explained = explain_model(stage, model, test, config.candidate_view(candidate or first.label)
                               if family is None or candidate else _family_view(config, family))
 
     champion = None
-    current = tracking.champion_version(stage.client, stage.model_name)
+    current = tracking.alias_version(stage.client, stage.model_name)
     if current is not None:
         champion = {"version": str(current.version), "run_id": current.run_id}
         try:
@@ -504,9 +519,7 @@ def explain_model(stage: Stage, model: Any, test: Any, config: DatasetConfig) ->
                           "explanations/top_features.json")
     picture = explain.summary_plot(explanation, f"{config.registered_model_name}: what drives "
                                                 f"its predictions (held-out rows)")
-    stage.client.log_image(stage.mlflow_run_id, _png(picture), "explanations/summary.png")
-    plot_uri = join(stage.run_dir, "explanation.png")
-    stage.store.write_bytes(plot_uri, picture)
+    plot_uri = stage.put_bytes("explanation.png", picture, mlflow_path="explanations/summary.png")
     stage.log_metrics({"explain.shap_seconds": explanation["seconds"]["shap"],
                        "explain.permutation_seconds": explanation["seconds"]["permutation"]})
     top = explanation["top_features"][:10]
@@ -558,15 +571,6 @@ def unseen_by(test: Any, champion_partitions: str) -> tuple[Any, list[str]]:
 
 def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in values.items())
-
-
-def _png(payload: bytes) -> Any:
-    import io
-
-    import numpy as np
-    from matplotlib import image
-
-    return np.asarray(image.imread(io.BytesIO(payload), format="png"))
 
 
 # -- gate -------------------------------------------------------------------------------------------
@@ -695,14 +699,14 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
     if client.get_run(mv.run_id).data.tags.get("mlops.gate") != "approved":
         raise PromotionError(f"refusing to promote {name} v{version}: its run "
                              f"{mv.run_id} has no approved gate decision")
-    current = tracking.champion_version(client, name, alias)
+    current = tracking.alias_version(client, name, alias)
     if current is not None and str(current.version) == str(version):
         previous = mv.tags.get(f"{prefix}pending_from", "none")  # a retry after the alias was set
     else:
         if current is not None:
             _complete_half_done(stage, current, alias=alias, dag_context=dag_context)
         previous = str(current.version) if current is not None else "none"
-        champion = tracking.champion_version(client, name) if alias != tracking.CHAMPION \
+        champion = tracking.alias_version(client, name) if alias != tracking.CHAMPION \
             else current
         now = str(champion.version) if champion is not None else "none"
         if now != (compared_with or "none"):
@@ -713,7 +717,7 @@ def promote(stage: Stage, *, version: str, reasons: list[str], dag_context: dict
                 "against the current champion")
         client.set_model_version_tag(name, version, f"{prefix}pending_from", previous)
         client.set_registered_model_alias(name, alias, str(version))
-    check = tracking.champion_version(client, name, alias)
+    check = tracking.alias_version(client, name, alias)
     if check is None or str(check.version) != str(version):
         raise PromotionError(f"alias @{alias} of {name} points at "
                              f"v{getattr(check, 'version', None)} after setting it to v{version}: "

@@ -51,7 +51,7 @@ def plan(client: Any, model_name: str, *, to_version: str | None = None,
     ``to_version`` None: the version the current champion replaced (its ``audit.promoted_from``).
     ``done`` is true when this same rollback (``by``) already moved the alias (a task retry).
     """
-    current = tracking.champion_version(client, model_name)
+    current = tracking.alias_version(client, model_name)
     if current is None:
         raise RollbackError(f"{model_name} has no @champion: nothing to roll back. Promote a "
                             "version through the training DAG first")
@@ -79,7 +79,7 @@ def plan(client: Any, model_name: str, *, to_version: str | None = None,
     try:
         mv = client.get_model_version(model_name, target)
     except Exception as err:
-        if tracking._not_found(err):
+        if tracking.is_not_found(err):
             raise RollbackError(f"{model_name} has no version {target} in the registry") from None
         raise
     if not _gate_approved(client, mv):
@@ -111,7 +111,7 @@ def rollback(client: Any, store: ObjectStore, *, artifacts_uri: str, model_name:
         client.set_model_version_tag(model_name, target, f"{PREFIX}rollback.pending_from", source)
         client.set_model_version_tag(model_name, target, f"{PREFIX}rollback.pending_by", by)
         client.set_registered_model_alias(model_name, tracking.CHAMPION, target)
-    check = tracking.champion_version(client, model_name)
+    check = tracking.alias_version(client, model_name)
     if check is None or str(check.version) != target:
         raise RollbackError(f"@champion of {model_name} points at "
                             f"v{getattr(check, 'version', None)} after setting it to v{target}: "
@@ -150,7 +150,7 @@ def auto_rollback_reason(client: Any, live: dict[str, Any], *, window_hours: flo
     if window_hours <= 0:
         return False, ("automatic rollback is off for this dataset (rollback.auto_window_hours "
                        "is 0); retraining is triggered instead")
-    current = tracking.champion_version(client, name)
+    current = tracking.alias_version(client, name)
     if current is None or str(current.version) != version:
         return False, (f"v{version} is no longer @champion (now "
                        f"{'v' + str(current.version) if current else 'none'}): nothing to roll "

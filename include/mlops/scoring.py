@@ -187,9 +187,9 @@ def read_committed(store: ObjectStore, artifacts_uri: str, model_name: str,
 def load_alias(client: Any, model_name: str, alias: str) -> ModelRef | None:
     """Resolve ``alias`` to a version first, then load that version: the alias may move meanwhile,
     and the rows must say which version really scored them."""
-    from include.mlops.tracking import champion_version, load_version
+    from include.mlops.tracking import alias_version, load_version
 
-    mv = champion_version(client, model_name, alias)
+    mv = alias_version(client, model_name, alias)
     if mv is None:
         return None
     model = load_version(client, model_name, mv.version)

@@ -523,9 +523,9 @@ class MlflowRegistry:
 
     def resolve(self, name: str, alias: str) -> tuple[str, str | None] | None:
         """(version, run id) behind ``alias``, or None when the model or alias does not exist."""
-        from include.mlops.tracking import champion_version
+        from include.mlops.tracking import alias_version
 
-        found = champion_version(self.client, name, alias)
+        found = alias_version(self.client, name, alias)
         return None if found is None else (str(found.version), found.run_id)
 
     def load(self, name: str, version: str, alias: str) -> ServedModel:

@@ -7,8 +7,10 @@ task resumes the same run. Promotion uses aliases only (stages are deprecated).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,9 @@ RUN_ID_TAG = "airflow.run_id"
 CHAMPION = "champion"
 
 
-def _not_found(err: Exception) -> bool:
+def is_not_found(err: Exception) -> bool:
+    """Whether ``err``, an MLflow error (``MlflowException`` or :class:`RegistryError`), says
+    that what was asked for does not exist."""
     code = getattr(err, "error_code", "") or ""
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code
 
@@ -66,33 +70,101 @@ def finish_run(client: Any, run_id: str, *, outcome: str, failed: bool = False) 
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-def _denied(err: Exception) -> bool:
-    code = getattr(err, "get_http_status_code", lambda: None)()
-    return code == 403 or "PERMISSION_DENIED" in str(getattr(err, "error_code", ""))
+def alias_version(client: Any, model_name: str, alias: str = CHAMPION) -> Any | None:
+    """The model version behind ``alias`` of ``model_name``, or None when the model or the alias
+    does not exist. The one alias lookup of the project.
 
-
-def champion_version(client: Any, model_name: str, alias: str = CHAMPION) -> Any | None:
-    """The model version behind ``alias``, or None when the model or alias does not exist."""
+    ``client`` is an ``mlflow.MlflowClient``, or a :class:`RestRegistry` where mlflow must not be
+    imported (``check_changed``); either answers with an object that has ``version``, ``run_id``
+    and ``tags``. Rejected credentials (401, or 403 for a model that exists) raise
+    ``CredentialsError``: a retry cannot help."""
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except Exception as err:
-        if _not_found(err) or "not found" in str(err).lower():
+        if is_not_found(err) or "not found" in str(err).lower():
             return None
-        # MLflow's basic-auth answers 403 for a model that does not exist (it has no permission
-        # to look up); a 404 from the model itself says which it was.
-        if _denied(err) and not _model_exists(client, model_name):
-            return None
-        raise
+        status = _http_status(err)
+        if status not in (401, 403):
+            raise
+        if status == 403:
+            # MLflow's basic-auth answers 403 for a model that does not exist (there is no
+            # permission to look up); a 404 from the model itself says which it was.
+            try:
+                client.get_registered_model(model_name)
+            except Exception as missing:
+                if is_not_found(missing):
+                    return None
+                if _http_status(missing) not in (401, 403):
+                    raise
+        from include.mlops.errors import CredentialsError
+
+        where = getattr(client, "tracking_uri", None) or "the tracking server"
+        raise CredentialsError(f"MLflow at {where} rejected the credentials "
+                               f"(HTTP {status})") from err
 
 
-def _model_exists(client: Any, model_name: str) -> bool:
-    try:
-        client.get_registered_model(model_name)
-        return True
-    except Exception as err:
-        if _not_found(err):
-            return False
-        raise
+def _http_status(err: Exception) -> int | None:
+    return getattr(err, "get_http_status_code", lambda: None)()
+
+
+@dataclass(frozen=True)
+class RegistryVersion:
+    """A model version as :class:`RestRegistry` reads it (the fields of mlflow's
+    ``ModelVersion`` that an alias lookup needs)."""
+
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+class RegistryError(Exception):
+    """An error answer of MLflow's REST API, carrying what mlflow's ``MlflowException`` carries
+    (``error_code``, ``get_http_status_code()``), so :func:`alias_version` reads both alike."""
+
+    # mlflow's own names for an answer whose body is not MLflow's JSON (a proxy, basic-auth)
+    _CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+              404: "ENDPOINT_NOT_FOUND"}
+
+    def __init__(self, status: int, body: str) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        answer = answer if isinstance(answer, dict) else {}
+        self.status = status
+        self.error_code = answer.get("error_code") or self._CODES.get(status, f"HTTP_{status}")
+        super().__init__(f"{self.error_code}: {answer.get('message') or body}")
+
+    def get_http_status_code(self) -> int:
+        return self.status
+
+
+class RestRegistry:
+    """The two registry reads of :func:`alias_version` over MLflow's REST API with ``requests``,
+    for a caller that must not import mlflow (about 2.5 s): ``check_changed``, whose unchanged
+    run costs a listing and this one lookup (docs/architecture.md)."""
+
+    def __init__(self, tracking_uri: str, *, auth: tuple[str, str] | None = None,
+                 timeout: float = 15) -> None:
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.auth, self.timeout = auth, timeout
+
+    def _get(self, endpoint: str, params: dict[str, str]) -> dict[str, Any]:
+        import requests
+
+        response = requests.get(f"{self.tracking_uri}/api/2.0/mlflow/registered-models/{endpoint}",
+                                params=params, auth=self.auth, timeout=self.timeout)
+        if response.status_code != 200:
+            raise RegistryError(response.status_code, response.text)
+        return response.json()
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> RegistryVersion:
+        version = self._get("alias", {"name": name, "alias": alias})["model_version"]
+        return RegistryVersion(version=str(version["version"]), run_id=version.get("run_id"),
+                               tags={t["key"]: t["value"] for t in version.get("tags", [])})
+
+    def get_registered_model(self, name: str) -> dict[str, Any]:
+        return self._get("get", {"name": name})["registered_model"]
 
 
 def load_version(client: Any, model_name: str, version: str | int) -> Any:
@@ -107,35 +179,6 @@ def load_version(client: Any, model_name: str, version: str | int) -> Any:
     if not family:
         raise refuse(what, f"its training run {mv.run_id} records no model family")
     return load_model(what, family)
-
-
-def alias_lookup(tracking_uri: str, model_name: str, alias: str = CHAMPION, *,
-                 auth: tuple[str, str] | None = None, timeout: float = 15) -> dict[str, Any] | None:
-    """The model version behind ``alias`` through MLflow's REST API, without importing mlflow
-    (2.5 s): ``{"version", "run_id", "tags"}``, or None when the model or alias does not exist."""
-    import requests
-
-    from include.mlops.errors import CredentialsError
-
-    base = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/registered-models"
-    response = requests.get(f"{base}/alias", params={"name": model_name, "alias": alias},
-                            auth=auth, timeout=timeout)
-    if response.status_code == 404 or (
-            response.status_code == 400 and "alias" in response.text and "not found" in response.text):
-        return None
-    if response.status_code == 403:
-        # MLflow's basic-auth answers 403 for a model that does not exist; ask the model itself.
-        exists = requests.get(f"{base}/get", params={"name": model_name}, auth=auth,
-                              timeout=timeout)
-        if exists.status_code == 404:
-            return None
-    if response.status_code in (401, 403):
-        raise CredentialsError(f"MLflow at {tracking_uri} rejected the credentials "
-                               f"(HTTP {response.status_code})")
-    response.raise_for_status()
-    version = response.json()["model_version"]
-    return {"version": str(version["version"]), "run_id": version.get("run_id"),
-            "tags": {t["key"]: t["value"] for t in version.get("tags", [])}}
 
 
 def log_sklearn_model(*, run_id: str, model: Any, name: str, input_example: Any,
@@ -199,8 +242,6 @@ def dataset_input(frame: Any, *, source: str, name: str, targets: str, digest: s
     profile, exactly as ``mlflow.data.from_pandas`` describes it. When every column is numeric,
     boolean or all strings, the schema is read from the dtypes (:func:`_column_spec`);
     otherwise MLflow infers it."""
-    import json
-
     import mlflow.data
     from mlflow.data.dataset import Dataset as DatasetBase
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -224,15 +265,21 @@ def registered_version(client: Any, model_name: str, run_id: str) -> Any | None:
         versions = client.search_model_versions(f"name = '{_quote(model_name)}' and "
                                                 f"run_id = '{run_id}'")
     except Exception as err:
-        if _not_found(err):
+        if is_not_found(err):
             return None
         raise
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def register(client: Any, *, model_name: str, model_uri: str, run_id: str,
-             tags: dict[str, str], description: str, timeout_s: float = 120) -> str:
-    """Register ``model_uri`` once per run (idempotent) and wait until the version is READY."""
+             tags: dict[str, str], description: str, timeout_s: int = 300) -> str:
+    """Register ``model_uri`` once per run (idempotent) and wait until the version is READY.
+
+    A new version waits in ``create_model_version(await_creation_for=timeout_s)`` (300 s is
+    MLflow's own default), which logs MLflow's INFO ``Waiting up to … seconds`` and raises
+    ``MlflowException`` when the version fails or stays pending. A retried task finds the
+    version of this run instead of creating another (``RuntimeError`` when that one failed or
+    stays pending)."""
     existing = registered_version(client, model_name, run_id)
     if existing is None:
         try:
@@ -242,20 +289,25 @@ def register(client: Any, *, model_name: str, model_uri: str, run_id: str,
                     and "already exists" not in str(err):
                 raise
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        # Returns once the version is READY (raises otherwise); the object it returns is the
+        # version as created, so its status may still read PENDING_REGISTRATION.
         existing = client.create_model_version(model_name, source=model_uri, run_id=run_id,
                                                tags=tags, description=description,
-                                               model_id=model_id)
+                                               model_id=model_id,
+                                               await_creation_for=timeout_s)
         log.info("Registered %s version %s from run %s", model_name, existing.version, run_id)
     else:
         log.info("Run %s is already registered as %s version %s; reusing it",
                  run_id, model_name, existing.version)
-    deadline = time.monotonic() + timeout_s
-    while existing.status != "READY":
-        if existing.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+        # Created by an earlier try, which may have died while MLflow still had it pending: wait
+        # for it here, as create_model_version does for the version it creates.
+        deadline = time.monotonic() + timeout_s
+        while existing.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            existing = client.get_model_version(model_name, existing.version)
+        if existing.status != "READY":
             raise RuntimeError(f"{model_name} version {existing.version} is {existing.status}: "
                                f"{existing.status_message}")
-        time.sleep(0.5)
-        existing = client.get_model_version(model_name, existing.version)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, existing.version, key, value)
     return str(existing.version)

@@ -104,9 +104,9 @@ def registered_versions(client: Any, name: str) -> list[str]:
 
 def champion_of(client: Any, name: str) -> str | None:
     """The version behind @champion, or None."""
-    from include.mlops.tracking import champion_version
+    from include.mlops.tracking import alias_version
 
-    found = champion_version(client, name)
+    found = alias_version(client, name)
     return None if found is None else str(found.version)
 
 

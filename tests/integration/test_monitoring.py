@@ -139,9 +139,9 @@ def test_canary_and_shadow_rows_then_ab_decision_promotes(services, monitored, r
     assert decided.tasks["performance_degraded"] == "skipped"
     assert f"A/B decision for {model} challenger v2: PROMOTE" in decided.log
     assert champion_of(client, model) == "2"
-    from include.mlops.tracking import champion_version
+    from include.mlops.tracking import alias_version
 
-    assert champion_version(client, model, "challenger") is None
+    assert alias_version(client, model, "challenger") is None
     card = json.loads(store.read_bytes(f"s3://mlops/{model}/ab/v2/date=2025-01-04/promotion_card.json"))
     assert card["verdict"] == "promote" and card["statistics"]["low"] > 0
     assert card["statistics"]["champion_rows"] + card["statistics"]["challenger_rows"] == 1500

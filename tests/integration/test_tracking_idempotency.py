@@ -4,13 +4,17 @@ retried register reuses its version, a retried promote writes one audit record."
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
+import mlflow.artifacts
 import pytest
 
 from include.mlops import pipeline, tracking
 from include.mlops.config import resolve_config
 from include.mlops.demo_data import write_partitions
+from include.mlops.errors import CredentialsError
 
 
 def test_retried_task_resumes_the_same_run(services):
@@ -47,6 +51,12 @@ def test_register_and_promote_are_idempotent(services):
     assert retrained["model_uri"] == trained["model_uri"], "a retried train logged a second model"
     evaluation = pipeline.evaluate(stage, model_uri=trained["model_uri"],
                                    test_uri=features["test_uri"])
+    # The plots: the same PNG bytes on the MLflow run and in the run folder (for the card).
+    for mlflow_path, in_folder in (("plots/confusion_matrix.png", "confusion_matrix.png"),
+                                   ("explanations/summary.png", "explanation.png")):
+        logged = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=mlflow_path,
+                                                     tracking_uri=services.mlflow_url)
+        assert Path(logged).read_bytes() == store.read_bytes(f"{stage.run_dir}/{in_folder}")
     decision = pipeline.gate(stage, evaluation_uri=evaluation["evaluation_uri"], dag_context=context)
     assert decision["approved"]
 
@@ -65,6 +75,18 @@ def test_register_and_promote_are_idempotent(services):
     assert len(records) == 1
     assert json.loads(store.read_bytes(records[0].uri))["to_version"] == "1"
     assert client.get_model_version_by_alias(model, "champion").version == "1"
+    # check_changed's lookup (REST, no mlflow) says what the client's says, behind basic-auth
+    rest = tracking.RestRegistry(services.mlflow_url, auth=(
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]))
+    found = tracking.alias_version(rest, model)
+    assert (found.version, found.run_id) == ("1", run_id)
+    assert found.tags == client.get_model_version(model, "1").tags
+    assert tracking.alias_version(rest, model, "challenger") is None  # no such alias
+    assert tracking.alias_version(rest, "it_no_such_model") is None  # basic-auth's 403
+    assert tracking.alias_version(client, "it_no_such_model") is None
+    with pytest.raises(CredentialsError, match="rejected the credentials"):
+        tracking.alias_version(tracking.RestRegistry(services.mlflow_url,
+                                                     auth=(os.environ["MLFLOW_TRACKING_USERNAME"], "wrong")), model)
 
     # A second model whose gate compared it with "no champion" is stale now: not promoted.
     from include.mlops.errors import PromotionError
@@ -91,4 +113,4 @@ def test_promote_refuses_a_model_without_approved_gate(services):
                            artifacts_uri="s3://mlops", run_key="2025-07-03T000000")
     with pytest.raises(PromotionError, match="no approved gate decision"):
         pipeline.promote(stage, version="1", reasons=[], dag_context={"dag_run_id": "x"})
-    assert tracking.champion_version(client, model) is None
+    assert tracking.alias_version(client, model) is None

@@ -72,7 +72,7 @@ def test_the_next_promotion_completes_a_half_done_one(registry: Any, tmp_path: P
                               compared_with=v2)
 
     assert result["previous"] == v2
-    assert str(tracking.champion_version(client, model).version) == v3
+    assert str(tracking.alias_version(client, model).version) == v3
     assert any("Half-done promotion" in r.message and f"v{v2} is @champion" in r.message
                for r in caplog.records), caplog.text
     tags = client.get_model_version(model, v2).tags
@@ -129,8 +129,8 @@ def test_a_stale_gate_decision_promotes_nothing(registry: Any, tmp_path: Path, a
 
     assert f"not promoting {model} v{v2} to @{alias}: the gate compared it with champion " \
            f"v{v1}, but @champion is now v{v3}" in str(refused.value)
-    assert str(tracking.champion_version(client, model).version) == v3
-    assert tracking.champion_version(client, model, "challenger") is None
+    assert str(tracking.alias_version(client, model).version) == v3
+    assert tracking.alias_version(client, model, "challenger") is None
     assert not any(k.startswith("audit.") for k in client.get_model_version(model, v2).tags)
     audits = [json.loads(p.read_text())["to_version"]
               for p in (tmp_path / "artifacts" / "audit" / model).iterdir()]
@@ -149,4 +149,4 @@ def test_a_run_without_an_approved_gate_decision_is_never_promoted(registry: Any
                                              f"run {run_a} has no approved gate decision"):
         pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=[],
                          dag_context={"dag_id": "training", "dag_run_id": "run_a"})
-    assert tracking.champion_version(client, base.model_name) is None
+    assert tracking.alias_version(client, base.model_name) is None

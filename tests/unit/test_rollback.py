@@ -81,7 +81,7 @@ def test_goes_back_to_the_previous_champion_and_audits_it(registry: Any, tmp_pat
     result = _roll(registry, tmp_path, name)
 
     assert (result["previous"], result["version"]) == (v3, v2)
-    assert str(tracking.champion_version(registry, name).version) == v2
+    assert str(tracking.alias_version(registry, name).version) == v2
     down, up = registry.get_model_version(name, v3).tags, registry.get_model_version(name, v2).tags
     assert down["audit.rolled_back_to"] == v2
     assert down["audit.rolled_back_reason"] == "v3 mis-scores EU rows"
@@ -128,7 +128,7 @@ def test_a_version_by_hand_must_have_passed_the_gate(registry: Any, tmp_path: Pa
         _roll(registry, tmp_path, name, to="99")
     with pytest.raises(RollbackError, match="is @champion already"):
         _roll(registry, tmp_path, name, to=v2)
-    assert str(tracking.champion_version(registry, name).version) == v2  # nothing moved
+    assert str(tracking.alias_version(registry, name).version) == v2  # nothing moved
 
     assert _roll(registry, tmp_path, name, to=f"v{v1}")["version"] == v1
 

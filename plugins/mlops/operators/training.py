@@ -361,15 +361,20 @@ class SkipIfUnchangedOperator(MlopsStageOperator):
     waits_for_data = True
 
     def run(self, stage: None, context: Context) -> dict[str, Any]:
+        from dataclasses import asdict
+
         from include.mlops.config import resolve_config
         from include.mlops.pipeline import check_changed
-        from include.mlops.tracking import alias_lookup
+        from include.mlops.tracking import RestRegistry, alias_version
 
         params = run_params(context)
         config = resolve_config(params)
         self.mlflow_hook.check_available()
-        champion = alias_lookup(self.mlflow_hook.tracking_uri, config.registered_model_name,
-                                auth=self.mlflow_hook.auth)
+        # Over REST: an unchanged run never imports mlflow (docs/architecture.md)
+        found = alias_version(RestRegistry(self.mlflow_hook.tracking_uri,
+                                           auth=self.mlflow_hook.auth),
+                              config.registered_model_name)
+        champion = None if found is None else asdict(found)
         dag_run = context["dag_run"]
         trigger = retrain_trigger(context)
         if trigger is not None:
