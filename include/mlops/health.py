@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
 
 from tenacity import RetryError, Retrying, before_sleep_log, stop_after_attempt, wait_exponential
 
@@ -17,10 +15,12 @@ def wait_for_http(url: str, *, service: str, attempts: int = 4, backoff_seconds:
                   timeout: float = 5.0, hint: str = "") -> None:
     """GET ``url`` until it answers 2xx; else raise ServiceUnavailableError naming the service."""
 
+    import requests
+
     def probe() -> None:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            if response.status >= 300:
-                raise OSError(f"HTTP {response.status}")
+        response = requests.get(url, timeout=timeout)
+        if response.status_code >= 300:
+            raise OSError(f"HTTP {response.status_code}")
 
     try:
         for attempt in Retrying(stop=stop_after_attempt(attempts),

@@ -50,9 +50,7 @@ import os
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1096,20 +1094,18 @@ def check(url: str, *, timeout: float = 5.0) -> tuple[bool, str]:
 
 
 # -- the smoke test (the rollback DAG calls it) ----------------------------------------------------
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # servers are internal
-
-
 def _http(method: str, url: str, body: bytes | None = None, *,
           timeout: float = 10.0) -> tuple[int, Any, bytes]:
     """(status, headers, body); an HTTP error status is an answer, not an exception. OSError
-    (refused, timed out, no such host) when nothing answered."""
-    request = urllib.request.Request(url, data=body, method=method, headers={
-        "Content-Type": "application/json", "Accept": "application/json"})
-    try:
-        with _OPENER.open(request, timeout=timeout) as response:  # noqa: S310 - http(s) URL
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read()
+    (refused, timed out, no such host: requests' errors are OSErrors) when nothing answered.
+    No proxy from the environment: the servers are internal."""
+    import requests
+
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.request(method, url, data=body, timeout=timeout, headers={
+            "Content-Type": "application/json", "Accept": "application/json"})
+        return response.status_code, response.headers, response.content
 
 
 def _health_note(base: str, model_name: str) -> str:
