@@ -49,7 +49,7 @@ class PromotionApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Context) -> Any:
         from include.mlops.config import resolve_config
-        from mlops.operators.training import run_params
+        from mlops.run_context import run_params
 
         config = resolve_config(run_params(context))
         name, version = self.registration["model_name"], self.registration["version"]
@@ -83,7 +83,7 @@ class PromotionApprovalOperator(ApprovalOperator):
         """Say who answered, or that time ran out, then let ``ApprovalOperator`` act on it: it
         skips ``promote`` on Reject (by raising, so nothing after it would run)."""
         from include.mlops.config import resolve_config
-        from mlops.operators.training import run_params
+        from mlops.run_context import run_params
 
         name, version = self.registration["model_name"], self.registration["version"]
         by = event.get("responded_by_user") or {}

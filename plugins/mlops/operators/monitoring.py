@@ -18,12 +18,8 @@ from airflow.sdk import BaseOperator
 
 from mlops.assets import PREDICTIONS
 from mlops.links import DRIFT_REPORT
-from mlops.operators.training import (
-    PROMOTION_POOL,
-    MlopsStageOperator,
-    asset_events,
-    data_interval,
-)
+from mlops.operators.training import PROMOTION_POOL, MlopsStageOperator
+from mlops.run_context import asset_events, data_interval
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -100,7 +96,7 @@ class MonitorOperator(MlopsStageOperator):
                       mlflow_run_id: str = "") -> Stage:
         from include.mlops.config import resolve_config
         from include.mlops.pipeline import Stage, run_key
-        from mlops.operators.training import run_date
+        from mlops.run_context import run_date
 
         return Stage(config=resolve_config(params), store=self.s3_hook.store,
                      client=self.mlflow_hook.client, mlflow_run_id=mlflow_run_id,
@@ -173,7 +169,7 @@ class ABDecisionOperator(MonitorOperator):
         from include.mlops.config import resolve_config
         from include.mlops.monitor import ab_decision
         from include.mlops.pipeline import run_key
-        from mlops.operators.training import run_date
+        from mlops.run_context import run_date
 
         params, day = self.target(context)
         config = resolve_config(params)

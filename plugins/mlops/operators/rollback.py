@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlops.links import MODEL_VERSION
-from mlops.operators.training import PROMOTION_POOL, MlopsStageOperator, run_params
+from mlops.operators.training import PROMOTION_POOL, MlopsStageOperator
+from mlops.run_context import run_params
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
