@@ -130,9 +130,11 @@ def storage(url: str, *, grace_period: int = GRACE_PERIOD_S,
                         url, engine_kwargs=engine_kwargs, grace_period=grace_period,
                         heartbeat_interval=max(1, grace_period // 4),
                         heartbeat_stale_trial_callback=on_stale)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.ProgrammingError) as err:
                 # Workers starting together on a new database race to create its tables and
-                # version row; the loser finds them created on the next attempt.
+                # version row (PostgreSQL: DuplicateTable, a ProgrammingError; SQLite: an
+                # OperationalError); the loser finds them created on the next attempt.
                 racing = isinstance(err, sqlalchemy.exc.IntegrityError) or \
                     "already exists" in str(err)
                 if not racing or attempt == 5:

@@ -361,3 +361,48 @@ def test_trials_cross_validate_on_a_seeded_stratified_sample_of_at_most_max_rows
     share = frame["churned"].mean()
     assert abs(kept["churned"].mean() - share) < 0.005  # stratified
     assert sample(frame, config, None) is frame and sample(frame, config, 5000) is frame
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param("ProgrammingError", id="postgres-duplicate-table"),
+    pytest.param("IntegrityError", id="duplicate-version-row"),
+    pytest.param("OperationalError", id="sqlite-table-exists"),
+])
+def test_workers_racing_to_create_a_new_database_s_tables_both_get_the_storage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str) -> None:
+    """Two tune tasks starting together on a new database both run Optuna's CREATE TABLE; the
+    loser's error (PostgreSQL's DuplicateTable is a ProgrammingError) is retried, and the next
+    attempt finds the tables made. Found by the Celery test with the study in PostgreSQL."""
+    import optuna
+    import sqlalchemy.exc
+
+    real = optuna.storages.RDBStorage
+    calls: list[int] = []
+
+    def first_loses_the_race(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise getattr(sqlalchemy.exc, error)(
+                'CREATE TABLE studies', {}, Exception('relation "studies" already exists'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", first_loses_the_race)
+    storage = tuning.storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+
+def test_a_database_error_that_is_no_race_is_not_retried(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+    import sqlalchemy.exc
+
+    calls: list[int] = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
+        tuning.storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 1
