@@ -147,3 +147,42 @@ class ServingError(PipelineError):
         super().__init__(message, runbook=runbook or f"serving.md#{reason.replace('_', '-')}")
         self.reason = reason
         self.retryable = reason == "unreachable"
+
+
+def retryable(err: BaseException) -> bool:
+    """Whether a task retry can help with ``err``; what ``MlopsStageOperator.execute`` asks
+    before it fails a task at once (docs/architecture.md#failure-handling).
+
+    - A :class:`PipelineError` says so itself (``retryable``).
+    - A ``ValueError`` is a config, parameter or data check (pydantic, scikit-learn, the checks
+      of this package): the same input gives it again, so no. Except two kinds that come from
+      a transport, not from the input: a body that does not decode (``JSONDecodeError``,
+      ``UnicodeDecodeError``: a proxy's HTML error page, a cut-off answer) and a ValueError
+      raised while handling, or because of, a network error (an ``OSError`` in its chain).
+    - Anything else (an MLflow API error, an S3 error, a bug): yes, Airflow's retries apply.
+    """
+    import json
+
+    if isinstance(err, PipelineError):
+        return err.retryable
+    if isinstance(err, json.JSONDecodeError | UnicodeDecodeError):
+        return True
+    if isinstance(err, ValueError):
+        return _caused_by_network(err)
+    return True
+
+
+_LOCAL_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                      NotADirectoryError)
+
+
+def _caused_by_network(err: BaseException) -> bool:
+    seen: set[int] = set()
+    cause = err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        # requests', urllib3's and socket errors are OSErrors; a local file's are not network
+        if isinstance(cause, OSError) and not isinstance(cause, _LOCAL_FILE_ERRORS):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -48,17 +48,16 @@ _CUDA_MARKERS = ("cuda", "cudnn", "nvidia", "nvml", "gpu driver", "no cuda-capab
 def classify(err: BaseException) -> tuple[str, int]:
     """``(error class, exit code)`` of an exception raised while training.
 
-    CUDA first: XGBoost's errors are ValueErrors. A service outage (a retryable PipelineError)
-    is ``error``, so Airflow retries it, as it would in-process.
+    CUDA first: XGBoost's errors are ValueErrors. What a retry can help with
+    (:func:`include.mlops.errors.retryable`: a service outage, a garbled answer) is ``error``,
+    so Airflow retries it, as it would in-process.
     """
-    from include.mlops.errors import PipelineError
+    from include.mlops.errors import PipelineError, retryable
 
     text = f"{type(err).__name__}: {err}".lower()
     if any(marker in text for marker in _CUDA_MARKERS):
         return "cuda", EXIT_CUDA
-    if isinstance(err, PipelineError) and err.retryable:
-        return "error", EXIT_OTHER
-    if isinstance(err, PipelineError | ValueError):
+    if isinstance(err, PipelineError | ValueError) and not retryable(err):
         return "data", EXIT_DATA
     if isinstance(err, MemoryError):
         return "oom", EXIT_OTHER

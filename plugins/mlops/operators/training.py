@@ -143,7 +143,7 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
                      run_key=run_key(when), loosened=tuple(self.loosened))
 
     def execute(self, context: Context) -> Any:
-        from include.mlops.errors import MissingPartitionError, PipelineError
+        from include.mlops.errors import MissingPartitionError, retryable
 
         stage = None
         try:
@@ -162,8 +162,8 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         except AirflowFailException:
             self._mark_failed(stage)
             raise
-        except (PipelineError, ValueError) as err:
-            if isinstance(err, PipelineError) and err.retryable:
+        except Exception as err:
+            if retryable(err):
                 if context["ti"].try_number > (self.retries or 0):
                     self._mark_failed(stage)
                 raise
@@ -171,10 +171,6 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
             self._mark_failed(stage)
             self.log.error("%s", err)
             raise AirflowFailException(str(err)) from err
-        except Exception:
-            if context["ti"].try_number > (self.retries or 0):
-                self._mark_failed(stage)
-            raise
 
     def wait_for_data(self, err: Any, context: Context) -> Exception:
         """Defer to :class:`mlops.triggers.PartitionsArrivedTrigger` until the missing
