@@ -37,6 +37,29 @@ if TYPE_CHECKING:
 PROMOTION_POOL = "mlops_promotion"
 
 
+def close_failed_mlflow_run(context: Context) -> None:
+    """``on_failure_callback`` of every stage: Airflow calls it once the task has failed for
+    good (its last try, or a failure that is not retried), never for a try that is retried.
+    Marks the DAG run's MLflow run (the one this task pushed, if any: ``check_changed`` has
+    none) ``FAILED`` with ``mlops.outcome=failed:<task_id>``."""
+    from include.mlops.tracking import finish_run
+
+    ti = context["ti"]
+    try:
+        run_id = ti.xcom_pull(task_ids=ti.task_id, key=MLFLOW_RUN_XCOM,
+                              map_indexes=getattr(ti, "map_index", -1))
+        if isinstance(run_id, list):  # several map indexes asked: this one's only
+            run_id = run_id[0] if run_id else None
+        if run_id:
+            finish_run(context["task"].mlflow_hook.client, run_id,
+                       outcome=f"failed:{ti.task_id}", failed=True)
+    except Exception as err:  # noqa: BLE001 - never hide the task's own error
+        import logging
+
+        logging.getLogger(__name__).warning("Could not mark the MLflow run of %s failed: %s",
+                                            ti.task_id, err)
+
+
 class MlopsStageOperator(BaseOperator, SkipMixin):
     """Base for the pipeline's operators: config from Params, hooks, the DAG run's MLflow run.
 
@@ -68,6 +91,12 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         self.mlflow_conn_id = mlflow_conn_id
         self.s3_conn_id = s3_conn_id
         self.loosened: list[str] = []  # gate loosenings of this run, allowed by the policy
+        # A task that failed for good (no retry left, or not retryable) closes the MLflow run
+        # first, then the alerts of default_args (mlops.notifiers) go out.
+        callbacks = self.on_failure_callback
+        self.on_failure_callback = [close_failed_mlflow_run, *(
+            [] if callbacks is None else callbacks if isinstance(callbacks, list | tuple)
+            else [callbacks])]
 
     @cached_property
     def mlflow_hook(self) -> MlflowHook:
@@ -145,7 +174,7 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
     def execute(self, context: Context) -> Any:
         from include.mlops.errors import MissingPartitionError, retryable
 
-        stage = None
+        stage = None  # the MLflow run is closed by close_failed_mlflow_run (on_failure_callback)
         try:
             self.enforce_policy(context)
             if self.uses_mlflow_run:
@@ -160,15 +189,11 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         except (DownstreamTasksSkipped, AirflowSkipException):
             raise  # an outcome (unchanged data, rejected model), not a failure
         except AirflowFailException:
-            self._mark_failed(stage)
-            raise
+            raise  # already classified: fails without a retry
         except Exception as err:
             if retryable(err):
-                if context["ti"].try_number > (self.retries or 0):
-                    self._mark_failed(stage)
-                raise
+                raise  # Airflow retries it; the last failed try closes the MLflow run
             # Bad data, config or registry state: a retry meets the same, so fail now.
-            self._mark_failed(stage)
             self.log.error("%s", err)
             raise AirflowFailException(str(err)) from err
 
@@ -214,17 +239,6 @@ class MlopsStageOperator(BaseOperator, SkipMixin):
         if event.get("status") == "arrived":
             self.log.info("Data arrived; running the task")
         return self.execute(context)
-
-    def _mark_failed(self, stage: Stage | None) -> None:
-        if stage is None:
-            return
-        from include.mlops.tracking import finish_run
-
-        try:
-            finish_run(stage.client, stage.mlflow_run_id, outcome=f"failed:{self.task_id}",
-                       failed=True)
-        except Exception as err:  # noqa: BLE001 - never hide the original error
-            self.log.warning("Could not mark MLflow run %s failed: %s", stage.mlflow_run_id, err)
 
     def run(self, stage: Stage, context: Context) -> Any:
         raise NotImplementedError
