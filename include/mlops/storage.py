@@ -4,6 +4,10 @@ boto3 does the S3 work; this module adds what every task needs on top: one URI s
 local files, retries with backoff that say so in the log, write-then-rename for local files
 (S3 PUTs are atomic already), create-only writes for append-only logs, and errors that name the
 endpoint and the object.
+
+:class:`ObjectStore` hands each URI to one of two backends with the same methods:
+:class:`_S3Backend` (boto3) for ``s3://`` URIs, :class:`_LocalBackend` (files) for the rest.
+Why not fsspec/s3fs or Airflow's ``ObjectStoragePath``: docs/dependencies.md.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,35 +93,150 @@ def _retryable(exc: BaseException) -> bool:
                             ConnectionClosedError))
 
 
-class ObjectStore:
-    """Read, list and write objects by URI. ``s3_client`` is a boto3 S3 client (None: local only).
+class _LocalBackend:
+    """Files under a local folder (``/path`` or ``file:///path``): write-then-rename for atomic
+    writes, a hard link for create-only ones, sha256 of the content as the ETag."""
 
-    :param s3_client: boto3 client, built by the S3 hook from its Connection
-    :param endpoint: shown in error messages (the client's endpoint URL)
-    :param attempts: tries per request when the endpoint does not answer
-    :param backoff_seconds: first wait between tries; doubles each time
-    """
+    def list(self, prefix_uri: str) -> list[ObjectInfo]:
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return []
+        return [ObjectInfo(str(p), p.stat().st_size, _sha256_file(p))
+                for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
 
-    def __init__(self, s3_client: Any | None = None, *, endpoint: str | None = None,
-                 attempts: int = 4, backoff_seconds: float = 1.0, conn_hint: str = "") -> None:
-        self._s3 = s3_client
-        self.endpoint = endpoint or (getattr(getattr(s3_client, "meta", None), "endpoint_url", None))
+    def list_prefixes(self, prefix_uri: str) -> list[str]:
+        root = local_path(prefix_uri)
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def read(self, uri: str) -> bytes:
+        path = local_path(uri)
+        if not path.is_file():
+            raise ObjectNotFoundError(f"read {uri}: file does not exist")
+        return path.read_bytes()
+
+    def exists(self, uri: str) -> bool:
+        return local_path(uri).exists()
+
+    def info(self, uri: str) -> ObjectInfo:
+        path = local_path(uri)
+        return ObjectInfo(str(path), path.stat().st_size, _sha256_file(path))
+
+    def write(self, uri: str, data: bytes) -> ObjectInfo:
+        return self._write(uri, data, os.replace)
+
+    def write_if_absent(self, uri: str, data: bytes) -> ObjectInfo:
+        if local_path(uri).exists():
+            raise ObjectExistsError(f"write {uri}: object already exists")
+        # link(2) fails with EEXIST when the name exists, like open(O_CREAT | O_EXCL), but the
+        # name appears with the whole content: a reader never sees a partial record.
+        return self._write(uri, data, os.link)
+
+    def _write(self, uri: str, data: bytes, publish: Callable[[str, Path], None]) -> ObjectInfo:
+        """Write ``data`` to a hidden temporary file beside the target, then ``publish(tmp,
+        target)``; the temporary file is gone afterwards, whatever happened."""
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            publish(tmp, path)
+        except FileExistsError as err:
+            raise ObjectExistsError(f"write {uri}: object already exists") from err
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return ObjectInfo(str(path), len(data), hashlib.sha256(data).hexdigest())
+
+    def delete(self, uri: str) -> None:
+        local_path(uri).unlink(missing_ok=True)
+
+    def ensure_bucket(self, uri: str) -> None:
+        """Nothing to do: a local write creates its folders."""
+
+
+class _S3Backend:
+    """Objects in S3 (``s3://bucket/key``) through a boto3 client: retries with backoff when the
+    endpoint does not answer, botocore errors turned into :mod:`include.mlops.errors` with the
+    endpoint and what to check, ``If-None-Match: *`` for create-only writes."""
+
+    def __init__(self, client: Any | None, *, endpoint: str | None, attempts: int,
+                 backoff_seconds: float, conn_hint: str) -> None:
+        self.client = client
+        self.endpoint = endpoint
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
         self.conn_hint = conn_hint
 
-    @classmethod
-    def from_env(cls) -> ObjectStore:
-        """Build from ``MLOPS_S3_ENDPOINT_URL`` + standard AWS variables (scripts and containers)."""
-        endpoint = os.environ.get("MLOPS_S3_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-        return cls(make_s3_client(endpoint_url=endpoint), endpoint=endpoint,
-                   conn_hint="environment variables MLOPS_S3_ENDPOINT_URL / AWS_ACCESS_KEY_ID")
+    def list(self, prefix_uri: str) -> list[ObjectInfo]:
+        bucket, prefix = _s3_prefix(prefix_uri)
+        out = [ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), obj["ETag"].strip('"'))
+               for page in self._pages(prefix_uri, Bucket=bucket, Prefix=prefix)
+               for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+        return sorted(out, key=lambda o: o.uri)
 
-    # -- plumbing -------------------------------------------------------------------------------
+    def list_prefixes(self, prefix_uri: str) -> list[str]:
+        bucket, prefix = _s3_prefix(prefix_uri)
+        return sorted(p["Prefix"][len(prefix):].rstrip("/")
+                      for page in self._pages(prefix_uri, Bucket=bucket, Prefix=prefix,
+                                              Delimiter="/")
+                      for p in page.get("CommonPrefixes", []))
+
+    def _pages(self, prefix_uri: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The pages of ``list_objects_v2(**kwargs)``, each request retried on its own."""
+        token: str | None = None
+        while True:
+            page = self._call(f"list {prefix_uri}", "list_objects_v2",
+                              **kwargs, **({"ContinuationToken": token} if token else {}))
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated"):
+                return
+
+    def read(self, uri: str) -> bytes:
+        bucket, key = split_s3(uri)
+        return self._call(f"read {uri}", "get_object", Bucket=bucket, Key=key)["Body"].read()
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.info(uri)
+            return True
+        except ObjectNotFoundError:
+            return False
+
+    def info(self, uri: str) -> ObjectInfo:
+        bucket, key = split_s3(uri)
+        head = self._call(f"head {uri}", "head_object", Bucket=bucket, Key=key)
+        return ObjectInfo(uri, int(head["ContentLength"]), head["ETag"].strip('"'))
+
+    def write(self, uri: str, data: bytes) -> ObjectInfo:
+        return self._put(uri, data)  # a PUT is atomic: readers see the old object or the new
+
+    def write_if_absent(self, uri: str, data: bytes) -> ObjectInfo:
+        # The store refuses the PUT (412 PreconditionFailed, see _explain) when the key exists,
+        # in one request: two writers racing for a key cannot both win.
+        return self._put(uri, data, IfNoneMatch="*")
+
+    def _put(self, uri: str, data: bytes, **extra: Any) -> ObjectInfo:
+        bucket, key = split_s3(uri)
+        put = self._call(f"write {uri}", "put_object", Bucket=bucket, Key=key, Body=data, **extra)
+        return ObjectInfo(uri, len(data), put["ETag"].strip('"'))
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self._call(f"delete {uri}", "delete_object", Bucket=bucket, Key=key)
+
+    def ensure_bucket(self, uri: str) -> None:
+        bucket, _ = split_s3(uri)
+        try:
+            self._call(f"head bucket {bucket}", "head_bucket", Bucket=bucket)
+        except Exception:
+            self._call(f"create bucket {bucket}", "create_bucket", Bucket=bucket)
+
     def _call(self, what: str, method: str, /, **kwargs: Any) -> Any:
-        if self._s3 is None:
+        if self.client is None:
             raise PipelineError(f"{what}: an s3:// URI needs an S3 connection, none is configured")
-        fn = getattr(self._s3, method)
+        fn = getattr(self.client, method)
         try:
             for attempt in Retrying(
                 stop=stop_after_attempt(self.attempts),
@@ -157,128 +277,102 @@ class ObjectStore:
             return ObjectExistsError(f"{what}: object already exists")
         return err
 
+
+def _s3_prefix(prefix_uri: str) -> tuple[str, str]:
+    """``(bucket, key prefix ending in "/")`` of a 'folder' URI; the prefix is "" at the root."""
+    bucket, key = split_s3(prefix_uri)
+    return bucket, (key.rstrip("/") + "/" if key else "")
+
+
+class ObjectStore:
+    """Read, list and write objects by URI. ``s3_client`` is a boto3 S3 client (None: local only).
+
+    Each URI goes to one of two backends with the same methods: ``s3://`` URIs to the S3 one
+    (boto3), everything else to the local one (files); both are built here, once.
+
+    :param s3_client: boto3 client, built by the S3 hook from its Connection
+    :param endpoint: shown in error messages (the client's endpoint URL)
+    :param attempts: tries per request when the endpoint does not answer
+    :param backoff_seconds: first wait between tries; doubles each time
+    :param conn_hint: where the S3 settings come from, named in error messages
+    """
+
+    def __init__(self, s3_client: Any | None = None, *, endpoint: str | None = None,
+                 attempts: int = 4, backoff_seconds: float = 1.0, conn_hint: str = "") -> None:
+        self._local = _LocalBackend()
+        self._remote = _S3Backend(
+            s3_client,
+            endpoint=endpoint or getattr(getattr(s3_client, "meta", None), "endpoint_url", None),
+            attempts=attempts, backoff_seconds=backoff_seconds, conn_hint=conn_hint)
+
+    @classmethod
+    def from_env(cls) -> ObjectStore:
+        """Build from ``MLOPS_S3_ENDPOINT_URL`` + standard AWS variables (scripts and containers)."""
+        endpoint = os.environ.get("MLOPS_S3_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        return cls(make_s3_client(endpoint_url=endpoint), endpoint=endpoint,
+                   conn_hint="environment variables MLOPS_S3_ENDPOINT_URL / AWS_ACCESS_KEY_ID")
+
+    # The S3 settings, as the hook set them (read-only).
+    @property
+    def _s3(self) -> Any | None:
+        return self._remote.client
+
+    @property
+    def endpoint(self) -> str | None:
+        return self._remote.endpoint
+
+    @property
+    def attempts(self) -> int:
+        return self._remote.attempts
+
+    @property
+    def backoff_seconds(self) -> float:
+        return self._remote.backoff_seconds
+
+    @property
+    def conn_hint(self) -> str:
+        return self._remote.conn_hint
+
+    def _backend(self, uri: str) -> _LocalBackend | _S3Backend:
+        return self._remote if is_s3(uri) else self._local
+
     # -- reads ----------------------------------------------------------------------------------
     def list(self, prefix_uri: str) -> list[ObjectInfo]:
-        """Objects below ``prefix_uri`` (recursive), sorted by URI; [] when there are none."""
-        if not is_s3(prefix_uri):
-            root = local_path(prefix_uri)
-            if not root.is_dir():
-                return []
-            return [ObjectInfo(str(p), p.stat().st_size, _sha256_file(p))
-                    for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
-        bucket, key = split_s3(prefix_uri)
-        prefix = key.rstrip("/") + "/" if key else ""
-        out: list[ObjectInfo] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix_uri}", "list_objects_v2", **kwargs)
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
-                    continue
-                out.append(ObjectInfo(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]),
-                                      obj["ETag"].strip('"')))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated"):
-                return sorted(out, key=lambda o: o.uri)
+        """Objects below ``prefix_uri`` (recursive), sorted by URI; [] when there are none.
+        Local files whose name starts with "." (temporary files of a write) are left out."""
+        return self._backend(prefix_uri).list(prefix_uri)
 
     def list_prefixes(self, prefix_uri: str) -> list[str]:
         """Immediate 'sub-folder' names below ``prefix_uri`` (e.g. ``date=2025-01-01``)."""
-        if not is_s3(prefix_uri):
-            root = local_path(prefix_uri)
-            return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        bucket, key = split_s3(prefix_uri)
-        prefix = key.rstrip("/") + "/" if key else ""
-        names: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call(f"list {prefix_uri}", "list_objects_v2", **kwargs)
-            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated"):
-                return sorted(names)
+        return self._backend(prefix_uri).list_prefixes(prefix_uri)
 
     def read_bytes(self, uri: str) -> bytes:
-        if not is_s3(uri):
-            path = local_path(uri)
-            if not path.is_file():
-                raise ObjectNotFoundError(f"read {uri}: file does not exist")
-            return path.read_bytes()
-        bucket, key = split_s3(uri)
-        body = self._call(f"read {uri}", "get_object", Bucket=bucket, Key=key)["Body"]
-        return body.read()
+        """The object's content; :class:`ObjectNotFoundError` when there is none."""
+        return self._backend(uri).read(uri)
 
     def exists(self, uri: str) -> bool:
-        if not is_s3(uri):
-            return local_path(uri).exists()
-        bucket, key = split_s3(uri)
-        try:
-            self._call(f"head {uri}", "head_object", Bucket=bucket, Key=key)
-            return True
-        except ObjectNotFoundError:
-            return False
+        return self._backend(uri).exists(uri)
 
     def info(self, uri: str) -> ObjectInfo:
-        if not is_s3(uri):
-            path = local_path(uri)
-            return ObjectInfo(str(path), path.stat().st_size, _sha256_file(path))
-        bucket, key = split_s3(uri)
-        head = self._call(f"head {uri}", "head_object", Bucket=bucket, Key=key)
-        return ObjectInfo(uri, int(head["ContentLength"]), head["ETag"].strip('"'))
+        return self._backend(uri).info(uri)
 
     # -- writes ---------------------------------------------------------------------------------
     def write_bytes(self, uri: str, data: bytes, *, create_only: bool = False) -> ObjectInfo:
         """Write ``data`` atomically: readers see the old object or the new one, never a part.
 
         ``create_only`` refuses to replace an existing object (append-only logs); it raises
-        :class:`ObjectExistsError` instead.
+        :class:`ObjectExistsError` instead, also when another writer creates it meanwhile.
         """
-        if not is_s3(uri):
-            path = local_path(uri)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if create_only and path.exists():
-                raise ObjectExistsError(f"write {uri}: object already exists")
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                if create_only:
-                    os.link(tmp, path)  # fails if path appeared meanwhile
-                else:
-                    os.replace(tmp, path)
-            except FileExistsError as err:
-                raise ObjectExistsError(f"write {uri}: object already exists") from err
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            return ObjectInfo(str(path), len(data), hashlib.sha256(data).hexdigest())
-        bucket, key = split_s3(uri)
-        extra = {"IfNoneMatch": "*"} if create_only else {}
-        put = self._call(f"write {uri}", "put_object", Bucket=bucket, Key=key, Body=data,
-                         **extra)
-        return ObjectInfo(uri, len(data), put["ETag"].strip('"'))
+        backend = self._backend(uri)
+        return backend.write_if_absent(uri, data) if create_only else backend.write(uri, data)
 
     def delete(self, uri: str) -> None:
         """Remove one object; no error when it does not exist."""
-        if not is_s3(uri):
-            local_path(uri).unlink(missing_ok=True)
-            return
-        bucket, key = split_s3(uri)
-        self._call(f"delete {uri}", "delete_object", Bucket=bucket, Key=key)
+        self._backend(uri).delete(uri)
 
     def ensure_bucket(self, uri: str) -> None:
-        if not is_s3(uri):
-            return
-        bucket, _ = split_s3(uri)
-        try:
-            self._call(f"head bucket {bucket}", "head_bucket", Bucket=bucket)
-        except Exception:
-            self._call(f"create bucket {bucket}", "create_bucket", Bucket=bucket)
+        """Create the bucket of an ``s3://`` URI unless it exists (a no-op for local paths)."""
+        self._backend(uri).ensure_bucket(uri)
 
 
 def _sha256_file(path: Path) -> str:

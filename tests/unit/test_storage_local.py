@@ -109,6 +109,27 @@ def test_concurrent_create_only_writes_have_exactly_one_winner(store: ObjectStor
     assert entries(tmp_path) == ["record.json"]
 
 
+def test_create_only_loses_to_a_writer_that_gets_there_after_the_check(
+        store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exists() check is only a shortcut: the hard link is what refuses (like O_EXCL)."""
+    import include.mlops.storage as storage
+
+    uri = str(tmp_path / "record.json")
+    real_link = storage.os.link
+
+    def other_writer_first(src: str, dst: Path) -> None:
+        Path(dst).write_bytes(b"other writer")
+        real_link(src, dst)
+
+    monkeypatch.setattr(storage.os, "link", other_writer_first)
+
+    with pytest.raises(ObjectExistsError, match="already exists"):
+        store.write_bytes(uri, b"mine", create_only=True)
+
+    assert store.read_bytes(uri) == b"other writer"
+    assert entries(tmp_path) == ["record.json"]  # no temporary file left behind
+
+
 def test_list_is_recursive_sorted_and_skips_hidden_files(store: ObjectStore, tmp_path: Path) -> None:
     for name, data in [("date=2025-01-02/part-0.csv", b"bb"), ("date=2025-01-01/part-1.csv", b"a"),
                        ("date=2025-01-01/part-0.csv", b"aaa"), ("date=2025-01-01/.part-2.tmp", b"x")]:
