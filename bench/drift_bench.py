@@ -7,8 +7,9 @@ unseen categories. For each N, every measurement is a fresh subprocess that buil
 (not timed) and then times:
 
 * ``detect_drift`` alone (include/mlops/drift.py, full data, 2 threads);
-* the whole check: ``detect_drift`` + ``render_report`` (Evidently report on a 20k-row sample per
-  side with the full-data numbers injected; includes ``import evidently``);
+* the whole check: ``detect_drift`` + ``render_report`` (include/mlops/drift_report.py:
+  Evidently's report on a 20k-row sample per side showing the full-data numbers; includes
+  ``import evidently``);
 * Evidently's own ``DataDriftPreset`` on the full frames (``Report.run`` + HTML): always at
   100k rows, at 1M only with ``--evidently-full-1m`` (about 3.5 minutes and 3.4 GB).
 
@@ -17,6 +18,7 @@ per-column verdicts of ``detect_drift`` are asserted equal to Evidently's (statt
 1e-9, verdict, drifted count). Target at 1M rows: <= 20 s and <= 1 GB for the whole check.
 
     python bench/drift_bench.py [--rows 100000 1000000] [--repeat 3] [--evidently-full-1m]
+                                [--no-write]
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def worker(mode: str, rows: int) -> dict:
     out: dict = {"mode": mode, "rows": rows, "data_rss_mb": _current_rss_mb()}
     start, cpu = time.perf_counter(), _cpu_s()
     if mode in ("detect", "check"):
-        from include.mlops.drift import detect_drift, render_report
+        from include.mlops.drift import detect_drift
+        from include.mlops.drift_report import render_report
 
         result = detect_drift(ref, cur, numeric=numeric, categorical=categorical)
         out["detect_s"] = time.perf_counter() - start
@@ -138,8 +141,9 @@ def worker(mode: str, rows: int) -> dict:
         out["dataset_drift"] = result.dataset_drift
     else:
         from evidently import DataDefinition, Dataset, Report
-        from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
         from evidently.presets import DataDriftPreset
+
+        from include.mlops.drift import STATTESTS
 
         definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
         snapshot = Report([DataDriftPreset()], include_tests=True).run(
@@ -147,8 +151,7 @@ def worker(mode: str, rows: int) -> dict:
             reference_data=Dataset.from_pandas(ref, data_definition=definition))
         out["run_s"] = time.perf_counter() - start
         out["html_mb"] = len(snapshot.get_html_str(as_iframe=False).encode()) / 2**20
-        names = {t.display_name: name for name, by_type in _registered_stat_tests.items()
-                 for t in by_type.values()}
+        names = {display: name for name, (display, _) in STATTESTS.items()}
         report = json.loads(snapshot.json())
         columns: dict = {}
         for metric in report["metrics"]:
@@ -245,6 +248,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--evidently-full-1m", action="store_true",
                         help="also run Evidently on the full frames above 100k rows (slow)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section instead of writing docs/benchmarks.md")
     parser.add_argument("--worker", choices=["detect", "check", "evidently"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -252,7 +257,7 @@ def main() -> None:
         return
 
     # warm the private bytecode cache (not timed)
-    subprocess.run([sys.executable, "-c", "import evidently.presets, include.mlops.drift, drift_bench"],
+    subprocess.run([sys.executable, "-c", "import evidently.presets, include.mlops.drift_report, drift_bench"],
                    cwd=REPO, env={**bytecode_env(True), "PYTHONPATH": f"{REPO}:{REPO / 'bench'}"},
                    check=True, capture_output=True)
     table, notes, load = [], [], os.getloadavg()
@@ -347,15 +352,17 @@ def main() -> None:
         "2 threads: numpy's sort, merge and searchsorted release the GIL, and threads share the "
         "frames instead of copying them, so the memory above the frames is a few arrays of one "
         "column per thread. (3) The human report is Evidently's own DataDriftPreset run on a "
-        "seeded 20k-row sample of each side, with a registered custom StatTest per column that "
-        "returns the full-data score and verdict, so the report shows the full-data numbers and "
-        "counts while the plots come from the sample; `render_report` checks the injected scores "
-        "in the finished report. The verdicts are not taken from the sample: near the threshold "
+        "seeded 20k-row sample of each side (include/mlops/drift_report.py); through Evidently's "
+        "public custom-StatTest API (`register_stattest`), each test the result uses gets a "
+        "StatTest that returns this result's full-data score and verdict for each column, so the "
+        "report shows the full-data numbers and counts while the plots come from the sample; "
+        "`render_report` checks the full-data scores in the finished report. The verdicts are not taken from the sample: near the threshold "
         "they change with the sample (the flips above), the full-data statistic does not.",
     ]
-    from report import write_section
+    if not args.no_write:
+        from report import write_section
 
-    write_section("Drift check", "\n".join(lines))
+        write_section("Drift check", "\n".join(lines))
     print("\n".join(lines))
 
 

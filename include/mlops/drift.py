@@ -35,30 +35,21 @@ One deliberate difference: Evidently's ``ValueDrift`` always drops +/-inf, but i
 not count the column as drifted even when ``ValueDrift`` says it drifted. We always drop them, as
 ``ValueDrift`` does.
 
-``render_report`` builds the human report with Evidently itself on a seeded random sample of both
-frames, with the full-data statistics injected: every checked column is given (through
-``per_column_method``) a registered Evidently ``StatTest`` named ``mlops_full_data_<test>`` whose
-function ignores the sample and returns the full-data score and verdict that ``detect_drift``
-computed for that column (looked up by the Series name, which Evidently keeps). So the report's
-tables, tests and drifted-columns count show the full-data numbers, while the histograms are
-drawn from the sample. The function checks every ``ValueDrift`` value and the drifted count in
-the finished report against the full-data result and raises if the injection did not take. While
-the report runs, ``ValueDrift`` skips drawing its own plotly figures, which ``DataDriftPreset``
-discards anyway (same HTML and JSON, about 1.5 s less).
+The human report is rendered elsewhere: include/mlops/drift_report.py draws Evidently's
+``DataDriftPreset`` report on a sample and shows these full-data numbers in it, through
+Evidently's public custom-StatTest API. ``render_report``, ``importance_section`` and
+``with_section`` are importable from here too (loaded on first use).
 
-No Airflow import here; numpy, pandas and scipy are imported inside the functions and Evidently
-only inside ``render_report`` (``import evidently`` takes about 6 s here with a bytecode cache,
-up to 14 s without one).
+No Airflow and no Evidently import here (``import evidently`` takes about 6 s with a bytecode
+cache, up to 14 s without one): the statistics need only numpy, pandas and scipy, imported
+inside the functions.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +58,14 @@ from include.mlops.errors import DriftCheckError, SchemaError
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+
+    from include.mlops.drift_report import (  # noqa: F401  (re-exported through __getattr__)
+        FULL_DATA_PREFIX,
+        full_data_stattests,
+        importance_section,
+        render_report,
+        with_section,
+    )
 
 REFERENCE = "reference snapshot"
 CURRENT = "current partition"
@@ -84,7 +83,6 @@ STATTESTS: dict[str, tuple[str, float]] = {
     "chisquare": ("chi-square p_value", 0.05),
     "z": ("Z-test p_value", 0.05),
 }
-INJECTED_PREFIX = "mlops_full_data_"
 
 
 @dataclass(frozen=True)
@@ -468,235 +466,16 @@ def _column(column: str, kind: str, stattest: str, score: float, drifted: bool |
 
 
 # --------------------------------------------------------------------------------------------
-# render_report
+# the report lives in include/mlops/drift_report.py; its public names are reachable from here
+# too (``drift.render_report``), imported on first use so that the statistics never load it
 
-_INJECT_LOCK = threading.Lock()
-_INJECTED: dict[str, ColumnDrift] = {}
-_REGISTERED: list[bool] = []
-
-
-def _injected_stattest(stattest: str) -> Callable[..., tuple[float, bool]]:
-    def full_data(reference_data: pd.Series, current_data: pd.Series, feature_type: Any,
-                  threshold: float) -> tuple[float, bool]:
-        found = _INJECTED.get(reference_data.name)
-        if found is None or found.stattest != stattest:
-            raise DriftCheckError(f"Drift report: no full-data {stattest} result for column "
-                                  f"{reference_data.name!r}")
-        return found.score, found.drifted
-
-    full_data.__name__ = f"{INJECTED_PREFIX}{stattest}"
-    return full_data
+_REPORT_NAMES = ("render_report", "importance_section", "with_section", "full_data_stattests",
+                 "FULL_DATA_PREFIX")
 
 
-def _register_injected_stattests() -> None:
-    """Register ``mlops_full_data_<test>`` StatTests once per process."""
-    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
-    from evidently.legacy.core import ColumnType
+def __getattr__(name: str) -> Any:
+    if name in _REPORT_NAMES:
+        from include.mlops import drift_report
 
-    with _INJECT_LOCK:
-        if _REGISTERED:
-            return
-        for name, (display, threshold) in STATTESTS.items():
-            register_stattest(
-                StatTest(name=INJECTED_PREFIX + name, display_name=f"{display} (full data)",
-                         allowed_feature_types=[ColumnType.Numerical, ColumnType.Categorical],
-                         default_threshold=threshold),
-                default_impl=_injected_stattest(name))
-        _REGISTERED.append(True)
-
-
-def _sample_positions(frame: pd.DataFrame, columns: dict[str, str], size: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Sorted row positions: ``size`` random rows, topped up with up to 100 usable rows of any
-    column that the random rows leave without a usable value (Evidently rejects such a column)."""
-    import numpy as np
-
-    n = len(frame)
-    if n <= size:
-        return np.arange(n)
-    picked = [rng.choice(n, size=size, replace=False)]
-    for column, kind in columns.items():
-        if not _usable(frame[column].iloc[picked[0]], kind).any():
-            candidates = np.flatnonzero(_usable(frame[column], kind))
-            picked.append(rng.choice(candidates, size=min(100, candidates.size), replace=False))
-    return np.unique(np.concatenate(picked))
-
-
-def _usable(series: pd.Series, kind: str) -> np.ndarray:
-    """Rows Evidently keeps: finite numbers, non-missing categories."""
-    import numpy as np
-
-    if kind == "numeric":
-        return np.isfinite(series.to_numpy(dtype=np.float64, na_value=np.nan))
-    return series.notna().to_numpy()
-
-
-def _sample(frame: pd.DataFrame, columns: list[str], positions: np.ndarray) -> pd.DataFrame:
-    import pandas as pd
-
-    sample = pd.DataFrame({c: frame[c].iloc[positions].reset_index(drop=True) for c in columns})
-    sample.index = pd.Index(positions, name="row")
-    return sample
-
-
-def render_report(reference: pd.DataFrame, current: pd.DataFrame, result: DriftResult, *,
-                  numeric: list[str], categorical: list[str], sample_rows: int = 20_000,
-                  seed: int = 0) -> tuple[str, dict[str, Any]]:
-    """Evidently's DataDriftPreset report (HTML, JSON dict) showing ``result``'s full-data numbers.
-
-    Plots come from a seeded random sample of ``sample_rows`` rows per side (the whole frame when
-    it is smaller); the scores, thresholds, per-column verdicts and drifted count are the full-data
-    ones of ``result`` (see the module docstring). Broken columns are left out of the Evidently
-    report; the JSON dict carries ``result.as_dict()`` under ``"mlops"`` and the sample sizes
-    under ``"report_sample"``.
-    """
-    import numpy as np
-
-    checked = {c.column: c for c in result.columns}
-    kinds = {c: "numeric" for c in numeric if c in checked}
-    kinds |= {c: "categorical" for c in categorical if c in checked}
-    if set(kinds) != set(checked):
-        raise ValueError(f"render_report: result columns {sorted(set(checked) - set(kinds))} "
-                         "are not in numeric / categorical")
-    rng = np.random.default_rng(seed)
-    ref_pos = _sample_positions(reference, kinds, sample_rows, rng)
-    cur_pos = _sample_positions(current, kinds, sample_rows, rng)
-    sample_info = {"reference_rows": int(ref_pos.size), "current_rows": int(cur_pos.size),
-                   "seed": seed, "full_data_statistics": True}
-    if not kinds:
-        return _empty_report(result), {"metrics": [], "tests": [], "mlops": result.as_dict(),
-                                       "report_sample": sample_info}
-    ref_sample = _sample(reference, list(kinds), ref_pos)
-    cur_sample = _sample(current, list(kinds), cur_pos)
-
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
-    _register_injected_stattests()
-    definition = DataDefinition(
-        numerical_columns=[c for c, k in kinds.items() if k == "numeric"],
-        categorical_columns=[c for c, k in kinds.items() if k == "categorical"])
-    preset = DataDriftPreset(
-        columns=list(kinds), drift_share=result.drift_share,
-        per_column_method={c: INJECTED_PREFIX + checked[c].stattest for c in kinds},
-        per_column_threshold={c: checked[c].threshold for c in kinds})
-    # np.errstate: Evidently's own means and histograms warn on the inf values it keeps for plots
-    with _INJECT_LOCK, _without_unused_value_drift_widgets(), np.errstate(invalid="ignore"):
-        _INJECTED.clear()
-        _INJECTED.update(checked)
-        try:
-            snapshot = Report([preset], include_tests=True).run(
-                current_data=Dataset.from_pandas(cur_sample, data_definition=definition),
-                reference_data=Dataset.from_pandas(ref_sample, data_definition=definition))
-        finally:
-            _INJECTED.clear()
-    report = json.loads(snapshot.json())
-    _check_injection(report, result)
-    report["mlops"] = result.as_dict()
-    report["report_sample"] = sample_info
-    html = snapshot.get_html_str(as_iframe=False)
-    return _with_banner(html, result, sample_info), report
-
-
-@contextmanager
-def _without_unused_value_drift_widgets() -> Iterator[None]:
-    """Skip the plotly figures each ``ValueDrift`` draws while it calculates.
-
-    ``DataDriftPreset.render`` ignores its children's widgets (it draws the dataset-drift and
-    drift-table widgets instead), so those figures never reach the HTML or the JSON; drawing them
-    is about a third of the report's time. Where Evidently changes this method, nothing is skipped.
-    """
-    from evidently.metrics.column_statistics import ValueDriftCalculation
-
-    original = ValueDriftCalculation.__dict__.get("_render")
-    if original is None:
-        yield
-        return
-    ValueDriftCalculation._render = lambda self, *args, **kwargs: []
-    try:
-        yield
-    finally:
-        ValueDriftCalculation._render = original
-
-
-def _check_injection(report: dict[str, Any], result: DriftResult) -> None:
-    """Every ValueDrift of the report must carry the full-data score; DriftedColumnsCount the
-    full-data count."""
-    scores = {c.column: c.score for c in result.columns}
-    seen = {}
-    for metric in report["metrics"]:
-        config = metric.get("config", {})
-        if config.get("type") == "evidently:metric_v2:ValueDrift":
-            seen[config["column"]] = metric["value"]
-        elif config.get("type") == "evidently:metric_v2:DriftedColumnsCount":
-            count = metric["value"]["count"]
-            if count != len(result.drifted_columns):
-                raise DriftCheckError(f"Drift report: Evidently counted {count} drifted columns, "
-                                      f"the full-data check {len(result.drifted_columns)}")
-    wrong = [c for c, s in scores.items() if c not in seen or not _same_score(seen[c], s)]
-    if wrong:
-        raise DriftCheckError(f"Drift report: full-data scores were not injected for {wrong}")
-
-
-def _same_score(reported: Any, score: float) -> bool:
-    if isinstance(reported, float) and math.isnan(reported):
-        return math.isnan(score)
-    return reported == score
-
-
-def _with_banner(html: str, result: DriftResult, sample: dict[str, Any]) -> str:
-    import html as html_lib
-
-    lines = [f"Drift statistics, verdicts and counts are computed on the full data "
-             f"({result.reference_rows:,} reference rows, {result.current_rows:,} current rows); "
-             f"the plots show a seeded random sample ({sample['reference_rows']:,} and "
-             f"{sample['current_rows']:,} rows, seed {sample['seed']})."]
-    lines += [f"Not checked: {b}" for b in result.broken]
-    banner = ('<div style="font-family:sans-serif;padding:8px 16px;background:#fff8e1;'
-              'border-bottom:1px solid #e0c97f">'
-              + "<br>".join(html_lib.escape(line) for line in lines) + "</div>")
-    at = html.find("<body>")
-    return html[:at + 6] + banner + html[at + 6:] if at >= 0 else banner + html
-
-
-def _empty_report(result: DriftResult) -> str:
-    import html as html_lib
-
-    items = "".join(f"<li>{html_lib.escape(b)}</li>" for b in result.broken)
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Drift report</title></head>"
-            f"<body><h1>Drift report</h1><p>No column could be checked.</p><ul>{items}</ul>"
-            "</body></html>")
-
-
-def importance_section(result: DriftResult, importance: dict[str, float] | None) -> str:
-    """An HTML section for the top of the report: the drifted columns ranked by the champion's
-    importance, so the on-call engineer sees at once whether a drifted column matters."""
-    import html
-
-    if not result.drifted_columns:
-        return ""
-    if not importance:
-        note = ("The champion has no recorded explanation (trained before explanations were "
-                "kept, or its explanation failed): drifted columns are not ranked.")
-        return f'<section style="font-family:sans-serif;margin:1em"><p>{html.escape(note)}</p></section>'
-    rows = "".join(
-        f"<tr><td>{html.escape(c)}</td><td>"
-        f"{f'{importance[c]:.1%}' if c in importance else 'not a model input'}</td></tr>"
-        for c in result.ranked(importance))
-    return ('<section style="font-family:sans-serif;margin:1em"><h2>Drifted columns by the '
-            "champion's importance</h2><p>Share of the champion's mean |SHAP| on its held-out "
-            "rows: a drifted column with a large share changes its predictions most.</p>"
-            '<table border="1" cellpadding="4" style="border-collapse:collapse"><tr>'
-            f"<th>column</th><th>importance</th></tr>{rows}</table></section>")
-
-
-def with_section(report_html: str, section: str) -> str:
-    """``report_html`` with ``section`` at the top of its body."""
-    import re
-
-    if not section:
-        return report_html
-    match = re.search(r"<body[^>]*>", report_html)
-    if not match:
-        return section + report_html
-    return report_html[:match.end()] + section + report_html[match.end():]
+        return getattr(drift_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

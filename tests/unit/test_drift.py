@@ -4,6 +4,7 @@ here on small frames), the report with the full-data numbers injected, and the f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +14,14 @@ from scipy.stats import wasserstein_distance
 
 from include.mlops.drift import (
     CURRENT,
-    INJECTED_PREFIX,
     REFERENCE,
     STATTESTS,
     ColumnDrift,
     DriftResult,
     detect_drift,
-    render_report,
     wasserstein_sorted,
 )
+from include.mlops.drift_report import FULL_DATA_PREFIX, render_report
 from include.mlops.errors import DriftCheckError, SchemaError
 
 NUMERIC = ["normal", "with_nan", "counts", "three_values", "binary", "skewed"]
@@ -253,7 +253,9 @@ def test_report_carries_the_full_data_numbers() -> None:
     assert report["report_sample"]["reference_rows"] >= 300
     values = {m["config"]["column"]: (m["config"]["method"], m["value"]) for m in report["metrics"]
               if m["config"]["type"].endswith(":ValueDrift")}
-    assert values == {c.column: (INJECTED_PREFIX + c.stattest, c.score) for c in result.columns}
+    methods = {c.column: (f"{FULL_DATA_PREFIX}{c.stattest}_", c.score) for c in result.columns}
+    assert {c: (m[:m.rindex("_") + 1], v) for c, (m, v) in values.items()} == methods
+    assert len({m.rsplit("_", 1)[1] for m, _ in values.values()}) == 1  # one digest per result
     count = next(m["value"]["count"] for m in report["metrics"]
                  if m["config"]["type"].endswith(":DriftedColumnsCount"))
     assert count == len(result.drifted_columns)
@@ -264,6 +266,91 @@ def test_report_carries_the_full_data_numbers() -> None:
     assert "Not checked: empty (numeric)" in html
     assert "Wasserstein distance (normed) (full data)" in html
     json.dumps(report)
+
+
+def _report_scores(report: dict[str, Any]) -> dict[str, float]:
+    return {m["config"]["column"]: m["value"] for m in report["metrics"]
+            if m["config"]["type"].endswith(":ValueDrift")}
+
+
+def test_reports_rendered_at_once_in_threads_each_show_their_own_scores() -> None:
+    """The full-data scores reach Evidently through StatTests bound to one result each, not
+    through shared state: two reports of different data, run at the same moment, each show
+    their own numbers (render_report also checks this itself and would raise)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [make_frames(1500, 1500, seed=seed) for seed in (21, 22)]
+    results = [detect_drift(ref, cur, numeric=NUMERIC, categorical=CATEGORICAL)
+               for ref, cur in frames]
+    assert [c.score for c in results[0].columns] != [c.score for c in results[1].columns]
+    start = threading.Barrier(2)
+
+    def render(i: int) -> dict[str, Any]:
+        start.wait()
+        return render_report(*frames[i], results[i], numeric=NUMERIC, categorical=CATEGORICAL,
+                             sample_rows=300, seed=i)[1]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(render, range(2)))
+    for result, report in zip(results, reports, strict=True):
+        assert _report_scores(report) == {c.column: c.score for c in result.columns}
+        assert report["mlops"] == result.as_dict()
+
+
+def test_full_data_stattests_are_named_by_their_numbers() -> None:
+    from include.mlops.drift_report import full_data_stattests
+
+    def columns(score: float) -> list[ColumnDrift]:
+        return [ColumnDrift("a", "numeric", "wasserstein", score, 0.1, score >= 0.1),
+                ColumnDrift("b", "categorical", "jensenshannon", 0.01, 0.1, False)]
+
+    first, again, other = (full_data_stattests(columns(s)) for s in (0.2, 0.2, 0.05))
+    assert first == again  # the same numbers: the same names (registered once)
+    assert first["a"] != other["a"] and first["b"] != other["b"]
+    assert first["a"].startswith(f"{FULL_DATA_PREFIX}wasserstein_")
+    assert first["b"].startswith(f"{FULL_DATA_PREFIX}jensenshannon_")
+
+
+def test_a_report_without_the_full_data_scores_is_refused() -> None:
+    from include.mlops.drift_report import _check_injection
+
+    result = DriftResult(columns=[ColumnDrift("a", "numeric", "wasserstein", 0.3, 0.1, True),
+                                  ColumnDrift("b", "numeric", "wasserstein", float("nan"), 0.1,
+                                              False)],
+                         drift_share=0.5, reference_rows=10, current_rows=10)
+
+    def report(a: float, count: int) -> dict[str, Any]:
+        return {"metrics": [
+            {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "a"}, "value": a},
+            {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "b"},
+             "value": float("nan")},
+            {"config": {"type": "evidently:metric_v2:DriftedColumnsCount"},
+             "value": {"count": count, "share": count / 2}}]}
+
+    _check_injection(report(0.3, 1), result)
+    with pytest.raises(DriftCheckError, match=r"not injected for \['a'\]"):
+        _check_injection(report(0.29, 1), result)  # a score from the sample
+    with pytest.raises(DriftCheckError, match="counted 2 drifted columns, the full-data check 1"):
+        _check_injection(report(0.3, 2), result)
+
+
+def test_the_statistics_load_without_evidently_and_still_name_the_report_functions() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from include.mlops import drift; "
+            "assert 'evidently' not in sys.modules and 'include.mlops.drift_report' not in "
+            "sys.modules; from include.mlops import drift_report; "
+            "assert drift.render_report is drift_report.render_report; "
+            "assert drift.with_section is drift_report.with_section; "
+            "assert drift.importance_section is drift_report.importance_section; "
+            "assert 'evidently' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import include.mlops.drift as drift_module
+
+        drift_module.nothing  # noqa: B018
 
 
 # -- drifted columns ranked by the champion's importance --------------------------------------------
