@@ -3,6 +3,13 @@ and the A/B decision between champion and challenger.
 
 Like :mod:`include.mlops.pipeline`, every stage reads by URI, writes to keys that a re-run
 overwrites (never adds), logs to MLflow and returns a small dict for XCom.
+
+Two things are kept so that a day's cost follows the day, not the history: the live index
+(``live_index/v<version>/date=*/``, one create-only entry per day and model version, written
+before the day's joined rows) lets the A/B decision read only its challenger's live days; and
+the champion's output on its held-out reference rows is written once per version
+(``drift/reference/v<version>/``, create-only) for the drift checks of later days. Both are
+keyed so that a re-run finds its own entry and adds nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +40,16 @@ def drift_dir(stage: Stage, day: date) -> str:
 
 def live_dir(stage: Stage, day: date) -> str:
     return join(stage.artifacts_uri, stage.model_name, "live", f"date={day.isoformat()}")
+
+
+def live_index_root(artifacts_uri: str, model_name: str) -> str:
+    """``live_index/v<version>/date=YYYY-MM-DD/`` exists for every live day whose labelled rows
+    hold that version (served or shadow): the A/B decision reads only its challenger's days."""
+    return join(artifacts_uri, model_name, "live_index")
+
+
+INDEX_ENTRY = "entry.json"
+INDEX_COMPLETE = "complete.json"  # written once the live days before the index are indexed too
 
 
 # -- drift ------------------------------------------------------------------------------------------
@@ -77,7 +94,9 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
                         f"{manifest['predictions_uri']}; re-run batch_scoring for {day}",
                         runbook="drift-detected.md")
 
-    model = tracking.load_version(stage.client, stage.model_name, version)
+    def load_model() -> Any:  # only when the reference output is not cached yet
+        return tracking.load_version(stage.client, stage.model_name, version)
+
     features = [c.name for c in config.feature_columns]
     missing = [c for c in features if c not in reference.columns]
     if missing:
@@ -91,10 +110,15 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
 
     from include.mlops import modeling
 
-    _, held_out = modeling.split(reference, config)
-    ref_pred, ref_score = scoring.predict(model, held_out[features], view)
-    reference_output = np.full(len(reference), np.nan)
-    reference_output[:len(held_out)] = _output(ref_pred, ref_score)
+    def score_reference() -> np.ndarray:
+        _, held_out = modeling.split(reference, config)
+        ref_pred, ref_score = scoring.predict(load_model(), held_out[features], view)
+        output = np.full(len(reference), np.nan)
+        output[:len(held_out)] = _output(ref_pred, ref_score)
+        return output
+
+    reference_output = cached_reference_output(stage, version, reference_uri, len(reference),
+                                                score_reference)
     reference = reference[features].assign(**{PREDICTION_COLUMN: reference_output})
     # Only the champion's rows: canary rows come from another model.
     current_output = _output(served["prediction"].to_numpy(), served["score"].to_numpy())
@@ -150,6 +174,56 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     }
     log.info(result.summary_line(report_uri, importance))
     return outcome
+
+
+def reference_output_uri(stage: Stage, version: str, reference_uri: str) -> str:
+    """Where the champion's output on its held-out reference rows is kept: keyed by the model
+    version and by everything else that output depends on (the snapshot, the declared feature
+    columns, the split, the task), so a changed config gets its own cache object."""
+    import hashlib
+
+    config = stage.config
+    key = json.dumps({"version": str(version), "reference": reference_uri,
+                      "features": [c.name for c in config.feature_columns],
+                      "target": config.target, "task": config.task,
+                      "test_size": config.training.test_size, "seed": config.training.seed,
+                      "format": 1}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return join(stage.artifacts_uri, stage.model_name, "drift", "reference", f"v{version}",
+                f"output-{digest}.parquet")
+
+
+def cached_reference_output(stage: Stage, version: str, reference_uri: str, rows: int,
+                            compute: Any) -> Any:
+    """The reference's ``prediction`` column for the drift check: the champion's output on its
+    held-out rows (NaN elsewhere), computed by ``compute()`` on the first day a version is
+    checked and written once (create-only); later days read it back. A missing or unreadable
+    object, or one of another length, is recomputed: the cache never changes the result."""
+    import numpy as np
+    import pandas as pd
+
+    from include.mlops.storage import ObjectExistsError
+
+    uri = reference_output_uri(stage, version, reference_uri)
+    store = stage.store
+    broken = False
+    if store.exists(uri):
+        broken = True  # unless it is read back below
+        try:
+            cached = ingestion.read_parquet_bytes(store.read_bytes(uri))["output"]
+            if len(cached) == rows:
+                return cached.to_numpy(dtype=np.float64)
+            log.warning("Cached reference output %s has %d rows, the reference %d: recomputed",
+                        uri, len(cached), rows)
+        except Exception as err:  # noqa: BLE001 - a cache: recompute whatever went wrong
+            log.warning("Cannot read the cached reference output %s (%s): recomputed", uri, err)
+    output = np.asarray(compute(), dtype=np.float64)
+    try:  # create-only, except over a broken object
+        store.write_bytes(uri, ingestion.to_parquet_bytes(pd.DataFrame({"output": output})),
+                          create_only=not broken)
+    except ObjectExistsError:
+        pass  # another run wrote it meanwhile, from the same version and snapshot
+    return output
 
 
 def champion_importance(stage: Stage, version: str) -> dict[str, float]:
@@ -274,6 +348,8 @@ def live_performance(stage: Stage, day: date) -> dict[str, Any]:
     manifest, joined, stats = join_labels(stage, day)
     folder = live_dir(stage, day)
     store = stage.store
+    # The index first: a day whose joined rows exist is always indexed (a re-run adds nothing).
+    index_live_day(store, stage.artifacts_uri, stage.model_name, day, joined)
     store.write_bytes(join(folder, "joined.parquet"), ingestion.to_parquet_bytes(joined))
     by_version: dict[str, dict[str, float]] = {}
     for version, rows in joined.groupby("model_version"):
@@ -377,30 +453,91 @@ def _log_live(stage: Stage, version: str, values: dict[str, float], *, step: int
 
 
 # -- A/B decision -----------------------------------------------------------------------------------
-def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict[str, Any]:
-    """Promote, keep or reject the challenger from all labelled rows it has served (canary) or
-    shadow-scored (shadow) so far, through the training gate plus a significance check."""
+def index_live_day(store: Any, artifacts_uri: str, model_name: str, day: date,
+                   joined: pd.DataFrame) -> list[str]:
+    """Record, once, that ``day``'s labelled rows hold each model version in them (served or
+    shadow): an empty-ish ``live_index/v<version>/date=<day>/entry.json``, create-only. A re-run
+    of the day finds its entries there and writes nothing; a version that left the day on a
+    re-run keeps a stale entry, which costs the A/B decision one read and changes nothing (it
+    filters the rows by version as before)."""
+    from include.mlops.storage import ObjectExistsError
+
+    versions: set[str] = set()
+    for column in ("model_version", "shadow_version"):
+        if column in joined:
+            versions |= set(joined[column].dropna().astype(str))
+    root = live_index_root(artifacts_uri, model_name)
+    entry = json.dumps({"partition_date": day.isoformat()}).encode()
+    for version in sorted(versions):
+        try:
+            store.write_bytes(join(root, f"v{version}", f"date={day.isoformat()}", INDEX_ENTRY),
+                              entry, create_only=True)
+        except ObjectExistsError:
+            pass
+    return sorted(versions)
+
+
+def index_live_history(store: Any, artifacts_uri: str, model_name: str) -> None:
+    """Index the live days written before the index existed: one scan of the whole live
+    history, once per model (``live_index/complete.json`` records that it was done)."""
+    from include.mlops.storage import ObjectExistsError
+
+    root = live_index_root(artifacts_uri, model_name)
+    complete = join(root, INDEX_COMPLETE)
+    if store.exists(complete):
+        return
+    live_root = join(artifacts_uri, model_name, "live")
+    days = 0
+    for prefix in store.list_prefixes(live_root):
+        uri = join(live_root, prefix, "joined.parquet")
+        if prefix.startswith("date=") and store.exists(uri):
+            index_live_day(store, artifacts_uri, model_name,
+                           date.fromisoformat(prefix.removeprefix("date=")),
+                           ingestion.read_parquet_bytes(store.read_bytes(uri)))
+            days += 1
+    try:
+        store.write_bytes(complete, json.dumps({"indexed_days": days, "indexed_at": datetime.now(
+            UTC).isoformat()}).encode(), create_only=True)
+    except ObjectExistsError:
+        pass
+    log.info("Indexed %d live day(s) of %s by model version", days, model_name)
+
+
+AB_COLUMNS = ("partition_date", "model_version", "label", "prediction", "score")
+
+
+def ab_history(store: Any, artifacts_uri: str, model_name: str, day: date,
+               version: str) -> pd.DataFrame:
+    """The labelled rows of every live day up to ``day`` that holds ``version`` (served or
+    shadow), oldest day first, each day's rows as ``live_performance`` joined them.
+
+    These are all the rows the A/B decision on that challenger uses (it keeps only the days on
+    which the challenger served or shadow-scored), read through the live index: the cost is
+    the challenger's days, not the whole live history."""
     import pandas as pd
 
-    from include.mlops import abtest
-    from include.mlops.gate import ab_card, decide_ab
-    from include.mlops.pipeline import promote
-
-    config, client, name = stage.config, stage.client, stage.model_name
-    champion = tracking.alias_version(client, name)
-    challenger = tracking.alias_version(client, name, scoring.CHALLENGER)
-    if config.rollout.mode == "direct" or challenger is None or champion is None or \
-            str(challenger.version) == str(champion.version):
-        return {"verdict": "none", "reason": f"no challenger of {name} to decide on "
-                                             f"(rollout {config.rollout.mode})"}
-    cv, hv = str(challenger.version), str(champion.version)
+    index_live_history(store, artifacts_uri, model_name)
+    live_root = join(artifacts_uri, model_name, "live")
     frames = []
-    root = join(stage.artifacts_uri, name, "live")
-    for prefix in stage.store.list_prefixes(root):
-        uri = join(root, prefix, "joined.parquet")
-        if prefix <= f"date={day.isoformat()}" and stage.store.exists(uri):
-            frames.append(stage.read_frame(uri))
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for prefix in store.list_prefixes(join(live_index_root(artifacts_uri, model_name),
+                                           f"v{version}")):
+        uri = join(live_root, prefix, "joined.parquet")
+        if prefix <= f"date={day.isoformat()}" and store.exists(uri):
+            frames.append(ingestion.read_parquet_bytes(store.read_bytes(uri)))
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame({c: pd.Series(dtype=object) for c in AB_COLUMNS}))
+
+
+def ab_statistics(config: Any, rows: pd.DataFrame, *, challenger: str, champion: str
+                  ) -> tuple[dict[str, int], dict[str, dict[str, float]], Any]:
+    """(labelled rows per arm, live metrics per arm, the bootstrap interval or None) of the
+    challenger against the champion, from the live rows of :func:`ab_history`.
+
+    The interval resamples every labelled row of the trial with a fixed seed, so it needs those
+    rows, not a summary of them; they are the challenger's days only."""
+    from include.mlops import abtest
+
+    cv, hv = challenger, champion
     metric = config.comparison_metric
     paired = config.rollout.mode == "shadow"
     if paired:
@@ -431,6 +568,26 @@ def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict
                                    for a in ("champion", "challenger")),
             paired=paired, confidence=config.rollout.confidence,
             resamples=config.rollout.bootstrap_resamples, seed=config.training.seed)
+    return counts, live, interval
+
+
+def ab_decision(stage: Stage, day: date, *, dag_context: dict[str, Any]) -> dict[str, Any]:
+    """Promote, keep or reject the challenger from all labelled rows it has served (canary) or
+    shadow-scored (shadow) so far, through the training gate plus a significance check. Only
+    the live days that hold the challenger are read (:func:`ab_history`)."""
+    from include.mlops.gate import ab_card, decide_ab
+    from include.mlops.pipeline import promote
+
+    config, client, name = stage.config, stage.client, stage.model_name
+    champion = tracking.alias_version(client, name)
+    challenger = tracking.alias_version(client, name, scoring.CHALLENGER)
+    if config.rollout.mode == "direct" or challenger is None or champion is None or \
+            str(challenger.version) == str(champion.version):
+        return {"verdict": "none", "reason": f"no challenger of {name} to decide on "
+                                             f"(rollout {config.rollout.mode})"}
+    cv, hv = str(challenger.version), str(champion.version)
+    rows = ab_history(stage.store, stage.artifacts_uri, name, day, cv)
+    counts, live, interval = ab_statistics(config, rows, challenger=cv, champion=hv)
     started = challenger.tags.get("audit.challenger.promoted_at")
     trial_days = (day - datetime.fromisoformat(started).date()).days if started else None
     outcome = decide_ab(config, challenger=live["challenger"],

@@ -62,14 +62,37 @@ def shadow_uri(artifacts_uri: str, model_name: str, day: date) -> str:
 
 def canary_mask(keys: pd.Series, share: float, salt: str) -> np.ndarray:
     """True for the rows whose entity falls in the canary: ``sha256(salt:key)`` as a number in
-    [0, 1) below ``share``. Stable across runs, days and challengers of the same model."""
+    [0, 1) below ``share``. Stable across runs, days and challengers of the same model.
+
+    ``key`` is the value as ``keys.astype(str)`` writes it. Each distinct key is hashed once
+    (``pandas.factorize``; string keys only when the first rows repeat some) and the first 8
+    digest bytes are read back as big-endian unsigned integers in one ``numpy.frombuffer``: the
+    same numbers, so the same split, as the original one ``int.from_bytes`` per row."""
     import numpy as np
+    import pandas as pd
 
     if share <= 0:
         return np.zeros(len(keys), dtype=bool)
-    digests = [hashlib.sha256(f"{salt}:{k}".encode()).digest()[:8] for k in keys.astype(str)]
-    values = np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
-    return values < share
+    if not len(keys):
+        return np.zeros(0, dtype=bool)
+    keys = pd.Series(keys) if not isinstance(keys, pd.Series) else keys
+    if isinstance(keys.dtype, np.dtype) and keys.dtype.kind in "iub":
+        # str() of a numpy integer or bool is one string per value: factorize first
+        codes, uniques = pd.factorize(keys.to_numpy(), use_na_sentinel=False)
+        strings = list(map(str, uniques.tolist()))
+    else:  # e.g. 1 and 1.0 in an object column are one value but two strings: format first
+        formatted = keys.astype(str).to_numpy(dtype=object)
+        head = formatted[:4096]
+        if len(formatted) > len(head) and len(set(head)) > 0.9 * len(head):
+            codes, strings = None, formatted.tolist()  # mostly distinct: factorize would not pay
+        else:
+            codes, uniques = pd.factorize(formatted, use_na_sentinel=False)
+            strings = uniques.tolist()
+    prefix = f"{salt}:".encode()
+    sha256 = hashlib.sha256
+    digests = b"".join([sha256(prefix + s.encode()).digest()[:8] for s in strings])
+    values = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+    return values < share if codes is None else (values < share)[codes]
 
 
 def predict(model: Any, features: pd.DataFrame, config: DatasetConfig) -> tuple[Any, Any]:
