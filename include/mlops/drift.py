@@ -37,8 +37,7 @@ not count the column as drifted even when ``ValueDrift`` says it drifted. We alw
 
 The human report is rendered elsewhere: include/mlops/drift_report.py draws Evidently's
 ``DataDriftPreset`` report on a sample and shows these full-data numbers in it, through
-Evidently's public custom-StatTest API. ``render_report``, ``importance_section`` and
-``with_section`` are importable from here too (loaded on first use).
+Evidently's public custom-StatTest API.
 
 No Airflow and no Evidently import here (``import evidently`` takes about 6 s with a bytecode
 cache, up to 14 s without one): the statistics need only numpy, pandas and scipy, imported
@@ -58,14 +57,6 @@ from include.mlops.errors import DriftCheckError, SchemaError
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
-
-    from include.mlops.drift_report import (  # noqa: F401  (re-exported through __getattr__)
-        FULL_DATA_PREFIX,
-        full_data_stattests,
-        importance_section,
-        render_report,
-        with_section,
-    )
 
 REFERENCE = "reference snapshot"
 CURRENT = "current partition"
@@ -463,19 +454,3 @@ def _column(column: str, kind: str, stattest: str, score: float, drifted: bool |
         drifted = score < threshold
     return ColumnDrift(column=column, kind=kind, stattest=stattest, score=float(score),
                        threshold=threshold, drifted=bool(drifted), detail=detail)
-
-
-# --------------------------------------------------------------------------------------------
-# the report lives in include/mlops/drift_report.py; its public names are reachable from here
-# too (``drift.render_report``), imported on first use so that the statistics never load it
-
-_REPORT_NAMES = ("render_report", "importance_section", "with_section", "full_data_stattests",
-                 "FULL_DATA_PREFIX")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _REPORT_NAMES:
-        from include.mlops import drift_report
-
-        return getattr(drift_report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

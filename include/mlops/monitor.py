@@ -79,7 +79,7 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
     report is written, and never count as drift: a broken check must not trigger a retrain.
     """
 
-    from include.mlops import drift
+    from include.mlops import drift, drift_report
 
     config, store = stage.config, stage.store
     manifest, served = scoring.read_committed(store, stage.artifacts_uri, stage.model_name, day)
@@ -134,10 +134,10 @@ def check_drift(stage: Stage, day: date) -> dict[str, Any]:
         raise type(err)(f"drift check of {stage.model_name} on {day} (current: "
                         f"{', '.join(manifest['input']['files'])}; reference: {reference_uri}): "
                         f"{err.args[0]}", runbook=err.runbook) from None
-    html, payload = drift.render_report(reference, current, result, numeric=numeric,
+    html, payload = drift_report.render_report(reference, current, result, numeric=numeric,
                                         categorical=categorical)
     importance = champion_importance(stage, version)
-    html = drift.with_section(html, drift.importance_section(result, importance))
+    html = drift_report.with_section(html, drift_report.importance_section(result, importance))
     payload["importance"] = importance
     folder = drift_dir(stage, day)
     report_uri = join(folder, "report.html")
