@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.mlops import ingest as ingestion
+from include.mlops import tracking
 from include.mlops.config import DatasetConfig
 from include.mlops.errors import DataError
 from include.mlops.storage import ObjectStore, join
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER
 ROW_COLUMN = "row"  # entity key when the dataset declares no id_column
 MARKER = "_SUCCESS.json"
 

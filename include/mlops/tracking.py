@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 DAG_ID_TAG = "airflow.dag_id"
 RUN_ID_TAG = "airflow.run_id"
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"  # the registry aliases (and the scoring arms)
 
 
 def is_not_found(err: Exception) -> bool:

@@ -179,7 +179,7 @@ class ABDecisionOperator(MonitorOperator):
             return {"verdict": "none", "reason": "rollout mode direct"}
         name = config.registered_model_name
         client = self.mlflow_hook.client
-        challenger = tracking.alias_version(client, name, "challenger")
+        challenger = tracking.alias_version(client, name, tracking.CHALLENGER)
         if challenger is None:
             self.log.info("%s has no @challenger: no A/B decision", name)
             return {"verdict": "none", "reason": f"{name} has no challenger"}

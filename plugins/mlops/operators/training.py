@@ -500,6 +500,7 @@ class PromoteModelOperator(MlopsStageOperator):
         self.alias = alias
 
     def run(self, stage: Stage, context: Context) -> dict[str, Any]:
+        from include.mlops import tracking
         from include.mlops.pipeline import promote
 
         if not self.decision.get("approved"):
@@ -509,8 +510,8 @@ class PromoteModelOperator(MlopsStageOperator):
             # Shadow / canary rollout: an approved model beside an existing champion becomes the
             # challenger; the A/B decision on live labels promotes it later.
             has_champion = self.decision.get("champion_version") is not None
-            alias = "challenger" if stage.config.rollout.mode != "direct" and has_champion \
-                else "champion"
+            alias = tracking.CHALLENGER if stage.config.rollout.mode != "direct" and has_champion \
+                else tracking.CHAMPION
         return promote(stage, version=self.registration["version"],
                        reasons=self.decision["reasons"], dag_context=self.dag_context(context),
                        alias=alias, compared_with=self.decision.get("champion_version"))
