@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 BIN = Path(sys.executable).parent
 
 # -- secrets (.env) --------------------------------------------------------------------------------
@@ -254,34 +256,65 @@ class Service:
     log_path: Path
 
     def stop(self, timeout: float = 15) -> None:
-        stop_pid(self.proc.pid, timeout)
+        stop_group(self.proc.pid, timeout=timeout)
 
 
-def stop_pid(pid: int, timeout: float = 15) -> None:
-    """SIGTERM the process group, then SIGKILL after ``timeout`` (weed is slow on SIGTERM)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-                waited = os.waitpid(pid, os.WNOHANG) if _is_child(pid) else (0, 0)
-                if waited[0] == pid:
-                    return
-            except (ProcessLookupError, ChildProcessError):
-                return
-            time.sleep(0.2)
+# -- processes (psutil) ------------------------------------------------------------------------------
+# Every service is started in a session of its own (start_new_session), so its pid is also its
+# process group's id. Stopping one stops its whole tree: the group, and the descendants that
+# left it (Airflow puts task processes in process groups of their own).
 
-
-def _is_child(pid: int) -> bool:
+def _running(proc: psutil.Process) -> bool:
+    """Alive: neither gone nor a zombie (exited, not yet reaped by its parent), and not another
+    process that got the same pid since."""
     try:
-        return os.getppid() != pid and Path(f"/proc/{pid}/stat").read_text().split()[3] == \
-            str(os.getpid())
-    except OSError:
+        return proc.is_running() and proc.status() not in (psutil.STATUS_ZOMBIE,
+                                                           psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
+
+
+def _members(pid: int, known: set[psutil.Process]) -> set[psutil.Process]:
+    """The running processes of the service led by ``pid``: ``known`` ones still running, the
+    leader and its descendants, and the rest of its process group (a process whose parent
+    exited is no longer a descendant, but still in the group)."""
+    found = set(known)
+    try:
+        leader = psutil.Process(pid)
+        found |= {leader, *leader.children(recursive=True)}
+    except psutil.Error:
+        pass
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pid:
+                found.add(proc)
+        except OSError:
+            pass
+    return {proc for proc in found if _running(proc)}
+
+
+def stop_group(pid: int, *, first: signal.Signals = signal.SIGTERM, timeout: float = 30) -> str:
+    """Stop the service led by ``pid`` (:func:`_members`): ``first`` to every process of it,
+    SIGKILL to whatever is left after ``timeout``, for up to 10 s more. A process it forks
+    meanwhile gets the same signal. Returns ``stopped``, ``killed`` or ``still running``."""
+    known: set[psutil.Process] = set()
+    for sig, wait in ((first, timeout), (signal.SIGKILL, 10)):
+        signalled: set[psutil.Process] = set()
+        deadline = time.monotonic() + wait
+        while True:
+            known = _members(pid, known)
+            if not known:
+                return "stopped" if sig != signal.SIGKILL else "killed"
+            for proc in known - signalled:
+                try:
+                    proc.send_signal(sig)
+                except psutil.Error:
+                    pass  # gone meanwhile
+            signalled |= known
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.3)
+    return "still running"
 
 
 def start_seaweedfs(data_dir: Path, *, port: int, identities: list[dict[str, Any]],
@@ -309,7 +342,7 @@ def start_seaweedfs(data_dir: Path, *, port: int, identities: list[dict[str, Any
         wait_until(lambda: _s3_ready(url, access_key, secret_key), 60, "SeaweedFS S3 API", proc,
                    log_path)
     except Exception:
-        stop_pid(proc.pid, 5)
+        stop_group(proc.pid, timeout=5)
         raise
     return Service("seaweedfs", proc, url, log_path)
 
@@ -364,7 +397,7 @@ def start_mlflow(home: Path, *, port: int, artifacts_destination: str, s3_url: s
     try:
         wait_until(lambda: http_ok(f"{url}/health"), 180, "MLflow server", proc, log_path)
     except Exception:
-        stop_pid(proc.pid, 5)
+        stop_group(proc.pid, timeout=5)
         raise
     return Service("mlflow", proc, url, log_path)
 
@@ -527,13 +560,9 @@ MARKERS = {"seaweedfs": "weed", "mlflow": "mlflow", "api-server": "airflow",
 def pid_alive(pid: int, marker: str | None = None) -> bool:
     """Alive, not a zombie, and (if given) ``marker`` in its command line (pid reuse guard)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        if marker is not None:
-            return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        return True
-    except (OSError, IndexError):
+        proc = psutil.Process(pid)
+        return _running(proc) and (marker is None or marker in " ".join(proc.cmdline()))
+    except psutil.Error:
         return False
 
 
@@ -544,39 +573,6 @@ def read_pid(stack: LocalStack, name: str) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid, MARKERS[name]) else None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(0) succeeds while zombies remain in the group; look for a live member.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def stop_group(pid: int, *, first: signal.Signals = signal.SIGTERM, timeout: float = 30) -> str:
-    """Signal the process group led by ``pid``; SIGKILL whatever is left after ``timeout``."""
-    for sig, wait in ((first, timeout), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return "stopped"
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _group_alive(pid):
-                return "stopped" if sig != signal.SIGKILL else "killed"
-            time.sleep(0.3)
-    return "still running"
 
 
 def _can_listen(port: int) -> bool:
@@ -653,8 +649,7 @@ def _restart_if_changed(stack: LocalStack, name: str, settings: str) -> int | No
     pid = read_pid(stack, name)
     if _settings_changed(stack, name, settings) and pid is not None:
         print(f"  {name:<14} restarting: its keys or auth settings changed", flush=True)
-        stop_group(pid, timeout=10)
-        stack.pid_file(name).unlink(missing_ok=True)
+        _stop_service(stack, name, pid)
         return None
     return pid
 
@@ -995,27 +990,31 @@ def up_airflow(stack: LocalStack, timeout: float = 180) -> None:
                                    f"{stack.log_file(part)}")
     except Exception:
         for part, proc in started.items():
-            stop_group(proc.pid, timeout=10)
-            stack.pid_file(part).unlink(missing_ok=True)
+            _stop_service(stack, part, proc.pid)
         raise
+
+
+def _stop_service(stack: LocalStack, name: str, pid: int) -> str:
+    """Stop a service of the stack (:func:`stop_group`) and remove its pid file, unless it still
+    runs. Airflow parts shut down cleanly on SIGTERM (the scheduler ends its task processes);
+    weed is slow on SIGTERM, so it gets less time before SIGKILL."""
+    result = stop_group(pid, timeout=10 if name == "seaweedfs" else 30)
+    if result != "still running":
+        stack.pid_file(name).unlink(missing_ok=True)
+    return result
 
 
 def down(stack: LocalStack, names: list[str]) -> None:
     for name in STOP_ORDER:
         if names and name not in names:
             continue
-        path = stack.pid_file(name)
         pid = read_pid(stack, name)
         if pid is None:
-            path.unlink(missing_ok=True)
+            stack.pid_file(name).unlink(missing_ok=True)
             print(f"  {name:<14} not running", flush=True)
             continue
-        # Airflow parts shut down cleanly on SIGTERM (the scheduler ends its task processes);
-        # weed is slow on SIGTERM, so give it less time before SIGKILL.
         began = time.monotonic()
-        result = stop_group(pid, timeout=10 if name == "seaweedfs" else 30)
-        if result != "still running":
-            path.unlink(missing_ok=True)
+        result = _stop_service(stack, name, pid)
         print(f"  {name:<14} {result:<8} pid {pid:<8} {time.monotonic() - began:.1f}s", flush=True)
 
 

@@ -19,7 +19,7 @@ MLflow run. A failed run shows the failed task's last log lines.
 Reads ``MLOPS_AIRFLOW_URL``, ``MLOPS_MLFLOW_URL``, ``MLOPS_AIRFLOW_OPERATOR_PASSWORD`` (Airflow user
 ``operator``, who may trigger) and ``MLOPS_MLFLOW_VIEWER_PASSWORD`` (MLflow user ``viewer``, read
 only) from the environment; ``deploy.sh`` passes them from ``.env`` to this command alone. The Airflow side uses the
-REST API v2, the MLflow side finds the run by its ``airflow.dag_id`` / ``airflow.run_id`` tags.
+REST API v2 through Airflow's own client (apache-airflow-client), the MLflow side finds the run by its ``airflow.dag_id`` / ``airflow.run_id`` tags.
 Exit status: 0 when the DAG run succeeded, 1 when it failed, 3 on timeout, 2 on usage errors.
 """
 
@@ -30,12 +30,30 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Container
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote
 
-import httpx
+import requests
+import urllib3
+from airflow_client.client import (
+    ApiClient,
+    Configuration,
+    DAGApi,
+    DAGPatchBody,
+    DagRunApi,
+    DAGRunClearBody,
+    ImportErrorApi,
+    TaskApi,
+    TaskInstanceApi,
+    TriggerDAGRunPostBody,
+    XComApi,
+)
+from airflow_client.client.exceptions import ApiException
+from requests.adapters import HTTPAdapter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,10 +62,38 @@ from include.mlops.tracking import DAG_ID_TAG, RUN_ID_TAG, alias_version  # noqa
 
 FINISHED = {"success", "failed"}
 HEADLINE_METRICS = ("roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2")
+TIMEOUT = 30.0  # s, per request
+T = TypeVar("T")
+
+
+def _retries() -> urllib3.Retry:
+    """An api-server that is busy or restarting refuses connections for a few seconds: every
+    request is retried then (about 25 s in all). A request that was sent and got no answer is
+    retried only when repeating it is harmless (GET, PUT, DELETE; not POST or PATCH)."""
+    return urllib3.Retry(total=5, connect=5, read=2, backoff_factor=1, backoff_max=10)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The answer to :meth:`AirflowApi.request`: its status and body."""
+
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
 
 
 class AirflowApi:
-    """The few REST API v2 calls we need, with a JWT from ``POST /auth/token``."""
+    """Airflow's REST API v2 as one user, through Airflow's own Python client
+    (``apache-airflow-client``): its typed APIs (``dag_api``, ``dag_run_api``, ...) called
+    through :meth:`call`, which logs in (a JWT from ``POST /auth/token``, renewed once when it
+    expires) and turns an error answer into SystemExit with Airflow's message. :meth:`request` and
+    :meth:`json` reach any other endpoint by its path (the tests use them)."""
 
     def __init__(self, url: str, username: str, password: str) -> None:
         self.url = url.rstrip("/")
@@ -55,37 +101,91 @@ class AirflowApi:
         # this script reaches the server by another (inside the compose network).
         self.ui_url = os.environ.get("MLOPS_AIRFLOW_UI_URL", self.url).rstrip("/")
         self._auth = {"username": username, "password": password}
-        self._http = httpx.Client(base_url=self.url, timeout=30)
-        self._token: str | None = None
+        # The client has no login call for the token; requests with the same retries gets it.
+        self._login = requests.Session()
+        self._login.trust_env = False  # as the client: no proxy from the environment
+        self._login.mount(self.url, HTTPAdapter(max_retries=_retries()))
+        self.configuration = Configuration(host=self.url, retries=_retries())
+        self.client = ApiClient(self.configuration)
+        self.dag_api = DAGApi(self.client)
+        self.dag_run_api = DagRunApi(self.client)
+        self.task_instance_api = TaskInstanceApi(self.client)
+        self.task_api = TaskApi(self.client)
+        self.xcom_api = XComApi(self.client)
+        self.import_error_api = ImportErrorApi(self.client)
 
-    def _headers(self) -> dict[str, str]:
-        if self._token is None:
-            response = self._http.post("/auth/token", json=self._auth)
-            if response.status_code >= 300:
-                raise SystemExit(f"Airflow at {self.url} refused the login for user "
-                                 f"{self._auth['username']!r} (HTTP {response.status_code}); the "
-                                 f"password is MLOPS_AIRFLOW_{self._auth['username'].upper()}"
-                                 "_PASSWORD in .env")
-            self._token = response.json()["access_token"]
-        return {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+    def _token(self) -> None:
+        if self.configuration.access_token is not None:
+            return
+        try:
+            response = self._login.post(f"{self.url}/auth/token", json=self._auth,
+                                        timeout=TIMEOUT)
+        except requests.RequestException as err:
+            raise self._unreachable(err) from err
+        if response.status_code >= 300:
+            raise SystemExit(f"Airflow at {self.url} refused the login for user "
+                             f"{self._auth['username']!r} (HTTP {response.status_code}); the "
+                             f"password is MLOPS_AIRFLOW_{self._auth['username'].upper()}"
+                             "_PASSWORD in .env")
+        self.configuration.access_token = response.json()["access_token"]
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(5):
+    def _unreachable(self, err: Exception) -> SystemExit:
+        return SystemExit(f"Airflow api-server at {self.url} does not answer: {err}. "
+                          "Check ./deploy.sh status")
+
+    def call(self, operation: Callable[..., T], *args: Any, missing: Container[int] = (),
+             **kwargs: Any) -> T | None:
+        """``operation(*args, **kwargs)``, a method of one of the typed APIs (e.g.
+        ``api.call(api.dag_run_api.get_dag_run, dag_id, run_id)``), logged in. None when Airflow
+        answers with a status in ``missing`` (e.g. 404); SystemExit on any other error. A
+        ``..._without_preload_content`` operation answers whatever the status, undecoded."""
+        kwargs.setdefault("_request_timeout", TIMEOUT)
+        for attempt in range(2):
+            self._token()
             try:
-                response = self._http.request(method, path, headers=self._headers(), **kwargs)
-            except httpx.TransportError as err:  # api-server busy or restarting: retry a little
-                if attempt == 4:
-                    raise SystemExit(f"Airflow api-server at {self.url} does not answer: {err}. "
-                                     "Check ./deploy.sh status") from err
-                time.sleep(2 * (attempt + 1))
-                continue
-            if response.status_code == 401 and attempt == 0:
-                self._token = None  # expired token: log in again once
-                continue
-            return response
-        return response
+                answer = operation(*args, **kwargs)
+                if isinstance(answer, urllib3.BaseHTTPResponse) and answer.status == 401 \
+                        and attempt == 0:
+                    self.configuration.access_token = None  # expired token: log in again once
+                    continue
+                return answer
+            except ApiException as err:
+                if err.status == 401 and attempt == 0:
+                    self.configuration.access_token = None  # expired token: log in again once
+                    continue
+                if err.status in missing:
+                    return None
+                raise SystemExit(f"Airflow API {operation.__name__}: HTTP {err.status}: "
+                                 f"{str(err.body)[:500]}") from err
+            except urllib3.exceptions.HTTPError as err:
+                raise self._unreachable(err) from err
+        raise AssertionError("not reached: the second try returns or raises")
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                json: Any = None) -> Response:
+        """Any endpoint by its path (``/api/v2/...``, a query allowed), through the client's
+        ApiClient with the token and retries: the answer whatever its status."""
+        path, _, query = path.partition("?")
+        query_params = parse_qsl(query, keep_blank_values=True) + list((params or {}).items())
+        for attempt in range(2):
+            self._token()
+            headers = {"Accept": "application/json"}  # param_serialize adds the token to it
+            if json is not None:
+                headers["Content-Type"] = "application/json"
+            serialized = self.client.param_serialize(
+                method, path, query_params=query_params, header_params=headers, body=json,
+                auth_settings=["HTTPBearer"])
+            try:
+                answer = self.client.call_api(*serialized, _request_timeout=TIMEOUT)
+            except urllib3.exceptions.HTTPError as err:
+                raise self._unreachable(err) from err
+            if answer.status != 401 or attempt:
+                return Response(answer.status, answer.read() or b"")
+            self.configuration.access_token = None  # expired token: log in again once
+        raise AssertionError("not reached: the second try returns or raises")
 
     def json(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
+        """The JSON answer of :meth:`request`; SystemExit unless its status is in ``ok``."""
         response = self.request(method, path, **kwargs)
         if response.status_code not in ok:
             raise SystemExit(f"Airflow API {method} {path}: HTTP {response.status_code}: "
@@ -93,8 +193,9 @@ class AirflowApi:
         return response.json() if response.content else None
 
 
-def _run_path(dag_id: str, run_id: str) -> str:
-    return f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
+def _plain(model: Any) -> Any:
+    """A typed answer as the REST API's JSON (dates and states as strings), None as None."""
+    return None if model is None else model.model_dump(mode="json", by_alias=True)
 
 
 def _say(message: str) -> None:
@@ -107,15 +208,14 @@ def wait_for_dag(api: AirflowApi, dag_id: str, timeout: float) -> dict[str, Any]
     deadline = time.monotonic() + timeout
     said = False
     while True:
-        response = api.request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
-        if response.status_code == 200:
-            details = api.request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/details")
-            if details.status_code == 200:  # serialized, not only known
-                return response.json()
-        errors = api.json("GET", "/api/v2/importErrors").get("import_errors", [])
+        dag = api.call(api.dag_api.get_dag, dag_id, missing=(404,))
+        # serialized, not only known: its details are there
+        if dag is not None and api.call(api.dag_api.get_dag_details, dag_id, missing=(404,)):
+            return _plain(dag)
+        errors = api.call(api.import_error_api.get_import_errors).import_errors
         if errors:
-            lines = "\n".join(f"  {e.get('filename')}:\n    " +
-                              str(e.get("stack_trace", "")).strip().replace("\n", "\n    ")[-1500:]
+            lines = "\n".join(f"  {e.filename}:\n    " +
+                              str(e.stack_trace or "").strip().replace("\n", "\n    ")[-1500:]
                               for e in errors)
             raise SystemExit(f"DAG files failed to import:\n{lines}")
         if time.monotonic() > deadline:
@@ -139,32 +239,29 @@ def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, reru
     """
     dag = wait_for_dag(api, dag_id, timeout=300)
     if dag.get("is_paused"):
-        api.json("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": False})
+        api.call(api.dag_api.patch_dag, dag_id, DAGPatchBody(is_paused=False))
         _say(f"  unpaused DAG {dag_id!r}: the scheduler runs the latest complete day")
-    path = _run_path(dag_id, run_id)
-    existing = api.request("GET", path)
-    if existing.status_code == 200:
-        state = existing.json().get("state")
+    existing = _plain(api.call(api.dag_run_api.get_dag_run, dag_id, run_id, missing=(404,)))
+    if existing is not None:
+        state = existing.get("state")
         if rerun:
-            api.json("POST", f"{path}/clear", json={"dry_run": False})
+            api.call(api.dag_run_api.clear_dag_run, dag_id, run_id, DAGRunClearBody(dry_run=False))
             _say(f"  DAG run {run_id!r} existed ({state}); cleared it to run again (--rerun)")
         else:
             _say(f"  DAG run {run_id!r} exists already ({state}); not creating another "
                  "(./deploy.sh local --rerun clears and re-runs it)")
         return run_id
     deadline = time.monotonic() + 60
-    while existing.status_code == 404 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         time.sleep(2)
-        existing = api.request("GET", path)
-    if existing.status_code == 200:
-        _say(f"  the scheduler created DAG run {run_id!r}")
-        return run_id
+        if api.call(api.dag_run_api.get_dag_run, dag_id, run_id, missing=(404,)) is not None:
+            _say(f"  the scheduler created DAG run {run_id!r}")
+            return run_id
     manual_id = f"deploy_local__{logical_date[:10]}"
-    manual_path = _run_path(dag_id, manual_id)
-    if api.request("GET", manual_path).status_code == 404:
-        api.json("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", ok=(200, 201), json={
-            "dag_run_id": manual_id, "logical_date": logical_date, "conf": {},
-            "note": "Triggered by ./deploy.sh local"})
+    if api.call(api.dag_run_api.get_dag_run, dag_id, manual_id, missing=(404,)) is None:
+        api.call(api.dag_run_api.trigger_dag_run, dag_id, TriggerDAGRunPostBody(
+            dag_run_id=manual_id, logical_date=logical_date, conf={},
+            note="Triggered by ./deploy.sh local"))
         _say(f"  triggered DAG run {manual_id!r} through the REST API")
     return manual_id
 
@@ -172,11 +269,10 @@ def start_run(api: AirflowApi, dag_id: str, run_id: str, logical_date: str, reru
 def follow(api: AirflowApi, dag_id: str, run_id: str, timeout: float,
            quiet_if_finished: bool = False) -> dict[str, Any]:
     """Poll until the run finishes, printing each task's state changes."""
-    path = _run_path(dag_id, run_id)
     started = time.monotonic()
     seen: dict[str, str] = {}
     while True:
-        run = api.json("GET", path)
+        run = _plain(api.call(api.dag_run_api.get_dag_run, dag_id, run_id))
         if quiet_if_finished and run.get("state") in FINISHED:
             return run  # finished before we looked: the summary shows it
         quiet_if_finished = False
@@ -195,14 +291,15 @@ def follow(api: AirflowApi, dag_id: str, run_id: str, timeout: float,
 
 
 def task_instances(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    payload = api.json("GET", f"{_run_path(dag_id, run_id)}/taskInstances", params={"limit": 100})
-    return payload.get("task_instances", [])
+    """The run's task instances as the REST API's JSON objects (one per map index)."""
+    found = api.call(api.task_instance_api.get_task_instances, dag_id, run_id, limit=100)
+    return [_plain(ti) for ti in found.task_instances]
 
 
 def task_order(api: AirflowApi, dag_id: str) -> list[str]:
     """Task ids in dependency order (the DAG's tasks endpoint lists them alphabetically)."""
-    tasks = api.json("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/tasks").get("tasks", [])
-    downstream = {t["task_id"]: t.get("downstream_task_ids", []) for t in tasks}
+    tasks = api.call(api.task_api.get_tasks, dag_id).tasks
+    downstream = {t.task_id: t.downstream_task_ids or [] for t in tasks}
     upstream_count = {task: 0 for task in downstream}
     for children in downstream.values():
         for child in children:
@@ -228,7 +325,7 @@ def _duration(start: str | None, end: str | None) -> str:
 
 
 def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str:
-    run = api.json("GET", _run_path(dag_id, run_id))
+    run = _plain(api.call(api.dag_run_api.get_dag_run, dag_id, run_id))
     state = run.get("state")
     tis = {ti["task_id"]: ti for ti in task_instances(api, dag_id, run_id)}
     order = [t for t in task_order(api, dag_id) if t in tis] + sorted(set(tis) - set(task_order(api, dag_id)))
@@ -246,9 +343,10 @@ def summarize(api: AirflowApi, mlflow_url: str, dag_id: str, run_id: str) -> str
 
     if tis.get("check_changed", {}).get("state") == "success" and \
             tis.get("ingest", {}).get("state") == "skipped":
-        xcom = api.request("GET", f"{_run_path(dag_id, run_id)}/taskInstances/check_changed/"
-                                  "xcomEntries/return_value")
-        reason = xcom.json().get("value", {}) if xcom.status_code == 200 else {}
+        xcom = api.call(api.xcom_api.get_xcom_entry, dag_id, "check_changed", run_id,
+                        "return_value", missing=(404,))
+        reason = xcom.actual_instance.value if xcom is not None else None
+        reason = {} if reason is None else reason
         if isinstance(reason, str):
             try:
                 reason = json.loads(reason)
@@ -354,13 +452,15 @@ def mlflow_summary(mlflow_url: str, dag_id: str, run_id: str, tis: dict[str, Any
 def log_entries(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[Any] | None:
     """The task's log of its latest try (structured entries); None when the API has none."""
     attempt = max(int(ti.get("try_number") or 1), 1)
-    path = f"{_run_path(dag_id, run_id)}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{attempt}"
-    # A mapped task's instances (train, tune) are told apart by their map index.
-    response = api.request("GET", path, params={"full_content": "true",
-                                                "map_index": ti.get("map_index", -1)})
-    if response.status_code != 200:
+    # A mapped task's instances (train, tune) are told apart by their map index. The answer is
+    # read as JSON: the client's model of a record keeps only its event and timestamp (not its
+    # level, logger, error_detail).
+    answer = api.call(api.task_instance_api.get_log_without_preload_content, dag_id, run_id,
+                      ti["task_id"], attempt, full_content=True,
+                      map_index=int(ti.get("map_index", -1)))
+    if answer.status != 200:
         return None
-    return response.json().get("content", [])
+    return json.loads(answer.data).get("content", [])
 
 
 def last_error(entries: list[Any]) -> str:
@@ -408,9 +508,8 @@ def show_log_tail(api: AirflowApi, dag_id: str, run_id: str, ti: dict[str, Any],
 def _other_runs(api: AirflowApi, dag_id: str, run_id: str) -> None:
     """Recent other runs (the daily schedule adds one when the DAG is unpaused), with the reason
     of a failure in one line."""
-    payload = api.json("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
-                       params={"limit": 5, "order_by": "-run_after"})
-    others = [r for r in payload.get("dag_runs", []) if r.get("dag_run_id") != run_id]
+    recent = api.call(api.dag_run_api.get_dag_runs, dag_id, limit=5, order_by=["-run_after"])
+    others = [_plain(r) for r in recent.dag_runs if r.dag_run_id != run_id]
     if not others:
         return
     _say("  other recent runs of this DAG:")
