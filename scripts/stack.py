@@ -17,9 +17,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 BIN = Path(sys.executable).parent
 
@@ -262,11 +263,15 @@ class Service:
 # -- processes (psutil) ------------------------------------------------------------------------------
 # Every service is started in a session of its own (start_new_session), so its pid is also its
 # process group's id. Stopping one stops its whole tree: the group, and the descendants that
-# left it (Airflow puts task processes in process groups of their own).
+# left it (Airflow puts task processes in process groups of their own). psutil is imported in
+# the functions: ./deploy.sh compose runs this module's `secrets` and `images` commands with the
+# host's bare Python (standard library only) before any venv exists.
 
 def _running(proc: psutil.Process) -> bool:
     """Alive: neither gone nor a zombie (exited, not yet reaped by its parent), and not another
     process that got the same pid since."""
+    import psutil
+
     try:
         return proc.is_running() and proc.status() not in (psutil.STATUS_ZOMBIE,
                                                            psutil.STATUS_DEAD)
@@ -278,6 +283,8 @@ def _members(pid: int, known: set[psutil.Process]) -> set[psutil.Process]:
     """The running processes of the service led by ``pid``: ``known`` ones still running, the
     leader and its descendants, and the rest of its process group (a process whose parent
     exited is no longer a descendant, but still in the group)."""
+    import psutil
+
     found = set(known)
     try:
         leader = psutil.Process(pid)
@@ -297,6 +304,8 @@ def stop_group(pid: int, *, first: signal.Signals = signal.SIGTERM, timeout: flo
     """Stop the service led by ``pid`` (:func:`_members`): ``first`` to every process of it,
     SIGKILL to whatever is left after ``timeout``, for up to 10 s more. A process it forks
     meanwhile gets the same signal. Returns ``stopped``, ``killed`` or ``still running``."""
+    import psutil
+
     known: set[psutil.Process] = set()
     for sig, wait in ((first, timeout), (signal.SIGKILL, 10)):
         signalled: set[psutil.Process] = set()
@@ -559,6 +568,8 @@ MARKERS = {"seaweedfs": "weed", "mlflow": "mlflow", "api-server": "airflow",
 
 def pid_alive(pid: int, marker: str | None = None) -> bool:
     """Alive, not a zombie, and (if given) ``marker`` in its command line (pid reuse guard)."""
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         return _running(proc) and (marker is None or marker in " ".join(proc.cmdline()))

@@ -9,49 +9,41 @@ import io
 import tarfile
 from typing import Any
 
-import httpx
+import requests
+from summary import AirflowApi
 
 
-def airflow_client(url: str, user: str, password: str) -> httpx.Client:
-    """A client of the api-server at ``url`` with ``user``'s token (``POST /auth/token``)."""
-    response = httpx.post(f"{url}/auth/token", json={"username": user, "password": password},
-                          timeout=30)
-    assert response.status_code in (200, 201), (user, response.status_code, response.text)
-    return httpx.Client(base_url=url, timeout=30,
-                        headers={"Authorization": f"Bearer {response.json()['access_token']}"})
-
-
-def stack_snapshot(airflow: httpx.Client, mlflow_url: str, mlflow_admin_password: str,
+def stack_snapshot(airflow: AirflowApi, mlflow_url: str, mlflow_admin_password: str,
                    s3_tar: bytes) -> dict[str, Any]:
     """``airflow``: an admin's client of the api-server; ``s3_tar``: the stack's
     ``scripts/backup.py s3-export`` output."""
     snap: dict[str, Any] = {}
-    runs = airflow.get("/api/v2/dags/training/dagRuns", params={"limit": 100}).json()["dag_runs"]
+    runs = airflow.json("GET", "/api/v2/dags/training/dagRuns", params={"limit": 100})["dag_runs"]
     for run in runs:
-        tis = airflow.get(f"/api/v2/dags/training/dagRuns/{run['dag_run_id']}/taskInstances"
-                          ).json()["task_instances"]
+        tis = airflow.json("GET", f"/api/v2/dags/training/dagRuns/{run['dag_run_id']}/taskInstances"
+                           )["task_instances"]
         snap[f"run {run['dag_run_id']}"] = (run["state"], sorted(
             (ti["task_id"], ti["state"], ti["try_number"]) for ti in tis))
     mlflow = f"{mlflow_url}/api/2.0/mlflow"
     admin = ("admin", mlflow_admin_password)
-    experiments = httpx.post(f"{mlflow}/experiments/search", json={"max_results": 100},
-                             auth=admin, timeout=30).json()["experiments"]
-    runs = httpx.post(f"{mlflow}/runs/search", auth=admin, timeout=30,
-                      json={"experiment_ids": [e["experiment_id"] for e in experiments],
-                            "max_results": 1000}).json().get("runs", [])
+    experiments = requests.post(f"{mlflow}/experiments/search", json={"max_results": 100},
+                                auth=admin, timeout=30).json()["experiments"]
+    runs = requests.post(f"{mlflow}/runs/search", auth=admin, timeout=30,
+                         json={"experiment_ids": [e["experiment_id"] for e in experiments],
+                               "max_results": 1000}).json().get("runs", [])
     for run in runs:
         data = run["data"]
         snap[f"mlflow run {run['info']['run_id']}"] = (
             run["info"]["status"], sorted((p["key"], p["value"]) for p in data.get("params", [])),
             sorted((m["key"], m["value"]) for m in data.get("metrics", [])),
             sorted((t["key"], t["value"]) for t in data.get("tags", [])))
-    versions = httpx.get(f"{mlflow}/model-versions/search", params={"max_results": 1000},
-                         auth=admin, timeout=30).json().get("model_versions", [])
+    versions = requests.get(f"{mlflow}/model-versions/search", params={"max_results": 1000},
+                            auth=admin, timeout=30).json().get("model_versions", [])
     for version in versions:
         snap[f"model {version['name']} v{version['version']}"] = (
             version["run_id"], version["source"], version.get("status"))
-    models = httpx.get(f"{mlflow}/registered-models/search", params={"max_results": 1000},
-                       auth=admin, timeout=30).json().get("registered_models", [])
+    models = requests.get(f"{mlflow}/registered-models/search", params={"max_results": 1000},
+                          auth=admin, timeout=30).json().get("registered_models", [])
     for model in models:  # the version search does not return aliases; the model does
         snap[f"aliases {model['name']}"] = sorted(
             (alias["alias"], alias["version"]) for alias in model.get("aliases", []))

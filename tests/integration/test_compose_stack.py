@@ -19,12 +19,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+import requests
 from stack import free_port, read_env_file
+from summary import AirflowApi
 
 from tests.integration.conftest import REPO, _tail
-from tests.integration.snapshot import airflow_client, stack_snapshot
+from tests.integration.snapshot import stack_snapshot
 
 UP_TIMEOUT = 1500  # s: a fresh machine builds the images first (about 4 min on 2 cores)
 WORKERS = 2
@@ -68,9 +69,9 @@ class ComposeStack:
                              check=True).stdout
         return json.loads(out)
 
-    def api(self, user: str) -> httpx.Client:
-        return airflow_client(self.airflow_url, user,
-                              self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"])
+    def api(self, user: str) -> AirflowApi:
+        return AirflowApi(self.airflow_url, user,
+                          self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"])
 
 
 def _wait_for_background_images() -> None:
@@ -134,8 +135,8 @@ def test_up_runs_the_demo_on_a_celery_worker_and_publishes_only_the_uis(compose_
     workers = {c["Config"]["Hostname"] for c in containers
                if c["Config"]["Labels"].get("com.docker.compose.service") == "airflow-worker"}
     assert len(workers) == WORKERS
-    with compose_stack.api("viewer") as api:
-        tis = api.get(f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances").json()
+    tis = compose_stack.api("viewer").json(
+        "GET", f"/api/v2/dags/training/dagRuns/{run_id}/taskInstances")
     ran_on = {ti["task_id"]: ti["hostname"] for ti in tis["task_instances"]
               if ti["state"] != "skipped"}  # tune: no search space, nothing ran
     assert set(ran_on.values()) <= workers, ran_on  # every task on a Celery worker container
@@ -217,76 +218,79 @@ def test_each_role_may_do_what_it_should_and_no_more(compose_stack) -> None:
     run = {"logical_date": None, "conf": {"partition_date": "2099-01-01"}}
     allowed: dict[str, dict[str, int]] = {}
     for user in ("admin", "operator", "viewer"):
-        with compose_stack.api(user) as api:
-            allowed[user] = {
-                "read runs": api.get("/api/v2/dags/training/dagRuns").status_code,
-                "trigger": api.post("/api/v2/dags/training/dagRuns",
-                                    json={**run, "dag_run_id": f"role_{user}"}).status_code,
-                "read connections": api.get("/api/v2/connections").status_code,
-                "edit pool": api.patch("/api/v2/pools/mlops_promotion",
-                                       json={"name": "mlops_promotion", "slots": 1,
-                                             "include_deferred": False}).status_code,
-            }
+        api = compose_stack.api(user)
+        allowed[user] = {
+            "read runs": api.request("GET", "/api/v2/dags/training/dagRuns").status_code,
+            "trigger": api.request("POST", "/api/v2/dags/training/dagRuns",
+                                   json={**run, "dag_run_id": f"role_{user}"}).status_code,
+            "read connections": api.request("GET", "/api/v2/connections").status_code,
+            "edit pool": api.request("PATCH", "/api/v2/pools/mlops_promotion",
+                                     json={"name": "mlops_promotion", "slots": 1,
+                                           "include_deferred": False}).status_code,
+        }
     assert allowed == {
         "admin": {"read runs": 200, "trigger": 200, "read connections": 200, "edit pool": 200},
         "operator": {"read runs": 200, "trigger": 200, "read connections": 403, "edit pool": 403},
         "viewer": {"read runs": 200, "trigger": 403, "read connections": 403, "edit pool": 403},
     }
-    assert httpx.get(f"{compose_stack.airflow_url}/api/v2/dags", timeout=30).status_code == 401
-    wrong = httpx.post(f"{compose_stack.airflow_url}/auth/token",
-                       json={"username": "admin", "password": "admin"}, timeout=30)
+    assert requests.get(f"{compose_stack.airflow_url}/api/v2/dags", timeout=30).status_code == 401
+    wrong = requests.post(f"{compose_stack.airflow_url}/auth/token",
+                          json={"username": "admin", "password": "admin"}, timeout=30)
     assert wrong.status_code == 401
     # MLflow: no anonymous access; the viewer reads what the workers made and may not change it
     # (move @champion, log a run into their experiment) or administer accounts.
     mlflow = f"{compose_stack.mlflow_url}/api/2.0/mlflow"
     viewer = ("viewer", compose_stack.secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"])
     alias = {"name": "churn_demo", "alias": "champion"}
-    assert httpx.get(f"{mlflow}/registered-models/alias", params=alias,
-                     timeout=30).status_code == 401
-    champion = httpx.get(f"{mlflow}/registered-models/alias", params=alias, auth=viewer,
-                         timeout=30)
+    assert requests.get(f"{mlflow}/registered-models/alias", params=alias,
+                        timeout=30).status_code == 401
+    champion = requests.get(f"{mlflow}/registered-models/alias", params=alias, auth=viewer,
+                            timeout=30)
     assert champion.status_code == 200, champion.text
     experiment = champion.json()["model_version"]["run_id"]
-    run = httpx.get(f"{mlflow}/runs/get", params={"run_id": experiment}, auth=viewer,
-                    timeout=30).json()["run"]
+    run = requests.get(f"{mlflow}/runs/get", params={"run_id": experiment}, auth=viewer,
+                       timeout=30).json()["run"]
     refused = {
-        "move alias": httpx.post(f"{mlflow}/registered-models/alias", auth=viewer, timeout=30,
-                                 json={**alias, "version": "1"}).status_code,
-        "log a run": httpx.post(f"{mlflow}/runs/create", auth=viewer, timeout=30,
-                                json={"experiment_id": run["info"]["experiment_id"]}).status_code,
-        "create a user": httpx.post(f"{mlflow}/users/create", auth=viewer, timeout=30,
-                                    json={"username": "x-new", "password": "x" * 20}).status_code,
+        "move alias": requests.post(f"{mlflow}/registered-models/alias", auth=viewer, timeout=30,
+                                    json={**alias, "version": "1"}).status_code,
+        "log a run": requests.post(f"{mlflow}/runs/create", auth=viewer, timeout=30,
+                                   json={"experiment_id": run["info"]["experiment_id"]}
+                                   ).status_code,
+        "create a user": requests.post(f"{mlflow}/users/create", auth=viewer, timeout=30,
+                                       json={"username": "x-new", "password": "x" * 20}
+                                       ).status_code,
     }
     assert refused == {"move alias": 403, "log a run": 403, "create a user": 403}
-    with compose_stack.api("admin") as api:  # the role runs above must not linger
-        for user in ("admin", "operator"):
-            api.patch(f"/api/v2/dags/training/dagRuns/role_{user}", json={"state": "failed"})
+    api = compose_stack.api("admin")  # the role runs above must not linger
+    for user in ("admin", "operator"):
+        api.request("PATCH", f"/api/v2/dags/training/dagRuns/role_{user}",
+                    json={"state": "failed"})
 
 
 def test_no_generated_secret_reaches_anything_people_read(compose_stack) -> None:
     run_id = _run_id(compose_stack.outputs["up"])
     found: dict[str, str] = {"deploy.sh compose up output": compose_stack.outputs["up"]}
-    with compose_stack.api("admin") as api:
-        base = f"/api/v2/dags/training/dagRuns/{run_id}"
-        found["dag run"] = api.get(base).text
-        for ti in api.get(f"{base}/taskInstances").json()["task_instances"]:
-            task = ti["task_id"]
-            found[f"task instance {task}"] = json.dumps(ti)
-            for attempt in range(1, int(ti["try_number"] or 0) + 1):  # a skipped task: none
-                log = api.get(f"{base}/taskInstances/{task}/logs/{attempt}",
-                              params={"map_index": ti.get("map_index", -1)},
-                              headers={"Accept": "application/json"})
-                assert log.status_code == 200, (task, log.status_code)
-                found[f"task log {task}/{attempt}"] = log.text
-            found[f"XCom {task}"] = api.get(
-                f"{base}/taskInstances/{task}/xcomEntries",
-                params={"deserialize": "true"}).text
+    api = compose_stack.api("admin")
+    base = f"/api/v2/dags/training/dagRuns/{run_id}"
+    found["dag run"] = api.request("GET", base).text
+    for ti in api.json("GET", f"{base}/taskInstances")["task_instances"]:
+        task = ti["task_id"]
+        found[f"task instance {task}"] = json.dumps(ti)
+        for attempt in range(1, int(ti["try_number"] or 0) + 1):  # a skipped task: none
+            # AirflowApi asks for JSON (Accept: application/json): the structured log
+            log = api.request("GET", f"{base}/taskInstances/{task}/logs/{attempt}",
+                              params={"map_index": ti.get("map_index", -1)})
+            assert log.status_code == 200, (task, log.status_code)
+            found[f"task log {task}/{attempt}"] = log.text
+        found[f"XCom {task}"] = api.request(
+            "GET", f"{base}/taskInstances/{task}/xcomEntries",
+            params={"deserialize": "true"}).text
     assert any("Train" in text or "train" in text for key, text in found.items()
                if key.startswith("task log train")), "the train task's log was not read"
     admin = ("admin", compose_stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"])
-    runs = httpx.post(f"{compose_stack.mlflow_url}/api/2.0/mlflow/runs/search",
-                      json={"experiment_ids": ["0", "1", "2"], "max_results": 100}, auth=admin,
-                      timeout=30).json().get("runs", [])
+    runs = requests.post(f"{compose_stack.mlflow_url}/api/2.0/mlflow/runs/search",
+                         json={"experiment_ids": ["0", "1", "2"], "max_results": 100}, auth=admin,
+                         timeout=30).json().get("runs", [])
     assert runs, "no MLflow run to check"
     for run in runs:
         found[f"MLflow run {run['info']['run_id']}"] = json.dumps(run["data"])
@@ -300,22 +304,22 @@ def test_no_generated_secret_reaches_anything_people_read(compose_stack) -> None
     assert not leaks, f"secrets found (key, where): {leaks}"
 
 
-def _wait_for_run(api: httpx.Client, run_id: str, timeout: float = 600) -> dict[str, Any]:
+def _wait_for_run(api: AirflowApi, run_id: str, timeout: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = api.get(f"/api/v2/dags/training/dagRuns/{run_id}").json()
+        run = api.json("GET", f"/api/v2/dags/training/dagRuns/{run_id}")
         if run.get("state") in ("success", "failed"):
             return run
         time.sleep(3)
     pytest.fail(f"training run {run_id} did not finish in {timeout} s")
 
 
-def _train(api: httpx.Client, run_id: str, days_ago: int) -> dict[str, Any]:
+def _train(api: AirflowApi, run_id: str, days_ago: int) -> dict[str, Any]:
     """Trigger the training DAG on the demo partition of ``days_ago`` days ago; wait for it."""
     partition = time.strftime("%Y-%m-%d", time.gmtime(time.time() - days_ago * 86400))
-    response = api.post("/api/v2/dags/training/dagRuns",
-                        json={"dag_run_id": run_id, "logical_date": None,
-                              "conf": {"partition_date": partition}})
+    response = api.request("POST", "/api/v2/dags/training/dagRuns",
+                           json={"dag_run_id": run_id, "logical_date": None,
+                                 "conf": {"partition_date": partition}})
     assert response.status_code == 200, response.text
     return _wait_for_run(api, run_id)
 
@@ -343,13 +347,12 @@ def test_gpu_profile_trains_in_the_container_through_the_proxy_only(compose_stac
             assert ("DOCKER_HOST=tcp://docker-proxy:2375" in env) == (
                 service == "airflow-worker-gpu"), service
 
-    with compose_stack.api("operator") as api:
-        run = _train(api, "gpu_profile", days_ago=2)
-        tis = {ti["task_id"]: ti for ti in api.get(
-            "/api/v2/dags/training/dagRuns/gpu_profile/taskInstances").json()["task_instances"]}
-        log = api.get("/api/v2/dags/training/dagRuns/gpu_profile/taskInstances/train/logs/"
-                      f"{tis['train']['try_number']}", params={"map_index": 0},
-                      headers={"Accept": "application/json"}).text
+    api = compose_stack.api("operator")
+    run = _train(api, "gpu_profile", days_ago=2)
+    tis = {ti["task_id"]: ti for ti in api.json(
+        "GET", "/api/v2/dags/training/dagRuns/gpu_profile/taskInstances")["task_instances"]}
+    log = api.request("GET", "/api/v2/dags/training/dagRuns/gpu_profile/taskInstances/train/"
+                      f"logs/{tis['train']['try_number']}", params={"map_index": 0}).text
     assert tis["train"]["state"] == "success", (run, log[-3000:])
     assert tis["train"]["queue"] == "gpu" and tis["ingest"]["queue"] == "default"
     assert tis["train"]["hostname"] == gpu_worker["Config"]["Hostname"]
@@ -397,9 +400,8 @@ def _snapshot(stack: ComposeStack) -> dict[str, Any]:
          str(REPO / "docker-compose.yaml"), "run", "--rm", "--no-deps", "-T", "airflow-init",
          "s3-export"], capture_output=True, env=stack.env, timeout=300)
     assert export.returncode == 0, export.stderr[-2000:]
-    with stack.api("admin") as api:
-        return stack_snapshot(api, stack.mlflow_url, stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
-                              export.stdout)
+    return stack_snapshot(stack.api("admin"), stack.mlflow_url,
+                          stack.secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"], export.stdout)
 
 
 def test_backup_wipe_restore_brings_everything_back_and_training_works(
@@ -436,6 +438,5 @@ def test_backup_wipe_restore_brings_everything_back_and_training_works(
     assert after.keys() == before.keys(), sorted(set(after) ^ set(before))
     assert after == before
 
-    with compose_stack.api("operator") as api:
-        run = _train(api, "after_restore", days_ago=3)
+    run = _train(compose_stack.api("operator"), "after_restore", days_ago=3)
     assert run["state"] == "success", run

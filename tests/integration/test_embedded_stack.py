@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from stack import free_port, read_env_file
+from summary import AirflowApi
 
 from tests.integration.conftest import REPO, _tail
-from tests.integration.snapshot import airflow_client, stack_snapshot
+from tests.integration.snapshot import stack_snapshot
 
 LOCAL_TIMEOUT = 900  # s: ./deploy.sh local on a machine whose venv exists (about 2 min here)
 # What a user's shell has; nothing of this test session's (its Airflow home, policy, datasets).
@@ -52,9 +52,9 @@ class Embedded:
     def secrets(self) -> dict[str, str]:
         return read_env_file(self.env_file)
 
-    def api(self, user: str) -> httpx.Client:
-        return airflow_client(self.airflow_url, user,
-                              self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"])
+    def api(self, user: str) -> AirflowApi:
+        return AirflowApi(self.airflow_url, user,
+                          self.secrets[f"MLOPS_AIRFLOW_{user.upper()}_PASSWORD"])
 
     def logs(self) -> str:
         folder = self.state / "logs"
@@ -71,9 +71,8 @@ class Embedded:
                  "AWS_SECRET_ACCESS_KEY": secrets["MLOPS_S3_ADMIN_SECRET_KEY"],
                  "AWS_DEFAULT_REGION": "us-east-1"})
         assert export.returncode == 0, export.stderr.decode()[-2000:]
-        with self.api("admin") as api:
-            return stack_snapshot(api, self.mlflow_url, secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"],
-                                  export.stdout)
+        return stack_snapshot(self.api("admin"), self.mlflow_url,
+                              secrets["MLOPS_MLFLOW_ADMIN_PASSWORD"], export.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +169,14 @@ def test_local_backup_wipe_restore_brings_everything_back_and_training_works(
 
     # A training run after the restore: the demo partition of two days ago, as an operator.
     partition = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
-    with embedded.api("operator") as api:
-        response = api.post("/api/v2/dags/training/dagRuns", json={
-            "dag_run_id": "after_restore", "logical_date": None,
-            "conf": {"partition_date": partition}})
-        assert response.status_code == 200, response.text
-        deadline = time.monotonic() + 600
-        while (run := api.get("/api/v2/dags/training/dagRuns/after_restore").json())[
-                "state"] not in ("success", "failed"):
-            assert time.monotonic() < deadline, f"the run after the restore did not end: {run}"
-            time.sleep(2)
+    api = embedded.api("operator")
+    response = api.request("POST", "/api/v2/dags/training/dagRuns", json={
+        "dag_run_id": "after_restore", "logical_date": None,
+        "conf": {"partition_date": partition}})
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 600
+    while (run := api.json("GET", "/api/v2/dags/training/dagRuns/after_restore"))[
+            "state"] not in ("success", "failed"):
+        assert time.monotonic() < deadline, f"the run after the restore did not end: {run}"
+        time.sleep(2)
     assert run["state"] == "success", f"{run}\n{embedded.logs()}"

@@ -94,3 +94,13 @@ def test_down_stops_a_service_by_its_pid_file(tmp_path: Path,
     assert all(_gone(pid) for pid in pids)
     assert not local.pid_file("seaweedfs").exists() and not local.pid_file("mlflow").exists()
     proc.wait(timeout=5)
+
+
+def test_the_compose_host_scripts_import_with_the_standard_library_only() -> None:
+    """./deploy.sh compose runs stack.py (secrets), build_images.py and backup.py with the host's
+    bare Python before any venv exists: ``-S`` leaves site-packages (psutil, requests...) out."""
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    for module in ("stack", "build_images", "backup"):
+        code = f"import sys; sys.path.insert(0, {str(scripts)!r}); import {module}"
+        done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, f"{module}: {done.stderr}"
