@@ -5,10 +5,13 @@ database of its own, dropped after), Redis as the broker and result backend (a d
 own, flushed), and
 MLflow with basic-auth on PostgreSQL, its artifacts in the session's S3.
 
-Each module starts its own stack (a module-scoped fixture that enters :func:`celery_stack`), with
-its own settings on top of the shared ones: the fault tests shorten the scheduler's heartbeat
-timeout and give tasks retries. :class:`CeleryStack` can kill a worker the way a lost machine
-dies, start it again, and stop and start MLflow.
+Both modules share one stack (about a minute to start, 10-20 s to stop): the ``celery_stack``
+fixture of tests/integration/conftest.py, through :data:`SHARED`. It starts with the first test
+that uses it and stops after the last one (the tests that use it run one after another, the
+fault tests last: tests/integration/conftest.py orders them), with :data:`FAULT_SETTINGS` on top
+of the shared settings. :class:`CeleryStack` can kill a worker the way a lost machine dies,
+start it again, and stop and start MLflow; a test that does so leaves the stack as it found it,
+and each test starts with every worker ready (:meth:`SharedCeleryStack.get`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,19 @@ REDIS = "redis://127.0.0.1:6379"
 PARTS = ("api-server", "dag-processor", "scheduler")
 WORKERS = ("worker-1", "worker-2")
 WORKER_START_TIMEOUT = 180  # s: each worker imports the stages' libraries before it is ready
+HEARTBEAT_TIMEOUT = 20  # s
+# The shared stack's settings beyond the common ones, for the fault tests: tasks get 2 retries,
+# 2 s apart with exponential backoff (what MLOPS_TASK_RETRIES / MLOPS_RETRY_DELAY_SECONDS give
+# every DAG), and the scheduler fails a running task whose heartbeat stopped after 20 s instead
+# of 300 s. The topology tests hold with them: they assert that each task succeeded on try 1.
+FAULT_SETTINGS = {
+    "MLOPS_TASK_RETRIES": "2",
+    "MLOPS_RETRY_DELAY_SECONDS": "2",
+    # A task instance whose supervisor stopped heartbeating (its worker died) is failed by the
+    # scheduler after this long, and retried if it has retries left. Default 300 s.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+}
 
 
 def _pg(sql: str, server: str = PG) -> None:
@@ -243,7 +259,8 @@ class CeleryStack(Airflow):
                         waiting.remove(name)
             if waiting and time.monotonic() > deadline:
                 raise AssertionError(f"{waiting} not ready after {timeout:.0f}s\n{self.log_tails()}")
-            time.sleep(0.5)
+            if waiting:
+                time.sleep(0.5)
 
     def worker_running(self, ti_id: str) -> str | None:
         """The worker whose pool process supervises task instance ``ti_id`` (its process title is
@@ -390,3 +407,53 @@ def _stop(found: CeleryStack) -> None:
     with ThreadPoolExecutor(len(found.procs) or 1) as pool:
         list(pool.map(lambda proc: stop_group(proc.pid, timeout=20), list(found.procs.values())))
     found.mlflow.stop()
+
+
+class SharedCeleryStack:
+    """One stack (:func:`start_celery_stack` with :data:`FAULT_SETTINGS`) for every test that
+    uses the ``celery_stack`` fixture: started by the first, stopped by :meth:`close` after the
+    last (tests/integration/conftest.py calls it when the next test does not use it, and at the
+    end of the session)."""
+
+    def __init__(self) -> None:
+        self._context: Any = None  # start_celery_stack's, while the stack runs
+        self._stack: CeleryStack | None = None
+        self._failed: str | None = None  # why it did not start: not tried again for each test
+
+    def get(self, services: Any, tmp_path_factory: pytest.TempPathFactory) -> CeleryStack:
+        """The running stack (started now if none runs), each of its workers running and
+        ready and MLflow up: a test that killed a worker or stopped MLflow, and failed before
+        it started them again, left them down."""
+        if self._failed is not None:
+            pytest.fail(f"the shared Celery stack did not start (an earlier test's error):\n"
+                        f"{self._failed}", pytrace=False)
+        if self._stack is None:
+            context = start_celery_stack(services, tmp_path_factory.mktemp("airflow-celery"),
+                                         FAULT_SETTINGS)
+            try:
+                self._stack = context.__enter__()
+            except BaseException as err:
+                self._failed = str(err)[-6000:]
+                raise
+            self._context = context
+        stack = self._stack
+        down = [name for name in WORKERS if name not in stack.procs
+                or stack.procs[name].poll() is not None]
+        for name in down:
+            stack.procs.pop(name, None)
+            stack.start_worker(name)
+        if stack.mlflow.proc.poll() is not None:  # stopped by a test that failed meanwhile
+            stack.start_mlflow()
+        stack.wait_workers_ready(WORKERS)
+        dead = [name for name, proc in stack.procs.items() if proc.poll() is not None]
+        assert not dead, f"{dead} of the shared Celery stack exited\n{stack.log_tails()}"
+        return stack
+
+    def close(self) -> None:
+        """Stop the stack if one runs (a later test that uses it starts a new one)."""
+        context, self._context, self._stack, self._failed = self._context, None, None, None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+
+SHARED = SharedCeleryStack()

@@ -32,12 +32,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # which pins it) run last, in their own order: ./deploy.sh test starts this session while
     # the Docker engine and the image are still being prepared (trainer_image waits for them).
     # The production stack's (compose_stack) come after them: its images are built after the
-    # trainer's.
-    def needs(item: pytest.Item) -> tuple[bool, bool]:
+    # trainer's. The tests on the shared Celery stack (celery_stack) run one after another, so
+    # that it is up only while they run (pytest_runtest_teardown stops it after the last), the
+    # fault tests last: they kill workers and stop MLflow.
+    def needs(item: pytest.Item) -> tuple[bool, bool, bool, bool]:
         names = getattr(item, "fixturenames", ())
-        return "trainer_image" in names or "compose_stack" in names, "compose_stack" in names
+        celery = "celery_stack" in names
+        return ("trainer_image" in names or "compose_stack" in names, "compose_stack" in names,
+                celery, celery and item.path.name == "test_celery_faults.py")
 
     items.sort(key=needs)
+
+
+def _uses_celery_stack(item: pytest.Item | None) -> bool:
+    return item is not None and "celery_stack" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of the test's fixtures
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the shared Celery stack after the last test that uses it (``nextitem``: the test
+    that runs next, None after the last): a session fixture would keep it running through every
+    later test. Its stop is in that test's teardown time."""
+    if _uses_celery_stack(item) and not _uses_celery_stack(nextitem):
+        from tests.integration.celery_stack import SHARED
+
+        SHARED.close()
 
 
 # The test deployment's policy: these tests pick their own model names, sources, trainers and
@@ -505,6 +524,25 @@ def _stop(found: Airflow) -> None:
         if proc is not None:
             stop_group(proc.pid, timeout=15)
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def _celery_stacks(services: Services) -> Any:
+    """The shared Celery stack's holder; stopped at the end of the session at the latest (a
+    session stopped by ``-x`` or Ctrl-C before the last test that uses it)."""
+    from tests.integration.celery_stack import SHARED
+
+    yield SHARED
+    SHARED.close()
+
+
+@pytest.fixture
+def celery_stack(_celery_stacks: Any, services: Services,
+                 tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The production topology without containers (tests/integration/celery_stack.py), one
+    stack for test_celery_topology.py and test_celery_faults.py: started by the first test that
+    uses it (about a minute), stopped after the last (pytest_runtest_teardown above)."""
+    return _celery_stacks.get(services, tmp_path_factory)
 
 
 @pytest.fixture

@@ -16,9 +16,11 @@ triggered over REST:
   @champion moved (before the version's audit tags and record): @champion is never unset, never
   at an incomplete version, and the third try completes the half-done promotion (v1 -> v2).
 
-Settings of this stack beyond the shared ones (FAULT_SETTINGS): tasks get 2 retries, 2 s apart
-with exponential backoff (what MLOPS_TASK_RETRIES / MLOPS_RETRY_DELAY_SECONDS give every DAG),
-and the scheduler fails a running task whose heartbeat stopped after 20 s instead of 300 s.
+The stack (the ``celery_stack`` fixture) is shared with test_celery_topology.py, whose tests run
+first; these tests run last on it. Its settings beyond the common ones (FAULT_SETTINGS in
+celery_stack.py): tasks get 2 retries, 2 s apart with exponential backoff (what
+MLOPS_TASK_RETRIES / MLOPS_RETRY_DELAY_SECONDS give every DAG), and the scheduler fails a running
+task whose heartbeat stopped after 20 s instead of 300 s.
 """
 
 from __future__ import annotations
@@ -30,29 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
 
-import pytest
 from stack import MLFLOW_WORKER, MlflowLogin
 
 from include.mlops.demo_data import write_partitions
-from tests.integration.celery_stack import WORKERS, CeleryStack, start_celery_stack
+from tests.integration.celery_stack import (  # FAULT_SETTINGS: test_celery_db_faults.py's
+    FAULT_SETTINGS,  # noqa: F401
+    HEARTBEAT_TIMEOUT,
+    WORKERS,
+    CeleryStack,
+)
 from tests.integration.conftest import TASKS, champion_of, ran_ok, registered_versions
-
-HEARTBEAT_TIMEOUT = 20  # s
-FAULT_SETTINGS = {
-    "MLOPS_TASK_RETRIES": "2",
-    "MLOPS_RETRY_DELAY_SECONDS": "2",
-    # A task instance whose supervisor stopped heartbeating (its worker died) is failed by the
-    # scheduler after this long, and retried if it has retries left. Default 300 s.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
-}
-
-
-@pytest.fixture(scope="module")
-def celery_stack(services, tmp_path_factory: pytest.TempPathFactory):
-    with start_celery_stack(services, tmp_path_factory.mktemp("airflow-celery-faults"),
-                            FAULT_SETTINGS) as stack:
-        yield stack
 
 
 def _mlflow(stack: CeleryStack) -> Any:

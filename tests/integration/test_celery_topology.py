@@ -3,18 +3,21 @@ with the CeleryExecutor and two Celery workers, PostgreSQL as the metadata datab
 of its own, dropped after), Redis as the broker (a db index of its own, flushed), and MLflow with
 basic-auth on PostgreSQL, its artifacts in the session's S3. The training DAG runs through the
 scheduler, triggered over REST, and its tasks run in processes forked from a worker pool that
-imported the stages' libraries once (plugins/mlops/celery_config.py)."""
+imported the stages' libraries once (plugins/mlops/celery_config.py).
+
+The stack (the ``celery_stack`` fixture) is the one test_celery_faults.py runs on afterwards, with
+its settings (tasks get retries): these tests assert that every task succeeded on its first try.
+"""
 
 from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
 
-import pytest
 from stack import MLFLOW_WORKER, MlflowLogin
 
 from include.mlops.demo_data import write_partitions
-from tests.integration.celery_stack import WORKERS, parent_pid, start_celery_stack
+from tests.integration.celery_stack import WORKERS, parent_pid
 from tests.integration.conftest import (
     DAG_ID,
     TASKS,
@@ -23,12 +26,6 @@ from tests.integration.conftest import (
     UNTUNED,
     ran_ok,
 )
-
-
-@pytest.fixture(scope="module")
-def celery_stack(services, tmp_path_factory: pytest.TempPathFactory):
-    with start_celery_stack(services, tmp_path_factory.mktemp("airflow-celery")) as stack:
-        yield stack
 
 
 def test_training_runs_through_celery_workers_on_postgres_and_redis(services, celery_stack):
@@ -43,6 +40,9 @@ def test_training_runs_through_celery_workers_on_postgres_and_redis(services, ce
     assert run["state"] == "success", celery_stack.failure_report(run_id)
     tis = celery_stack.task_instances(run_id)
     assert set(tis) == TASKS and ran_ok(tis)
+    # The stack gives tasks retries (test_celery_faults.py's settings): none was needed.
+    assert all(ti["try_number"] == 1 for ti in tis.values() if ti["state"] != "skipped"), \
+        {task: ti["try_number"] for task, ti in tis.items()}
     # Every task that ran went through the broker to a Celery worker (tune was skipped: this
     # dataset has no search space).
     worker_logs = "".join(celery_stack.logs[name].read_text(errors="replace")
