@@ -97,7 +97,7 @@ ensure_venv() {
         rm -f "$VENV/.bytecode"
     fi
     [[ "${1:-}" == "--compile-later" ]] || compile_venv
-    # include.mlops and mlops (plugins/) must import in every Airflow process, tasks included.
+    # include.mlops_core and mlops_airflow (plugins/) must import in every Airflow process, tasks included.
     printf '%s\n%s\n' "$REPO" "$REPO/plugins" >"$(venv_site)/airflow_mlops_repo.pth"
     # The project's own modules as bytecode (under a second): every DAG parse and task imports
     # them, and where PYTHONDONTWRITEBYTECODE is set Python would compile them on every import.
@@ -267,7 +267,7 @@ cmd_local() {
     say "Services (state in $STATE, logs in $STATE/logs)"
     stack up-s3
     say "Demo data: s3://mlops-data/churn, $DEMO_DAYS days from $DEMO_START (deterministic)"
-    with_s3_admin "$VENV/bin/python" -m include.mlops.demo_data --dest s3://mlops-data/churn \
+    with_s3_admin "$VENV/bin/python" -m include.mlops_core.demo_data --dest s3://mlops-data/churn \
         --start "$DEMO_START" --days "$DEMO_DAYS" 2>&1 \
         | sed '/Found credentials in environment variables/d; s/^/  /'
     stack up-mlflow
@@ -626,7 +626,7 @@ cmd_compose() {
     esac
 }
 
-# -- Online serving (include/mlops/serving.py; docs/serving.md) ------------------------------------
+# -- Online serving (include/mlops_core/serving.py; docs/serving.md) ------------------------------------
 # ./deploy.sh serve [--model NAME ...] [--port N]: models:/<name>@champion (default: the demo's
 # churn_demo) from the local MLflow server, in the foreground (Ctrl-C stops it), logged in as
 # MLflow's read-only 'viewer'; no other secret reaches it. A promotion or a rollback is picked
@@ -663,7 +663,7 @@ cmd_serve() {
     fi
     echo "  Ctrl-C stops it. The rollback DAG smoke-tests it where the scheduler has MLOPS_SERVING_URL=$url."
     MLFLOW_TRACKING_USERNAME=viewer MLFLOW_TRACKING_PASSWORD="$password" \
-        exec "$VENV/bin/python" -m include.mlops.serving serve "${args[@]}" \
+        exec "$VENV/bin/python" -m include.mlops_core.serving serve "${args[@]}" \
         --tracking-uri "$mlflow_url" --port "$port" --poll-seconds "${MLOPS_SERVING_POLL_SECONDS:-5}"
 }
 

@@ -146,8 +146,8 @@ def main() -> None:
 
     import yaml
 
-    from include.mlops.config import deep_merge
-    from include.mlops.demo_data import write_partitions
+    from include.mlops_core.config import deep_merge
+    from include.mlops_core.demo_data import write_partitions
 
     results: dict[str, dict[str, Any]] = {}
     with bench_services("mlops-celery-bench-") as services:

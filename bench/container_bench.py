@@ -29,9 +29,9 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "scripts"), str(REP
 
 def one(trainer: str, job_path: Path) -> None:
     """Child process: one train through the operator; prints its timings as JSON."""
-    from include.mlops.config import DatasetConfig
-    from include.mlops.pipeline import Stage
-    from mlops.operators.trainer import TrainModelOperator
+    from include.mlops_core.config import DatasetConfig
+    from include.mlops_core.pipeline import RunContext
+    from mlops_airflow.operators.trainer import TrainModelOperator
 
     job = json.loads(job_path.read_text())
     operator = TrainModelOperator(task_id="train", features={"train_uri": job["train_uri"]},
@@ -39,13 +39,13 @@ def one(trainer: str, job_path: Path) -> None:
                                   trainer=trainer, image=job["image"])
     client = operator.mlflow_hook.client
     run_id = client.create_run(job["experiment_id"]).info.run_id
-    stage = Stage(config=DatasetConfig.model_validate(job["dataset_config"]),
+    run_ctx = RunContext(config=DatasetConfig.model_validate(job["dataset_config"]),
                   store=operator.s3_hook.store, client=client, mlflow_run_id=run_id,
                   artifacts_uri=job["artifacts_uri"], run_key=job["run_key"])
     context = {"dag_run": SimpleNamespace(dag_id="bench", run_id=f"bench_{run_id}"),
                "ti": SimpleNamespace(try_number=1)}
     started = time.monotonic()
-    result = operator.run(stage, context)  # type: ignore[arg-type]
+    result = operator.run(run_ctx, context)  # type: ignore[arg-type]
     wall = time.monotonic() - started
     metrics = client.get_run(run_id).data.metrics
     print(json.dumps({"wall_s": wall, "result": result,
@@ -88,9 +88,9 @@ def main() -> None:
             "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])})
         from mlflow import MlflowClient
 
-        from include.mlops.config import load_dataset_config
-        from include.mlops.demo_data import write_partitions
-        from include.mlops.pipeline import Stage, build_features, ingest
+        from include.mlops_core.config import load_dataset_config
+        from include.mlops_core.demo_data import write_partitions
+        from include.mlops_core.pipeline import RunContext, build_features, ingest
 
         store, client = services.store(), MlflowClient(services.mlflow_url)
         for rows in args.rows:
@@ -99,11 +99,11 @@ def main() -> None:
             config = load_dataset_config("churn_demo", {"source_uri": source,
                                                         "model_name": f"bench_{rows}"})
             experiment_id = client.create_experiment(f"bench_container_{rows}")
-            stage = Stage(config=config, store=store, client=client,
+            run_ctx = RunContext(config=config, store=store, client=client,
                           mlflow_run_id=client.create_run(experiment_id).info.run_id,
                           artifacts_uri="s3://mlops/bench", run_key=f"bench-{rows}")
-            ingested = ingest(stage, [date(2025, 6, 1)])
-            features = build_features(stage, ingested["snapshot_uri"])
+            ingested = ingest(run_ctx, [date(2025, 6, 1)])
+            features = build_features(run_ctx, ingested["snapshot_uri"])
             job_path = work / f"job_{rows}.json"
             job_path.write_text(json.dumps({
                 "image": image, "experiment_id": experiment_id, "train_uri": features["train_uri"],

@@ -6,8 +6,8 @@ planted just above the 0.1 Wasserstein threshold (0.1003) and one just below (0.
 unseen categories. For each N, every measurement is a fresh subprocess that builds the frames
 (not timed) and then times:
 
-* ``detect_drift`` alone (include/mlops/drift.py, full data, 2 threads);
-* the whole check: ``detect_drift`` + ``render_report`` (include/mlops/drift_report.py:
+* ``detect_drift`` alone (include/mlops_core/drift.py, full data, 2 threads);
+* the whole check: ``detect_drift`` + ``render_report`` (include/mlops_core/drift_report.py:
   Evidently's report on a 20k-row sample per side showing the full-data numbers; includes
   ``import evidently``);
 * Evidently's own ``DataDriftPreset`` on the full frames (``Report.run`` + HTML): always at
@@ -126,8 +126,8 @@ def worker(mode: str, rows: int) -> dict:
     out: dict = {"mode": mode, "rows": rows, "data_rss_mb": _current_rss_mb()}
     start, cpu = time.perf_counter(), _cpu_s()
     if mode in ("detect", "check"):
-        from include.mlops.drift import detect_drift
-        from include.mlops.drift_report import render_report
+        from include.mlops_core.drift import detect_drift
+        from include.mlops_core.drift_report import render_report
 
         result = detect_drift(ref, cur, numeric=numeric, categorical=categorical)
         out["detect_s"] = time.perf_counter() - start
@@ -143,7 +143,7 @@ def worker(mode: str, rows: int) -> dict:
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
 
-        from include.mlops.drift import STATTESTS
+        from include.mlops_core.drift import STATTESTS
 
         definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
         snapshot = Report([DataDriftPreset()], include_tests=True).run(
@@ -202,7 +202,7 @@ def one_column_costs(ref, cur) -> dict:
     import pandas as pd
     from scipy.stats import wasserstein_distance
 
-    from include.mlops.drift import _numeric_drift
+    from include.mlops_core.drift import _numeric_drift
 
     start = time.perf_counter()
     theirs = wasserstein_distance(ref, cur) / max(float(np.std(pd.Series(ref))), 0.001)
@@ -257,7 +257,7 @@ def main() -> None:
         return
 
     # warm the private bytecode cache (not timed)
-    subprocess.run([sys.executable, "-c", "import evidently.presets, include.mlops.drift_report, drift_bench"],
+    subprocess.run([sys.executable, "-c", "import evidently.presets, include.mlops_core.drift_report, drift_bench"],
                    cwd=REPO, env={**bytecode_env(True), "PYTHONPATH": f"{REPO}:{REPO / 'bench'}"},
                    check=True, capture_output=True)
     table, notes, load = [], [], os.getloadavg()
@@ -352,7 +352,7 @@ def main() -> None:
         "2 threads: numpy's sort, merge and searchsorted release the GIL, and threads share the "
         "frames instead of copying them, so the memory above the frames is a few arrays of one "
         "column per thread. (3) The human report is Evidently's own DataDriftPreset run on a "
-        "seeded 20k-row sample of each side (include/mlops/drift_report.py); through Evidently's "
+        "seeded 20k-row sample of each side (include/mlops_core/drift_report.py); through Evidently's "
         "public custom-StatTest API (`register_stattest`), each test the result uses gets a "
         "StatTest that returns this result's full-data score and verdict for each column, so the "
         "report shows the full-data numbers and counts while the plots come from the sample; "

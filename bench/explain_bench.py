@@ -1,6 +1,6 @@
-"""Model explanation benchmark: what ``include.mlops.explain.explain`` costs next to training.
+"""Model explanation benchmark: what ``include.mlops_core.explain.explain`` costs next to training.
 
-N rows of the churn demo (``include.mlops.demo_data``, one day, cast as ingest does), split as
+N rows of the churn demo (``include.mlops_core.demo_data``, one day, cast as ingest does), split as
 the training DAG splits them (75 % train, 25 % held out). For each family: train on the training
 rows, then explain on the held-out rows with explain()'s default sample sizes (500 rows for
 SHAP, 5,000 rows x 5 repeats for permutation importance). Median of ``--repeat`` rounds, all in
@@ -35,7 +35,7 @@ TARGET_S = 10.0
 
 
 def family_config(family: str):
-    from include.mlops.config import load_dataset_config
+    from include.mlops_core.config import load_dataset_config
 
     config = load_dataset_config("churn_demo")
     hyperparameters = FAMILIES[family]
@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="write docs/benchmarks.md")
     args = parser.parse_args()
 
-    from include.mlops import explain, modeling
-    from include.mlops.demo_data import generate
-    from include.mlops.ingest import conform
+    from include.mlops_core import explain, modeling
+    from include.mlops_core.demo_data import generate
+    from include.mlops_core.ingest import conform
 
     started = time.perf_counter()
     explain._import_shap()

@@ -66,8 +66,8 @@ def old_ab_history(store, root: str, day: date):
     """ab_decision's read before issue 15: every live day up to ``day``."""
     import pandas as pd
 
-    from include.mlops import ingest
-    from include.mlops.storage import join
+    from include.mlops_core import ingest
+    from include.mlops_core.storage import join
 
     frames = []
     live = join(root, MODEL, "live")
@@ -83,7 +83,7 @@ def bench_canary() -> list[dict]:
     import numpy as np
     import pandas as pd
 
-    from include.mlops.scoring import canary_mask
+    from include.mlops_core.scoring import canary_mask
 
     rng = np.random.default_rng(15)
     cases = [("100k unique string ids", pd.Series([f"C{i:09d}" for i in
@@ -125,14 +125,14 @@ def joined_day(day: date, rng, rows: int, challenger: str | None):
 def bench_ab(days: int, rows: int, work: Path) -> dict:
     import numpy as np
 
-    from include.mlops import ingest
-    from include.mlops.monitor import (
+    from include.mlops_core import ingest
+    from include.mlops_core.monitor import (
         ab_history,
         ab_statistics,
         index_live_day,
         index_live_history,
     )
-    from include.mlops.storage import ObjectStore, join
+    from include.mlops_core.storage import ObjectStore, join
     from tests.unit.helpers import churn_config
 
     store, root = ObjectStore(), str(work / "ab")
@@ -182,9 +182,9 @@ def bench_drift(work: Path, repeat: int) -> dict:
 
     from mlflow import MlflowClient
 
-    from include.mlops import demo_data, monitor, pipeline, scoring, tracking
-    from include.mlops.config import resolve_config
-    from include.mlops.storage import ObjectStore, join
+    from include.mlops_core import demo_data, monitor, pipeline, scoring, tracking
+    from include.mlops_core.config import resolve_config
+    from include.mlops_core.storage import ObjectStore, join
 
     os.chdir(work)  # MLflow's sqlite store keeps artifacts below the working directory
     db = f"sqlite:///{work / 'mlflow.db'}"
@@ -197,28 +197,28 @@ def bench_drift(work: Path, repeat: int) -> dict:
                              "monitoring": {"scoring_uri": source}})
     context = {"dag_id": "history_bench", "dag_run_id": "bench"}
 
-    def stage_for(run_name: str, day: date) -> pipeline.Stage:
+    def stage_for(run_name: str, day: date) -> pipeline.RunContext:
         run_id = tracking.find_or_create_run(client, experiment=MODEL, dag_id="history_bench",
                                              dag_run_id=run_name, tags={}, run_name=run_name)
         when = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-        return pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+        return pipeline.RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                               artifacts_uri=artifacts, run_key=pipeline.run_key(when))
 
     t = time.perf_counter()
-    stage = stage_for("train", START + timedelta(days=1))
-    ingested = pipeline.ingest(stage, [START, START + timedelta(days=1)])
-    features = pipeline.build_features(stage, ingested["snapshot_uri"])
-    model = pipeline.train(stage, train_uri=features["train_uri"],
+    run_ctx = stage_for("train", START + timedelta(days=1))
+    ingested = pipeline.ingest(run_ctx, [START, START + timedelta(days=1)])
+    features = pipeline.build_features(run_ctx, ingested["snapshot_uri"])
+    model = pipeline.train(run_ctx, train_uri=features["train_uri"],
                            manifest_uri=ingested["manifest_uri"])
-    evaluation = pipeline.evaluate(stage, model_uri=model["model_uri"],
+    evaluation = pipeline.evaluate(run_ctx, model_uri=model["model_uri"],
                                    test_uri=features["test_uri"])
-    decision = pipeline.gate(stage, evaluation_uri=evaluation["evaluation_uri"],
+    decision = pipeline.gate(run_ctx, evaluation_uri=evaluation["evaluation_uri"],
                              dag_context=context)
     assert decision["approved"], decision
-    version = pipeline.register(stage, model_uri=model["model_uri"],
+    version = pipeline.register(run_ctx, model_uri=model["model_uri"],
                                 manifest_uri=ingested["manifest_uri"], dag_context=context,
                                 reproducibility_uri=model["reproducibility_uri"])["version"]
-    pipeline.promote(stage, version=version, reasons=decision["reasons"], dag_context=context)
+    pipeline.promote(run_ctx, version=version, reasons=decision["reasons"], dag_context=context)
     day = START + timedelta(days=2)
     scoring.score(stage_for("score", day), day)
     setup = time.perf_counter() - t

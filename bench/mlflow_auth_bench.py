@@ -50,7 +50,7 @@ def main() -> None:
         start_throwaway_services,
     )
 
-    from include.mlops.tracking import RestRegistry, alias_version
+    from include.mlops_core.tracking import RestRegistry, alias_version
 
     work = Path(tempfile.mkdtemp(prefix="mlops-auth-bench-"))
     secrets = generate_secrets()

@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--artifacts", default="s3://mlops")
     args = parser.parse_args()
 
-    from include.mlops import pipeline, tracking
-    from include.mlops.config import resolve_config
-    from include.mlops.storage import ObjectStore
+    from include.mlops_core import pipeline, tracking
+    from include.mlops_core.config import resolve_config
+    from include.mlops_core.storage import ObjectStore
 
     config = resolve_config({"dataset": "churn_demo", "model_name": args.model,
                              "source_uri": args.source})
@@ -62,22 +62,22 @@ def main() -> None:
         when = datetime.combine(args.date, datetime.min.time(), tzinfo=UTC)
         run_id = tracking.find_or_create_run(client, experiment=args.model, dag_id="plain_script",
                                              dag_run_id=dag_run_id, tags={}, run_name=args.model)
-        stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+        run_ctx = pipeline.RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                                artifacts_uri=args.artifacts, run_key=pipeline.run_key(when))
-        ingested = step("ingest", pipeline.ingest, stage, [args.date])
-        step("validate", pipeline.validate, stage, ingested["snapshot_uri"])
-        features = step("build_features", pipeline.build_features, stage, ingested["snapshot_uri"])
-        model = step("train", pipeline.train, stage, train_uri=features["train_uri"],
+        ingested = step("ingest", pipeline.ingest, run_ctx, [args.date])
+        step("validate", pipeline.validate, run_ctx, ingested["snapshot_uri"])
+        features = step("build_features", pipeline.build_features, run_ctx, ingested["snapshot_uri"])
+        model = step("train", pipeline.train, run_ctx, train_uri=features["train_uri"],
                      manifest_uri=ingested["manifest_uri"])
-        evaluation = step("evaluate", pipeline.evaluate, stage, model_uri=model["model_uri"],
+        evaluation = step("evaluate", pipeline.evaluate, run_ctx, model_uri=model["model_uri"],
                           test_uri=features["test_uri"])
-        decision = step("gate", pipeline.gate, stage, evaluation_uri=evaluation["evaluation_uri"],
+        decision = step("gate", pipeline.gate, run_ctx, evaluation_uri=evaluation["evaluation_uri"],
                         dag_context=context)
         if decision["approved"]:
-            version = step("register", pipeline.register, stage, model_uri=model["model_uri"],
+            version = step("register", pipeline.register, run_ctx, model_uri=model["model_uri"],
                            manifest_uri=ingested["manifest_uri"], dag_context=context,
                            reproducibility_uri=model["reproducibility_uri"])
-            step("promote", pipeline.promote, stage, version=version["version"],
+            step("promote", pipeline.promote, run_ctx, version=version["version"],
                  reasons=decision["reasons"], dag_context=context)
     print(json.dumps({"wall_s": round(time.perf_counter() - started, 3), "steps": steps}))
 

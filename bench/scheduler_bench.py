@@ -186,8 +186,8 @@ def main() -> None:
     )
     from summary import AirflowApi, wait_for_dag
 
-    from include.mlops.config import deep_merge
-    from include.mlops.demo_data import write_partitions
+    from include.mlops_core.config import deep_merge
+    from include.mlops_core.demo_data import write_partitions
 
     with bench_services("mlops-sched-bench-") as services:
         work = services.work

@@ -40,7 +40,7 @@ class BenchServices:
                 "MLFLOW_TRACKING_PASSWORD": self.secrets["MLOPS_MLFLOW_WORKER_PASSWORD"]}
 
     def store(self) -> Any:
-        from include.mlops.storage import ObjectStore, make_s3_client
+        from include.mlops_core.storage import ObjectStore, make_s3_client
 
         return ObjectStore(make_s3_client(endpoint_url=self.s3_url, access_key=self.access_key,
                                           secret_key=self.secret_key))

@@ -1,4 +1,4 @@
-"""Online serving: our server (include/mlops/serving.py) against ``mlflow models serve`` on the
+"""Online serving: our server (include/mlops_core/serving.py) against ``mlflow models serve`` on the
 same model, written to docs/benchmarks.md (section "Model serving").
 
 One run starts SeaweedFS and MLflow secured as ``./deploy.sh local`` runs them
@@ -7,7 +7,7 @@ iterations, 2,000 demo rows), registers it and makes it ``@champion``. Then, sid
 with the same number of worker processes (``--workers``, default 1) and the read-only
 ``viewer`` login:
 
-* ``ours``: ``python -m include.mlops.serving serve --model <name>`` (defaults: 1 BLAS/OpenMP
+* ``ours``: ``python -m include.mlops_core.serving serve --model <name>`` (defaults: 1 BLAS/OpenMP
   thread per process, queued requests scored together);
 * ``ours, no batching``: the same with ``--max-batch-rows 0`` (every request alone);
 * ``mlflow``: ``mlflow models serve -m models:/<name>@champion --env-manager local`` with
@@ -198,7 +198,7 @@ def start_servers(services: Any, work: Path, workers: int,
                 MLFLOW_TRACKING_PASSWORD=services.secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"],
                 MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", PYTHONPATH=str(REPO),
                 PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")  # mlflow runs `uvicorn`
-    ours = [sys.executable, "-m", "include.mlops.serving", "serve", "--model", MODEL,
+    ours = [sys.executable, "-m", "include.mlops_core.serving", "serve", "--model", MODEL,
             "--tracking-uri", services.mlflow_url, "--workers", str(workers)]
     mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
               "--env-manager", "local", "-h", "127.0.0.1", "--workers", str(workers)]
@@ -257,10 +257,10 @@ def register_model(services: Any) -> list[dict[str, Any]]:
     import yaml
     from stack import MLFLOW_WORKER, MlflowLogin
 
-    from include.mlops import modeling, tracking
-    from include.mlops.config import DATASETS_DIR, DatasetConfig
-    from include.mlops.demo_data import generate
-    from include.mlops.ingest import conform
+    from include.mlops_core import modeling, tracking
+    from include.mlops_core.config import DATASETS_DIR, DatasetConfig
+    from include.mlops_core.demo_data import generate
+    from include.mlops_core.ingest import conform
 
     raw = yaml.safe_load((DATASETS_DIR / "churn_demo.yaml").read_text())
     config = DatasetConfig.model_validate({**raw, "name": "churn_demo"})

@@ -63,8 +63,8 @@ def main() -> None:
 
         import yaml
 
-        from include.mlops.config import deep_merge
-        from include.mlops.demo_data import write_partitions
+        from include.mlops_core.config import deep_merge
+        from include.mlops_core.demo_data import write_partitions
 
         store = services.store()
         day = date(2025, 6, 1)

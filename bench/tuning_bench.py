@@ -89,9 +89,9 @@ def main() -> None:
     from stack import airflow_process_env, configure_airflow, free_port, start_airflow, stop_group
     from summary import AirflowApi, wait_for_dag
 
-    from include.mlops import tuning
-    from include.mlops.config import deep_merge
-    from include.mlops.demo_data import write_partitions
+    from include.mlops_core import tuning
+    from include.mlops_core.config import deep_merge
+    from include.mlops_core.demo_data import write_partitions
 
     variants = {
         "untuned": {},

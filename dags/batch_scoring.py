@@ -8,8 +8,8 @@ Asset event starts drift_monitor. See docs/monitoring.md.
 from airflow.sdk import DAG, CronDataIntervalTimetable
 from pendulum import datetime
 
-from mlops.dag_defaults import default_args, run_params
-from mlops.operators.monitoring import BatchScoreOperator
+from mlops_airflow.dag_defaults import default_args, run_params
+from mlops_airflow.operators.monitoring import BatchScoreOperator
 
 with DAG(
     dag_id="batch_scoring",

@@ -9,10 +9,10 @@ See docs/monitoring.md.
 from airflow.sdk import DAG
 from pendulum import datetime
 
-from mlops.assets import DRIFT_DETECTED, PREDICTIONS
-from mlops.dag_defaults import default_args, run_params
-from mlops.notifiers import alerts_for
-from mlops.operators.monitoring import DriftCheckOperator, PublishAlertOperator
+from mlops_airflow.assets import DRIFT_DETECTED, PREDICTIONS
+from mlops_airflow.dag_defaults import default_args, run_params
+from mlops_airflow.notifiers import alerts_for
+from mlops_airflow.operators.monitoring import DriftCheckOperator, PublishAlertOperator
 
 with DAG(
     dag_id="drift_monitor",

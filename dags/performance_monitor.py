@@ -10,15 +10,15 @@ the ``partition_date`` Param). See docs/monitoring.md.
 from airflow.sdk import DAG, CronDataIntervalTimetable
 from pendulum import datetime
 
-from mlops.assets import PERFORMANCE_DEGRADED
-from mlops.dag_defaults import default_args, run_params
-from mlops.notifiers import alerts_for
-from mlops.operators.monitoring import (
+from mlops_airflow.assets import PERFORMANCE_DEGRADED
+from mlops_airflow.dag_defaults import default_args, run_params
+from mlops_airflow.notifiers import alerts_for
+from mlops_airflow.operators.monitoring import (
     ABDecisionOperator,
     LivePerformanceOperator,
     PublishAlertOperator,
 )
-from mlops.operators.rollback import RollbackOperator, ServingSmokeTestOperator
+from mlops_airflow.operators.rollback import RollbackOperator, ServingSmokeTestOperator
 
 with DAG(
     dag_id="performance_monitor",

@@ -10,9 +10,9 @@ where the dataset's ``rollback.auto_window_hours`` allows it. Runbook: docs/runb
 from airflow.sdk import DAG
 from pendulum import datetime
 
-from mlops.dag_defaults import default_args, run_params
-from mlops.notifiers import alerts_for
-from mlops.operators.rollback import RollbackOperator, ServingSmokeTestOperator
+from mlops_airflow.dag_defaults import default_args, run_params
+from mlops_airflow.notifiers import alerts_for
+from mlops_airflow.operators.rollback import RollbackOperator, ServingSmokeTestOperator
 
 with DAG(
     dag_id="rollback",

@@ -12,12 +12,12 @@ rollout) only after that. See docs/configuration.md for the Params.
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable
 from pendulum import datetime
 
-from mlops.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
-from mlops.dag_defaults import default_args, run_params
-from mlops.notifiers import alerts_for
-from mlops.operators.approval import PromotionApprovalOperator
-from mlops.operators.trainer import TrainModelOperator
-from mlops.operators.training import (
+from mlops_airflow.assets import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from mlops_airflow.dag_defaults import default_args, run_params
+from mlops_airflow.notifiers import alerts_for
+from mlops_airflow.operators.approval import PromotionApprovalOperator
+from mlops_airflow.operators.trainer import TrainModelOperator
+from mlops_airflow.operators.training import (
     BuildFeaturesOperator,
     EvaluateModelOperator,
     IngestOperator,
@@ -28,7 +28,7 @@ from mlops.operators.training import (
     SkipIfUnchangedOperator,
     ValidateDataOperator,
 )
-from mlops.operators.tuning import SelectModelOperator, TuneOperator
+from mlops_airflow.operators.tuning import SelectModelOperator, TuneOperator
 
 with DAG(
     dag_id="training",

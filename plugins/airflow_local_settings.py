@@ -5,6 +5,6 @@ DAGs. It is found on ``PYTHONPATH`` (``plugins/``), as ``./deploy.sh`` and the i
 A deployment with its own ``airflow_local_settings`` calls the same function from it.
 """
 
-from mlops.log_noise import quiet_third_party_warnings
+from mlops_airflow.log_noise import quiet_third_party_warnings
 
 quiet_third_party_warnings()

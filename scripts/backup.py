@@ -60,7 +60,7 @@ def sqlite_backup(source: Path, target: Path) -> None:
 
 
 def _client() -> Any:
-    from include.mlops.storage import make_s3_client
+    from include.mlops_core.storage import make_s3_client
 
     missing = [key for key in ("MLOPS_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                "AWS_SECRET_ACCESS_KEY") if not os.environ.get(key)]

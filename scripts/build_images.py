@@ -86,9 +86,9 @@ def build_base() -> str:
 
 
 def ml_source_hash() -> str:
-    """The hash that enters every model's repro key (include/mlops/reproducibility.py)."""
+    """The hash that enters every model's repro key (include/mlops_core/reproducibility.py)."""
     sys.path.insert(0, str(REPO))
-    from include.mlops.reproducibility import source_hash
+    from include.mlops_core.reproducibility import source_hash
 
     return source_hash()
 

@@ -186,7 +186,7 @@ def _as_s3_admin() -> None:
 
 def run_demo_data(args: list[str]) -> None:
     _as_s3_admin()
-    from include.mlops.demo_data import main
+    from include.mlops_core.demo_data import main
 
     sys.exit(main(args))
 

@@ -37,7 +37,7 @@ def say(message: str) -> None:
 
 
 def store() -> Any:
-    from include.mlops.storage import ObjectStore
+    from include.mlops_core.storage import ObjectStore
 
     return ObjectStore.from_env()
 
@@ -110,7 +110,7 @@ def unpause(api: AirflowApi, *dag_ids: str) -> None:
 
 
 def main() -> int:
-    from include.mlops.demo_data import write_labels, write_partitions
+    from include.mlops_core.demo_data import write_labels, write_partitions
 
     password = os.environ.get("MLOPS_AIRFLOW_OPERATOR_PASSWORD")
     if not password:

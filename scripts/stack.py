@@ -358,7 +358,7 @@ def start_seaweedfs(data_dir: Path, *, port: int, identities: list[dict[str, Any
 
 def _s3_ready(url: str, access_key: str, secret_key: str) -> bool:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from include.mlops.storage import make_s3_client
+    from include.mlops_core.storage import make_s3_client
 
     make_s3_client(endpoint_url=url, access_key=access_key, secret_key=secret_key).list_buckets()
     return True
@@ -690,7 +690,7 @@ def up_s3(stack: LocalStack) -> None:
 
 def _ensure_buckets(url: str, access_key: str, secret_key: str, buckets: list[str]) -> None:
     sys.path.insert(0, str(REPO))
-    from include.mlops.storage import make_s3_client
+    from include.mlops_core.storage import make_s3_client
 
     client = make_s3_client(endpoint_url=url, access_key=access_key, secret_key=secret_key)
     have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
@@ -776,7 +776,7 @@ MIN_HEARTBEAT_INTERVAL = "1"
 # (./deploy.sh exports these through `stack.py airflow-settings`; docker-compose.yaml's
 # x-airflow-worker-env repeats them and tests/unit/test_compose_config.py checks it does):
 # - no Great Expectations usage statistics and no MLflow progress bars in task logs;
-# - models load only through include/mlops/model_loading.py (a fixed type allow-list): MLflow's
+# - models load only through include/mlops_core/model_loading.py (a fixed type allow-list): MLflow's
 #   own loaders, which trust what the artifact says, are switched off in every task;
 # - MLflow's records go to Airflow's task log at their own level. Otherwise MLflow gives its
 #   loggers a handler of their own on stderr, and Airflow logs every stderr line of a task at
@@ -811,14 +811,14 @@ def local_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def scheduler_settings() -> dict[str, str]:
     """The scheduler's task workers start from a forkserver that imported the libraries the DAGs
-    and their stages import, once (plugins/mlops/worker_preload.py), and it is started with the
-    scheduler (mlops.executor.PreloadedLocalExecutor), so no task, the first of a run included,
+    and their stages import, once (plugins/mlops_airflow/worker_preload.py), and it is started with the
+    scheduler (mlops_airflow.executor.PreloadedLocalExecutor), so no task, the first of a run included,
     imports pandas, scikit-learn, MLflow or Great Expectations again. Scheduler only: the
     dag-processor and triggerer keep the platform default."""
     sys.path[:0] = [p for p in (str(REPO), str(REPO / "plugins")) if p not in sys.path]
-    from mlops.worker_preload import preload_setting
+    from mlops_airflow.worker_preload import preload_setting
 
-    return {"AIRFLOW__CORE__EXECUTOR": "mlops.executor.PreloadedLocalExecutor",
+    return {"AIRFLOW__CORE__EXECUTOR": "mlops_airflow.executor.PreloadedLocalExecutor",
             "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
             "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": preload_setting(),
             # A loop with nothing to do sleeps this long (default 1 s): the wait between a

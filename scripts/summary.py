@@ -58,7 +58,7 @@ from requests.adapters import HTTPAdapter
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from include.mlops.tracking import DAG_ID_TAG, RUN_ID_TAG, alias_version  # noqa: E402
+from include.mlops_core.tracking import DAG_ID_TAG, RUN_ID_TAG, alias_version  # noqa: E402
 
 FINISHED = {"success", "failed"}
 HEADLINE_METRICS = ("roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2")

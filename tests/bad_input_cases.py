@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from include.mlops.demo_data import encode, generate
+from include.mlops_core.demo_data import encode, generate
 
 GOOD_DAY = date(2025, 5, 1)
 

@@ -349,7 +349,7 @@ def start_celery_stack(services: Any, home: Path, settings: dict[str, str] | Non
         "AIRFLOW__CELERY__BROKER_URL": f"{REDIS}/{broker_db}",
         # Celery's results in Redis, as docker-compose.yaml has them: workers need no database.
         "AIRFLOW__CELERY__RESULT_BACKEND": f"{REDIS}/{broker_db}",
-        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "mlops.celery_config.CELERY_CONFIG",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "mlops_airflow.celery_config.CELERY_CONFIG",
         # A task message not acknowledged within this time is delivered again: longer than any
         # training task (Airflow's default, said explicitly).
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",

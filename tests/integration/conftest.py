@@ -82,7 +82,7 @@ class Deployment:
         (e.g. ``container={"memory_limit": "96m"}``); returns ``name`` for the run's conf."""
         import yaml
 
-        from include.mlops.config import deep_merge
+        from include.mlops_core.config import deep_merge
 
         raw = yaml.safe_load((REPO / "include" / "datasets" / "churn_demo.yaml").read_text())
         (self.datasets_dir / f"{name}.yaml").write_text(yaml.safe_dump(deep_merge(raw, sections)))
@@ -123,7 +123,7 @@ def registered_versions(client: Any, name: str) -> list[str]:
 
 def champion_of(client: Any, name: str) -> str | None:
     """The version behind @champion, or None."""
-    from include.mlops.tracking import alias_version
+    from include.mlops_core.tracking import alias_version
 
     found = alias_version(client, name)
     return None if found is None else str(found.version)
@@ -149,7 +149,7 @@ class Services:
 
     def store(self, party: str = "ADMIN"):
         """An ObjectStore with the key of ``party`` (ADMIN, MLFLOW or WORKER)."""
-        from include.mlops.storage import ObjectStore, make_s3_client
+        from include.mlops_core.storage import ObjectStore, make_s3_client
 
         return ObjectStore(make_s3_client(
             endpoint_url=self.s3_url, access_key=self.secrets[f"MLOPS_S3_{party}_ACCESS_KEY"],

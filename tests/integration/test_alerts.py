@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from include.mlops.demo_data import encode, generate, write_partitions
+from include.mlops_core.demo_data import encode, generate, write_partitions
 from tests.integration.alert_sinks import AlertSinks
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from backup import BUCKETS, BackupError, s3_export, s3_import  # noqa: E402
 
-from include.mlops.storage import make_s3_client  # noqa: E402
+from include.mlops_core.storage import make_s3_client  # noqa: E402
 
 
 @pytest.fixture()

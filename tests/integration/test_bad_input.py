@@ -10,7 +10,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.bad_input_cases import CASES, GOOD_DAY, half_nan, partition_uri
 
 MODEL = "it_bad_input"

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.conftest import (
     APPROVAL_DATASET,
     DAG_ID,

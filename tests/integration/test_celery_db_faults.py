@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.celery_stack import (
     WORKERS,
     CeleryStack,

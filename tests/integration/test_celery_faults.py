@@ -34,7 +34,7 @@ from typing import Any
 
 from stack import MLFLOW_WORKER, MlflowLogin
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.celery_stack import (  # FAULT_SETTINGS: test_celery_db_faults.py's
     FAULT_SETTINGS,  # noqa: F401
     HEARTBEAT_TIMEOUT,
@@ -244,7 +244,7 @@ def test_runs_triggered_at_once_promote_one_at_a_time_and_keep_the_best(services
     """Runs for several logical dates triggered together over REST. The training DAG runs one
     at a time (max_active_runs=1), in an order of the scheduler's choosing, and promote takes
     the one-slot pool. Each run's gate compares its model with the champion of that moment."""
-    from include.mlops.config import resolve_config
+    from include.mlops_core.config import resolve_config
 
     store, model = services.store(), "it_celery_many"
     source = f"s3://mlops-data/{model}"

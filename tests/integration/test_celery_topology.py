@@ -3,7 +3,7 @@ with the CeleryExecutor and two Celery workers, PostgreSQL as the metadata datab
 of its own, dropped after), Redis as the broker (a db index of its own, flushed), and MLflow with
 basic-auth on PostgreSQL, its artifacts in the session's S3. The training DAG runs through the
 scheduler, triggered over REST, and its tasks run in processes forked from a worker pool that
-imported the stages' libraries once (plugins/mlops/celery_config.py).
+imported the stages' libraries once (plugins/mlops_airflow/celery_config.py).
 
 The stack (the ``celery_stack`` fixture) is the one test_celery_faults.py runs on afterwards, with
 its settings (tasks get retries): these tests assert that every task succeeded on its first try.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stack import MLFLOW_WORKER, MlflowLogin
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.celery_stack import WORKERS, parent_pid
 from tests.integration.conftest import (
     DAG_ID,
@@ -96,7 +96,7 @@ def test_tune_tasks_share_one_postgres_study_across_workers_and_a_rerun_adds_no_
 
     from summary import task_instances
 
-    from include.mlops import tuning
+    from include.mlops_core import tuning
 
     dataset = deployment.write_dataset("churn_tuned", training=TUNED_TRAINING)
     model, source = "it_celery_tune", "s3://mlops-data/it_celery_tune"

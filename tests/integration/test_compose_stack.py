@@ -175,7 +175,7 @@ def test_tuning_studies_live_in_their_own_postgres_database(compose_stack) -> No
         "import json, subprocess, sys, optuna\n"
         "from airflow.models import Connection\n"
         "from airflow.utils.session import create_session\n"
-        "from mlops.hooks.optuna import storage_url\n"
+        "from mlops_airflow.hooks.optuna import storage_url\n"
         "with create_session() as s:\n"
         "    c = s.query(Connection).filter_by(conn_id='mlops_optuna').one()\n"
         "    url = storage_url(c.conn_type, host=c.host, port=c.port, schema=c.schema,\n"

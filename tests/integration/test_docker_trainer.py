@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pendulum import datetime as pdatetime
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.conftest import docker_client
 
 FAST = {"family": "hist_gradient_boosting", "seed": 7, "hyperparameters": {"max_iter": 30}}
@@ -31,8 +31,8 @@ TOLERANCE = 1e-6
 @pytest.fixture(scope="module")
 def prepared(services: Any, airflow_db: None) -> dict[str, Any]:
     """Ingested + split churn rows in S3: what the train task gets from its upstream tasks."""
-    from include.mlops.config import load_dataset_config
-    from include.mlops.pipeline import Stage, build_features, ingest
+    from include.mlops_core.config import load_dataset_config
+    from include.mlops_core.pipeline import RunContext, build_features, ingest
 
     store, client = services.store(), services.mlflow_client()
     source = "s3://mlops-data/it_docker_train"
@@ -41,20 +41,20 @@ def prepared(services: Any, airflow_db: None) -> dict[str, Any]:
     experiment = client.get_experiment_by_name("it_docker_prep")
     experiment_id = experiment.experiment_id if experiment else \
         client.create_experiment("it_docker_prep")
-    stage = Stage(config=config, store=store, client=client,
+    run_ctx = RunContext(config=config, store=store, client=client,
                   mlflow_run_id=client.create_run(experiment_id).info.run_id,
                   artifacts_uri="s3://mlops/it_docker_prep", run_key="2025-01-02T000000")
-    ingested = ingest(stage, [date(2025, 1, 1)])
+    ingested = ingest(run_ctx, [date(2025, 1, 1)])
     return {"source": source, "ingest_result": ingested, "workdir": services.workdir,
-            "features": build_features(stage, ingested["snapshot_uri"])}
+            "features": build_features(run_ctx, ingested["snapshot_uri"])}
 
 
 def train_dag(prepared: dict[str, Any], dag_id: str, **operator_args: Any) -> Any:
     """A one-task DAG: the training DAG's train task on the prepared rows."""
     from airflow.sdk import DAG
 
-    from mlops.dag_defaults import run_params
-    from mlops.operators.trainer import TrainModelOperator
+    from mlops_airflow.dag_defaults import run_params
+    from mlops_airflow.operators.trainer import TrainModelOperator
 
     with DAG(dag_id, schedule=None, start_date=pdatetime(2025, 1, 1), catchup=False,
              default_args={"retries": 0}, params=run_params("training")) as dag:
@@ -128,7 +128,7 @@ def test_docker_trainer_matches_in_process_and_logs_to_the_dag_runs_mlflow_run(
     assert metrics["trainer.container_peak_mb"] >= metrics["trainer.peak_rss_mb"] * 0.5
     # The container's own log is in the task log, line by line, and no secret is.
     log = docker_result.log
-    assert "include.mlops.trainer: Training it_docker_docker (xgboost) on cpu" in log
+    assert "include.mlops_core.trainer: Training it_docker_docker (xgboost) on cpu" in log
     assert "Trainer result:" in log and "Trainer container mlops-training-train-" in log
     assert "Credentials from the secrets file (deleted): AWS_ACCESS_KEY_ID" in log
     assert services.secret_key not in log
@@ -224,7 +224,7 @@ def test_no_gpu_falls_back_to_cpu_loudly(
     assert "NO GPU: container.gpus=all but no GPU is visible" in result.log
     assert "could not select device driver" in result.log  # the engine's own words
     assert "Training ON CPU because container.gpu_fallback is 'cpu'" in result.log
-    assert "include.mlops.trainer: Training it_docker (hist_gradient_boosting) on cpu" in result.log
+    assert "include.mlops_core.trainer: Training it_docker (hist_gradient_boosting) on cpu" in result.log
     client = services.mlflow_client()
     (run,) = client.search_runs([client.get_experiment_by_name("it_docker").experiment_id],
                                 filter_string=f"tags.`airflow.run_id` = '{result.run_id}'")
@@ -263,7 +263,7 @@ def test_gpu_request_and_limits_reach_the_engine_exactly(
     container is really created, and its configuration is read back from the engine before
     start: limits and GPU request exact, no credential in it (they travel as a file)."""
     from docker import APIClient
-    from mlops.hooks.docker_engine import TrainerEngineHook
+    from mlops_airflow.hooks.docker_engine import TrainerEngineHook
 
     monkeypatch.setattr(TrainerEngineHook, "probe_gpus",
                         lambda self, image, requests: (True, "0, NVIDIA H100 80GB HBM3, 81559 MiB"))
@@ -298,7 +298,7 @@ def test_gpu_request_and_limits_reach_the_engine_exactly(
 
 
 def test_on_kill_stops_and_removes_the_container(trainer_image: str) -> None:
-    from mlops.operators.trainer import TrainModelOperator
+    from mlops_airflow.operators.trainer import TrainModelOperator
 
     client = docker_client()
     container = client.create_container(trainer_image, entrypoint=["sleep", "300"],

@@ -10,8 +10,8 @@ from datetime import date
 
 import pytest
 
-from include.mlops.demo_data import write_labels, write_partitions
-from include.mlops.scoring import canary_mask
+from include.mlops_core.demo_data import write_labels, write_partitions
+from include.mlops_core.scoring import canary_mask
 from tests.integration.conftest import champion_of
 
 STUMP = {"family": "hist_gradient_boosting",
@@ -82,7 +82,7 @@ def test_scoring_writes_one_partition_per_rerun_and_emits_predictions(services, 
     assert {o.uri: o.size for o in store.list(folder)} == before
 
     manifest = json.loads(store.read_bytes(f"{folder}/_SUCCESS.json"))
-    from include.mlops.ingest import read_parquet_bytes
+    from include.mlops_core.ingest import read_parquet_bytes
 
     rows = read_parquet_bytes(store.read_bytes(manifest["predictions_uri"]))
     assert len(rows) == manifest["rows"] == 1500
@@ -113,7 +113,7 @@ def test_canary_and_shadow_rows_then_ab_decision_promotes(services, monitored, r
             "monitoring": {**monitored["monitoring"], "performance_floor": ["roc_auc >= 0.6"]}}
     scored = run_any_dag(dagbag.get_dag("batch_scoring"), "2025-01-05", **conf)
     assert scored.state == "success", scored.error_lines()
-    from include.mlops.ingest import read_parquet_bytes
+    from include.mlops_core.ingest import read_parquet_bytes
 
     served = read_parquet_bytes(store.read_bytes(
         f"s3://mlops/{model}/predictions/date=2025-01-04/predictions.parquet"))
@@ -139,7 +139,7 @@ def test_canary_and_shadow_rows_then_ab_decision_promotes(services, monitored, r
     assert decided.tasks["performance_degraded"] == "skipped"
     assert f"A/B decision for {model} challenger v2: PROMOTE" in decided.log
     assert champion_of(client, model) == "2"
-    from include.mlops.tracking import alias_version
+    from include.mlops_core.tracking import alias_version
 
     assert alias_version(client, model, "challenger") is None
     card = json.loads(store.read_bytes(f"s3://mlops/{model}/ab/v2/date=2025-01-04/promotion_card.json"))
@@ -187,7 +187,7 @@ def test_live_metrics_below_the_floor_raise_an_alert_event(services, monitored, 
     write_labels(monitored["store"], f"{monitored['labels']}-other", date(2025, 1, 3), 1,
                  rows=50, seed=99)
     store = monitored["store"]
-    from include.mlops.ingest import read_parquet_bytes, to_parquet_bytes
+    from include.mlops_core.ingest import read_parquet_bytes, to_parquet_bytes
 
     uri = f"{monitored['labels']}-other/date=2025-01-03/labels.parquet"
     frame = read_parquet_bytes(store.read_bytes(uri))
@@ -267,7 +267,7 @@ def test_broken_inputs_get_clear_errors_and_no_event(services, monitored, dagbag
     assert _asset_events("drift_detected", missing.run_id) == []
 
     # A column that is all missing in the scored day: reported, the task fails, no event.
-    from include.mlops.demo_data import encode, generate
+    from include.mlops_core.demo_data import encode, generate
 
     frame = generate(date(2025, 1, 4), 1500)
     frame["support_calls"] = None
@@ -309,7 +309,7 @@ def test_multiclass_model_is_scored_and_held_to_its_live_floor(services, run_dag
     import yaml
     from sklearn.datasets import make_classification
 
-    from include.mlops.ingest import read_parquet_bytes, to_parquet_bytes
+    from include.mlops_core.ingest import read_parquet_bytes, to_parquet_bytes
 
     name, store, client = "it_multiclass", services.store(), services.mlflow_client()
     x, y = make_classification(n_samples=3000, n_features=6, n_informative=4, n_redundant=0,

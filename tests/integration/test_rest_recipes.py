@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.conftest import APPROVAL_DATASET, champion_of
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "rest-api.md"

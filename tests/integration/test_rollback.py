@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from include.mlops.demo_data import write_labels, write_partitions
+from include.mlops_core.demo_data import write_labels, write_partitions
 from tests.integration.conftest import REPO, champion_of, datasets_dir
 
 STUMP = {"family": "hist_gradient_boosting",
@@ -43,11 +43,11 @@ def rollback_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @contextmanager
 def serving(services: Any, model: str, log: Path) -> Iterator[str]:
-    """``python -m include.mlops.serving serve`` for ``model`` as ./deploy.sh serve runs it (the
+    """``python -m include.mlops_core.serving serve`` for ``model`` as ./deploy.sh serve runs it (the
     read-only MLflow login; the alias checked every second); its URL once it serves."""
     from stack import MLFLOW_VIEWER, free_port
 
-    from include.mlops.serving import served_models
+    from include.mlops_core.serving import served_models
 
     port = free_port()
     env = {key: value for key, value in os.environ.items()
@@ -56,7 +56,7 @@ def serving(services: Any, model: str, log: Path) -> Iterator[str]:
                MLFLOW_TRACKING_PASSWORD=services.secrets["MLOPS_MLFLOW_VIEWER_PASSWORD"])
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.mlops.serving", "serve", "--model", model,
+            [sys.executable, "-m", "include.mlops_core.serving", "serve", "--model", model,
              "--tracking-uri", services.mlflow_url, "--port", str(port), "--poll-seconds", "1"],
             cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -107,7 +107,7 @@ def test_a_fresh_champion_below_the_floor_is_rolled_back_then_by_hand_forward_an
 
 def _rolled_back_and_served(services, run_dag, run_any_dag, dagbag, alert_sinks, url, *, model,
                             source, labels, common):
-    from include.mlops.serving import served_models
+    from include.mlops_core.serving import served_models
 
     store, client = services.store(), services.mlflow_client()
     assert served_models(url) == {model: "2"}

@@ -21,7 +21,7 @@ from typing import Any
 
 from summary import AirflowApi
 
-from include.mlops.demo_data import encode, generate, write_partitions
+from include.mlops_core.demo_data import encode, generate, write_partitions
 from tests.integration.conftest import (
     APPROVAL_DATASET,
     DAG_ID,
@@ -89,7 +89,7 @@ def assert_extra_links(airflow: Any, run_id: str, services: Any, model: str) -> 
 # The most warnings of the project's own that a successful task's log may hold; none may come
 # from a library (third-party noise is silenced where it is raised, docs/monitoring.md).
 QUIET_WARNINGS = 2
-OURS = ("include.mlops", "mlops.", "airflow.task.operators.mlops")
+OURS = ("include.mlops_core", "mlops_airflow.", "airflow.task.operators.mlops_airflow")
 
 
 def assert_quiet_logs(airflow: Any, run_id: str) -> None:
@@ -257,8 +257,8 @@ def test_drifted_day_closes_the_loop_through_asset_schedules(services, airflow):
 
 def test_tasks_run_in_workers_forked_from_the_preloaded_forkserver(airflow):
     """The scheduler runs as ./deploy.sh starts it: its LocalExecutor's workers are children of
-    a forkserver that imported the stages' libraries once (plugins/mlops/worker_preload.py),
-    started with the scheduler (mlops.executor), not at the first task."""
+    a forkserver that imported the stages' libraries once (plugins/mlops_airflow/worker_preload.py),
+    started with the scheduler (mlops_airflow.executor), not at the first task."""
     log = airflow.logs["scheduler"].read_text()
     assert "Task workers' forkserver ready in" in log, log[-3000:]
     scheduler = airflow.procs["scheduler"].pid
@@ -273,7 +273,7 @@ def test_tasks_run_in_workers_forked_from_the_preloaded_forkserver(airflow):
     servers = [pid for pid, cmd in group.items() if b"multiprocessing.forkserver" in cmd]
     assert len(servers) == 1, group
     assert b"sklearn.ensemble" in group[servers[0]] and b"great_expectations" in group[servers[0]]
-    assert b"include.mlops" not in group[servers[0]]  # the project's code: read at each task
+    assert b"include.mlops_core" not in group[servers[0]]  # the project's code: read at each task
     workers = [pid for pid, cmd in group.items() if b"LocalExecutor" in cmd]
     assert workers, "no LocalExecutor worker yet: run the other scheduler tests first"
     for pid in workers:

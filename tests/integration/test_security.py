@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from include.mlops.demo_data import encode, generate, write_partitions
+from include.mlops_core.demo_data import encode, generate, write_partitions
 from tests.integration.conftest import (
     DAG_ID,
     TASKS,
@@ -180,7 +180,7 @@ def _unsigned(method: str, url: str, data: bytes | None = None) -> int:
 
 
 def test_s3_refuses_anonymous_requests_and_each_key_outside_its_place(services: Any) -> None:
-    from include.mlops.errors import PipelineError
+    from include.mlops_core.errors import PipelineError
 
     admin, worker, mlflow = services.store(), services.store("WORKER"), services.store("MLFLOW")
     admin.write_bytes("s3://mlops-data/it_sec_s3/x.csv", b"a\n1\n")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import modeling, tracking
-from include.mlops.errors import ServingError
-from include.mlops.serving import smoke_test
+from include.mlops_core import modeling, tracking
+from include.mlops_core.errors import ServingError
+from include.mlops_core.serving import smoke_test
 from tests.unit.helpers import churn_config, demo_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def registered(services: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(services: Any, registered: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
            ) -> Server:
-    """``python -m include.mlops.serving serve`` as ./deploy.sh serve runs it: the viewer's
+    """``python -m include.mlops_core.serving serve`` as ./deploy.sh serve runs it: the viewer's
     read-only MLflow login, nothing else."""
     from stack import MLFLOW_VIEWER, free_port
 
@@ -121,7 +121,7 @@ def server(services: Any, registered: dict[str, Any], tmp_path_factory: pytest.T
                PYTHONPATH=str(REPO))
     with log.open("wb") as out:  # its own working directory: it must write nothing there
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.mlops.serving", "serve", "--model", MODEL,
+            [sys.executable, "-m", "include.mlops_core.serving", "serve", "--model", MODEL,
              "--tracking-uri", services.mlflow_url, "--port", str(port),
              "--poll-seconds", str(POLL_SECONDS)],
             cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,

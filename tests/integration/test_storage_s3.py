@@ -1,4 +1,4 @@
-"""include/mlops/storage.py against a real SeaweedFS of its own (``weed mini``, as ./deploy.sh
+"""include/mlops_core/storage.py against a real SeaweedFS of its own (``weed mini``, as ./deploy.sh
 runs it): the create-only write that keeps audit records and retrain claims append-only is
 refused by the store itself (``If-None-Match: *`` → 412), also when writers race for the key."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from stack import free_port, generate_secrets, s3_identities, start_seaweedfs
 
-from include.mlops.errors import CredentialsError, PipelineError
-from include.mlops.storage import (
+from include.mlops_core.errors import CredentialsError, PipelineError
+from include.mlops_core.storage import (
     ObjectExistsError,
     ObjectNotFoundError,
     ObjectStore,

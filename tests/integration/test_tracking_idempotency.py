@@ -11,10 +11,10 @@ from pathlib import Path
 import mlflow.artifacts
 import pytest
 
-from include.mlops import pipeline, tracking
-from include.mlops.config import resolve_config
-from include.mlops.demo_data import write_partitions
-from include.mlops.errors import CredentialsError
+from include.mlops_core import pipeline, tracking
+from include.mlops_core.config import resolve_config
+from include.mlops_core.demo_data import write_partitions
+from include.mlops_core.errors import CredentialsError
 
 
 def test_retried_task_resumes_the_same_run(services):
@@ -39,36 +39,36 @@ def test_register_and_promote_are_idempotent(services):
     config = resolve_config({"model_name": model, "source_uri": source})
     run_id = tracking.find_or_create_run(client, experiment=model, dag_id="training",
                                          dag_run_id="manual__idem", tags={}, run_name=model)
-    stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+    run_ctx = pipeline.RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                            artifacts_uri="s3://mlops", run_key="2025-07-02T000000")
     context = {"dag_id": "training", "dag_run_id": "manual__idem"}
-    ingested = pipeline.ingest(stage, [datetime(2025, 7, 1, tzinfo=UTC).date()])
-    features = pipeline.build_features(stage, ingested["snapshot_uri"])
-    trained = pipeline.train(stage, train_uri=features["train_uri"],
+    ingested = pipeline.ingest(run_ctx, [datetime(2025, 7, 1, tzinfo=UTC).date()])
+    features = pipeline.build_features(run_ctx, ingested["snapshot_uri"])
+    trained = pipeline.train(run_ctx, train_uri=features["train_uri"],
                              manifest_uri=ingested["manifest_uri"])
-    retrained = pipeline.train(stage, train_uri=features["train_uri"],
+    retrained = pipeline.train(run_ctx, train_uri=features["train_uri"],
                                manifest_uri=ingested["manifest_uri"])
     assert retrained["model_uri"] == trained["model_uri"], "a retried train logged a second model"
-    evaluation = pipeline.evaluate(stage, model_uri=trained["model_uri"],
+    evaluation = pipeline.evaluate(run_ctx, model_uri=trained["model_uri"],
                                    test_uri=features["test_uri"])
     # The plots: the same PNG bytes on the MLflow run and in the run folder (for the card).
     for mlflow_path, in_folder in (("plots/confusion_matrix.png", "confusion_matrix.png"),
                                    ("explanations/summary.png", "explanation.png")):
         logged = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=mlflow_path,
                                                      tracking_uri=services.mlflow_url)
-        assert Path(logged).read_bytes() == store.read_bytes(f"{stage.run_dir}/{in_folder}")
-    decision = pipeline.gate(stage, evaluation_uri=evaluation["evaluation_uri"], dag_context=context)
+        assert Path(logged).read_bytes() == store.read_bytes(f"{run_ctx.run_dir}/{in_folder}")
+    decision = pipeline.gate(run_ctx, evaluation_uri=evaluation["evaluation_uri"], dag_context=context)
     assert decision["approved"]
 
-    first = pipeline.register(stage, model_uri=trained["model_uri"],
+    first = pipeline.register(run_ctx, model_uri=trained["model_uri"],
                               manifest_uri=ingested["manifest_uri"], dag_context=context)
-    second = pipeline.register(stage, model_uri=trained["model_uri"],
+    second = pipeline.register(run_ctx, model_uri=trained["model_uri"],
                                manifest_uri=ingested["manifest_uri"], dag_context=context)
     assert first == second == {"model_name": model, "version": "1"}
     assert len(client.search_model_versions(f"name = '{model}'")) == 1
 
-    promoted = pipeline.promote(stage, version="1", reasons=decision["reasons"], dag_context=context)
-    retried = pipeline.promote(stage, version="1", reasons=decision["reasons"], dag_context=context)
+    promoted = pipeline.promote(run_ctx, version="1", reasons=decision["reasons"], dag_context=context)
+    retried = pipeline.promote(run_ctx, version="1", reasons=decision["reasons"], dag_context=context)
     assert promoted["audit_uri"] == retried["audit_uri"]
     assert retried["previous"] == "none", "a retry forgot where the alias came from"
     records = store.list(f"s3://mlops/audit/{model}")
@@ -89,19 +89,19 @@ def test_register_and_promote_are_idempotent(services):
                                                      auth=(os.environ["MLFLOW_TRACKING_USERNAME"], "wrong")), model)
 
     # A second model whose gate compared it with "no champion" is stale now: not promoted.
-    from include.mlops.errors import PromotionError
+    from include.mlops_core.errors import PromotionError
 
     client.set_tag(run_id, "mlops.gate", "approved")
     second_version = client.create_model_version(model, source=trained["model_uri"], run_id=run_id,
                                                  model_id=trained["model_uri"].split("/")[-1])
     with pytest.raises(PromotionError, match="promoted by another run meanwhile"):
-        pipeline.promote(stage, version=second_version.version, reasons=[], dag_context=context,
+        pipeline.promote(run_ctx, version=second_version.version, reasons=[], dag_context=context,
                          compared_with=None)
     assert client.get_model_version_by_alias(model, "champion").version == "1"
 
 
 def test_promote_refuses_a_model_without_approved_gate(services):
-    from include.mlops.errors import PromotionError
+    from include.mlops_core.errors import PromotionError
 
     store, client, model = services.store(), services.mlflow_client(), "it_unapproved"
     config = resolve_config({"model_name": model, "source_uri": "s3://mlops-data/none"})
@@ -109,8 +109,8 @@ def test_promote_refuses_a_model_without_approved_gate(services):
                                          dag_run_id="manual__unapproved", tags={}, run_name=model)
     client.create_registered_model(model)
     client.create_model_version(model, source=f"runs:/{run_id}/model", run_id=run_id)
-    stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+    run_ctx = pipeline.RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                            artifacts_uri="s3://mlops", run_key="2025-07-03T000000")
     with pytest.raises(PromotionError, match="no approved gate decision"):
-        pipeline.promote(stage, version="1", reasons=[], dag_context={"dag_run_id": "x"})
+        pipeline.promote(run_ctx, version="1", reasons=[], dag_context={"dag_run_id": "x"})
     assert tracking.alias_version(client, model) is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from include.mlops.demo_data import write_partitions
+from include.mlops_core.demo_data import write_partitions
 from tests.integration.conftest import champion_of, registered_versions
 
 TASKS = ["check_changed", "ingest", "validate", "build_features", "train", "evaluate", "gate",
@@ -199,7 +199,7 @@ def test_threshold_failure_blocks_first_model(services, run_dag):
 
 
 def test_local_parquet_source(services, run_dag, tmp_path):
-    from include.mlops.storage import ObjectStore
+    from include.mlops_core.storage import ObjectStore
 
     source = str(tmp_path / "churn")
     write_partitions(ObjectStore(), source, date(2025, 4, 1), 1, rows=800, fmt="parquet")

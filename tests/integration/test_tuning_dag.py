@@ -75,8 +75,8 @@ def test_tuned_candidates_are_selected_and_promoted(name, services, run_dag, tmp
                                                     monkeypatch):
     from mlflow.artifacts import load_dict
 
-    from include.mlops import tuning
-    from include.mlops.config import load_dataset_config
+    from include.mlops_core import tuning
+    from include.mlops_core.config import load_dataset_config
 
     spec = DATASETS[name]
     frame = _frame(spec["loader"])
@@ -137,7 +137,7 @@ def test_tuned_candidates_are_selected_and_promoted(name, services, run_dag, tmp
     # A retried tune task finds the budget spent: no trial, no child run.
     config = load_dataset_config(name)
     train = store.read_bytes(f"s3://mlops/{name}/runs/2025-09-01T000000/train.parquet")
-    from include.mlops.ingest import read_parquet_bytes
+    from include.mlops_core.ingest import read_parquet_bytes
 
     again = tuning.tune(read_parquet_bytes(train), config, candidate=tuned,
                         storage_url=storage_url, study=study, worker=0, mlflow_client=client,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops import reproducibility
+from include.mlops_core import reproducibility
 
 
 def clear_source_caches() -> None:

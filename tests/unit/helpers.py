@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from include.mlops.config import DATASETS_DIR, DatasetConfig, deep_merge
+from include.mlops_core.config import DATASETS_DIR, DatasetConfig, deep_merge
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,8 +42,8 @@ def regression_config(**overrides: Any) -> DatasetConfig:
 
 def demo_frame(config: DatasetConfig, rows: int = 400, day: date = DAY, **kwargs: Any) -> pd.DataFrame:
     """One day of demo data, cast to the declared types exactly as ingest does."""
-    from include.mlops.demo_data import generate
-    from include.mlops.ingest import conform
+    from include.mlops_core.demo_data import generate
+    from include.mlops_core.ingest import conform
 
     return conform(generate(day, rows, **kwargs), config, f"memory://{day.isoformat()}")
 

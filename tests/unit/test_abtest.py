@@ -1,5 +1,5 @@
-"""include/mlops/abtest.py (live metrics, the bootstrap interval) and the A/B verdict of
-include/mlops/gate.py (decide_ab, ab_card, the card's HTML)."""
+"""include/mlops_core/abtest.py (live metrics, the bootstrap interval) and the A/B verdict of
+include/mlops_core/gate.py (decide_ab, ab_card, the card's HTML)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from include.mlops import metrics
-from include.mlops.abtest import Interval, bootstrap_difference, metric_values, scores
-from include.mlops.config import DatasetConfig
-from include.mlops.gate import ABDecision, ab_card, decide_ab, render_card_html
+from include.mlops_core import metrics
+from include.mlops_core.abtest import Interval, bootstrap_difference, metric_values, scores
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.gate import ABDecision, ab_card, decide_ab, render_card_html
 from tests.unit.helpers import churn_config
 
 

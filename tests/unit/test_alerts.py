@@ -1,4 +1,4 @@
-"""include/mlops/alerts.py: what an alert says, for each event."""
+"""include/mlops_core/alerts.py: what an alert says, for each event."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.mlops import alerts
-from include.mlops.errors import SchemaError, ServiceUnavailableError
+from include.mlops_core import alerts
+from include.mlops_core.errors import SchemaError, ServiceUnavailableError
 
 REPO = Path(__file__).resolve().parents[2]
 

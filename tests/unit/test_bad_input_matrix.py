@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import pipeline
-from include.mlops.errors import RUNBOOKS, DataError
-from include.mlops.storage import ObjectStore
+from include.mlops_core import pipeline
+from include.mlops_core.errors import RUNBOOKS, DataError
+from include.mlops_core.storage import ObjectStore
 from tests.bad_input_cases import CASES
 from tests.unit.helpers import churn_config
 
@@ -39,7 +39,7 @@ def test_each_bad_partition_fails_its_task_naming_file_column_and_runbook(
     uri = case.write(store, source, case.day)
     config = churn_config(source_uri=source)
     run_id = client.create_run(client.get_experiment_by_name("bad_input").experiment_id).info.run_id
-    stage = pipeline.Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+    run_ctx = pipeline.RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                            artifacts_uri=str(tmp_path / "artifacts"),
                            run_key=f"{case.day + timedelta(days=1)}T000000")
 
@@ -47,9 +47,9 @@ def test_each_bad_partition_fails_its_task_naming_file_column_and_runbook(
         if case.task == "check_changed":
             pipeline.check_changed(config, store, [case.day], None, dag_run_id="unit")
         else:
-            ingested = pipeline.ingest(stage, [case.day])
+            ingested = pipeline.ingest(run_ctx, [case.day])
             assert case.task == "validate", f"{name}: ingest accepted what {case.task} must refuse"
-            pipeline.validate(stage, ingested["snapshot_uri"])
+            pipeline.validate(run_ctx, ingested["snapshot_uri"])
 
     message = str(raised.value)
     for text in case.expected + ((uri,) if uri else ()):

@@ -1,6 +1,6 @@
 """``check_changed`` names what differs from the champion: files added, removed or changed,
-source modules, params with their old and new values (include/mlops/pipeline.py,
-include/mlops/reproducibility.py). Real files under a temporary folder, the package's real
+source modules, params with their old and new values (include/mlops_core/pipeline.py,
+include/mlops_core/reproducibility.py). Real files under a temporary folder, the package's real
 sources; the champion's manifest is the one ``reproducibility.manifest`` writes."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from include.mlops import reproducibility
-from include.mlops.demo_data import write_partitions
-from include.mlops.ingest import discover
-from include.mlops.pipeline import check_changed
-from include.mlops.storage import ObjectStore
+from include.mlops_core import reproducibility
+from include.mlops_core.demo_data import write_partitions
+from include.mlops_core.ingest import discover
+from include.mlops_core.pipeline import check_changed
+from include.mlops_core.storage import ObjectStore
 from tests.unit.helpers import churn_config
 
 DAYS = [date(2025, 3, 1), date(2025, 3, 2)]

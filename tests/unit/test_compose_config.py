@@ -94,7 +94,7 @@ def test_every_image_is_one_build_images_makes() -> None:
         assert "Dockerfile" in files and "extra-ca.crt" in files, image
     airflow = build_images.image_files("airflow", None)
     for needed in ("requirements.txt", "dags/training.py", "scripts/compose_entry.py",
-                   "plugins/mlops/celery_config.py", "include/mlops/pipeline.py"):
+                   "plugins/mlops_airflow/celery_config.py", "include/mlops_core/pipeline.py"):
         assert needed in airflow, needed
 
 

@@ -1,4 +1,4 @@
-"""include/mlops/config.py: the one config model, its validation, Threshold parsing, loading."""
+"""include/mlops_core/config.py: the one config model, its validation, Threshold parsing, loading."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from include.mlops.config import (
+from include.mlops_core.config import (
     CLASSIFICATION_METRICS,
     HIGHER_IS_BETTER,
     REGRESSION_METRICS,
@@ -23,7 +23,7 @@ from include.mlops.config import (
     load_dataset_config,
     resolve_config,
 )
-from include.mlops.errors import ConfigError
+from include.mlops_core.errors import ConfigError
 from tests.unit.helpers import churn_config, churn_raw, regression_config
 
 
@@ -350,7 +350,7 @@ def test_resolve_config_rejects_a_bad_override() -> None:
 
 # -- container (the docker trainer) ---------------------------------------------------------------
 def test_container_defaults_and_limits() -> None:
-    from include.mlops.config import ContainerConfig
+    from include.mlops_core.config import ContainerConfig
 
     default = ContainerConfig()
     assert (default.gpus, default.gpu_fallback) == (0, "cpu")
@@ -364,7 +364,7 @@ def test_container_defaults_and_limits() -> None:
                                  {"memory_limit": "lots"}, {"cpus": 0}, {"timeout_minutes": 0},
                                  {"gpu_fallback": "maybe"}])
 def test_container_rejects_bad_values(bad: dict) -> None:
-    from include.mlops.config import ContainerConfig
+    from include.mlops_core.config import ContainerConfig
 
     with pytest.raises(ValueError):
         ContainerConfig(**bad)
@@ -373,7 +373,7 @@ def test_container_rejects_bad_values(bad: dict) -> None:
 @pytest.mark.parametrize(("key", "where"), [("image", "trainer_image"), ("pull", "trainer_pull")])
 def test_a_dataset_config_no_longer_names_the_trainer_image(key: str, where: str) -> None:
     """Which image runs next to the secrets is the deployment's policy, not a dataset's."""
-    from include.mlops.config import ContainerConfig
+    from include.mlops_core.config import ContainerConfig
 
     with pytest.raises(ValueError, match=f"container.{key} moved to the deployment's policy: "
                                          f"set {where}"):
@@ -381,8 +381,8 @@ def test_a_dataset_config_no_longer_names_the_trainer_image(key: str, where: str
 
 
 def test_another_family_does_not_inherit_the_yamls_hyperparameters() -> None:
-    from include.mlops import modeling
-    from include.mlops.config import resolve_config
+    from include.mlops_core import modeling
+    from include.mlops_core.config import resolve_config
 
     forest = resolve_config({"dataset": "churn_demo", "training": {"family": "random_forest"}})
     assert forest.training.hyperparameters == {}
@@ -425,7 +425,7 @@ def test_candidates_need_unique_names_and_their_own_hyperparameters() -> None:
         _with_training(candidates=two, hyperparameters={"max_iter": 3})
     with pytest.raises(ValidationError, match="is for regression"):
         _with_training(candidates=[{"family": "ridge"}])
-    from include.mlops.errors import ConfigError
+    from include.mlops_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no candidate 'svm'"):
         config.candidate_view("svm")

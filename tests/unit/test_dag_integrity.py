@@ -16,11 +16,11 @@ from airflow.sdk.exceptions import ParamValidationError
 from airflow.serialization.serialized_objects import DagSerialization
 from pendulum import datetime
 
-from mlops.hooks.mlflow import MlflowHook
-from mlops.hooks.object_storage import ObjectStorageHook
-from mlops.operators import training as ops
-from mlops.operators.trainer import TrainModelOperator
-from mlops.operators.tuning import SelectModelOperator, TuneOperator
+from mlops_airflow.hooks.mlflow import MlflowHook
+from mlops_airflow.hooks.object_storage import ObjectStorageHook
+from mlops_airflow.operators import training as ops
+from mlops_airflow.operators.trainer import TrainModelOperator
+from mlops_airflow.operators.tuning import SelectModelOperator, TuneOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 CHAIN = ["check_changed", "ingest", "validate", "build_features", "plan_tuning", "tune", "train",

@@ -1,5 +1,5 @@
 """Waiting for data: the dataset config's ``data_wait`` and the trigger that waits, on real
-local folders (plugins/mlops/triggers.py). Through the scheduler and triggerer:
+local folders (plugins/mlops_airflow/triggers.py). Through the scheduler and triggerer:
 tests/integration/test_scheduler.py."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mlops.triggers import PartitionsArrivedTrigger
+from mlops_airflow.triggers import PartitionsArrivedTrigger
 from tests.unit.helpers import churn_config
 
 
@@ -76,6 +76,6 @@ def test_serializes_to_what_the_triggerer_rebuilds_it_from() -> None:
     trigger = PartitionsArrivedTrigger(prefixes=["s3://b/p/date=2025-01-01"], s3_conn_id="mlops_s3",
                                        deadline="2025-01-02T00:00:00+00:00", poll_seconds=30)
     path, kwargs = trigger.serialize()
-    assert path == "mlops.triggers.PartitionsArrivedTrigger"
+    assert path == "mlops_airflow.triggers.PartitionsArrivedTrigger"
     assert PartitionsArrivedTrigger(**kwargs).serialize() == (path, kwargs)
     assert not any(word in str(kwargs).lower() for word in ("password", "secret", "key="))

@@ -1,4 +1,4 @@
-"""The training run's dataset input (include/mlops/tracking.py dataset_input) describes the data
+"""The training run's dataset input (include/mlops_core/tracking.py dataset_input) describes the data
 exactly as MLflow's own ``mlflow.data.from_pandas`` does: the same name, digest, source, source
 type, profile and schema, column by column and for whole frames, whether the schema is read from
 the dtypes or left to MLflow."""
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import demo_data, tracking
+from include.mlops_core import demo_data, tracking
 
 COLUMNS = {
     "int8": np.array([1, 2, 3], dtype=np.int8),

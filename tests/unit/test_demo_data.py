@@ -1,4 +1,4 @@
-"""include/mlops/demo_data.py: deterministic daily partitions that match the shipped config,
+"""include/mlops_core/demo_data.py: deterministic daily partitions that match the shipped config,
 with drift and label-noise switches."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include.mlops.demo_data import encode, generate, main, write_partitions
-from include.mlops.ingest import conform
-from include.mlops.storage import ObjectStore
+from include.mlops_core.demo_data import encode, generate, main, write_partitions
+from include.mlops_core.ingest import conform
+from include.mlops_core.storage import ObjectStore
 from tests.unit.helpers import churn_config
 
 DAY = date(2025, 1, 1)

@@ -1,4 +1,4 @@
-"""include/mlops/drift.py: per-column verdicts equal to Evidently 0.7's own DataDriftPreset (run
+"""include/mlops_core/drift.py: per-column verdicts equal to Evidently 0.7's own DataDriftPreset (run
 here on small frames), the report with the full-data numbers injected, and the failure cases."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import wasserstein_distance
 
-from include.mlops.drift import (
+from include.mlops_core.drift import (
     CURRENT,
     REFERENCE,
     STATTESTS,
@@ -21,8 +21,8 @@ from include.mlops.drift import (
     detect_drift,
     wasserstein_sorted,
 )
-from include.mlops.drift_report import FULL_DATA_PREFIX, render_report
-from include.mlops.errors import DriftCheckError, SchemaError
+from include.mlops_core.drift_report import FULL_DATA_PREFIX, render_report
+from include.mlops_core.errors import DriftCheckError, SchemaError
 
 NUMERIC = ["normal", "with_nan", "counts", "three_values", "binary", "skewed"]
 CATEGORICAL = ["letters", "yes_no", "codes"]
@@ -299,7 +299,7 @@ def test_reports_rendered_at_once_in_threads_each_show_their_own_scores() -> Non
 
 
 def test_full_data_stattests_are_named_by_their_numbers() -> None:
-    from include.mlops.drift_report import full_data_stattests
+    from include.mlops_core.drift_report import full_data_stattests
 
     def columns(score: float) -> list[ColumnDrift]:
         return [ColumnDrift("a", "numeric", "wasserstein", score, 0.1, score >= 0.1),
@@ -313,7 +313,7 @@ def test_full_data_stattests_are_named_by_their_numbers() -> None:
 
 
 def test_a_report_without_the_full_data_scores_is_refused() -> None:
-    from include.mlops.drift_report import _check_injection
+    from include.mlops_core.drift_report import _check_injection
 
     result = DriftResult(columns=[ColumnDrift("a", "numeric", "wasserstein", 0.3, 0.1, True),
                                   ColumnDrift("b", "numeric", "wasserstein", float("nan"), 0.1,
@@ -339,9 +339,9 @@ def test_the_statistics_load_without_evidently_and_the_report_imports_it_only_to
     import subprocess
     import sys
 
-    code = ("import sys; from include.mlops import drift; "
-            "assert 'evidently' not in sys.modules and 'include.mlops.drift_report' not in "
-            "sys.modules; from include.mlops import drift_report; "
+    code = ("import sys; from include.mlops_core import drift; "
+            "assert 'evidently' not in sys.modules and 'include.mlops_core.drift_report' not in "
+            "sys.modules; from include.mlops_core import drift_report; "
             "assert 'evidently' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
@@ -355,7 +355,7 @@ def _drifted(*names: str) -> DriftResult:
 
 
 def test_drifted_columns_are_ranked_by_the_models_importance() -> None:
-    from include.mlops.drift_report import importance_section, with_section
+    from include.mlops_core.drift_report import importance_section, with_section
 
     result = _drifted("age", "region", "prediction")
     importance = {"region": 0.6, "age": 0.1, "calm": 0.3}

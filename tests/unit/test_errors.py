@@ -1,4 +1,4 @@
-"""Which failures a task retry can help with (include/mlops/errors.py ``retryable``), the
+"""Which failures a task retry can help with (include/mlops_core/errors.py ``retryable``), the
 question MlopsStageOperator.execute and the trainer container ask before failing at once."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from include.mlops.errors import (
+from include.mlops_core.errors import (
     ConfigError,
     CorruptFileError,
     ServiceUnavailableError,
     ServingError,
     retryable,
 )
-from include.mlops.trainer import EXIT_DATA, EXIT_OTHER, classify
+from include.mlops_core.trainer import EXIT_DATA, EXIT_OTHER, classify
 
 
 def _raised_while_handling(cause: BaseException, err: BaseException) -> BaseException:
@@ -36,7 +36,7 @@ def _json_error() -> json.JSONDecodeError:
 
 
 def _pydantic_error() -> Exception:
-    from include.mlops.config import TuningConfig
+    from include.mlops_core.config import TuningConfig
 
     try:
         TuningConfig(n_trials=0)

@@ -1,4 +1,4 @@
-"""include/mlops/explain.py: SHAP and permutation importance per input column, on real models
+"""include/mlops_core/explain.py: SHAP and permutation importance per input column, on real models
 trained on small generated data where the informative columns are known."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import explain, modeling
-from include.mlops.config import DatasetConfig
-from include.mlops.errors import ConfigError
+from include.mlops_core import explain, modeling
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.errors import ConfigError
 from tests.unit.helpers import churn_config, demo_frame
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""include/mlops/gate.py: thresholds, champion vs challenger, every reason kept, the card."""
+"""include/mlops_core/gate.py: thresholds, champion vs challenger, every reason kept, the card."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.mlops.config import DatasetConfig
-from include.mlops.gate import Decision, decide, promotion_card, render_card_html
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.gate import Decision, decide, promotion_card, render_card_html
 from tests.unit.helpers import churn_config, regression_config
 
 GOOD = {"accuracy": 0.80, "f1": 0.60, "roc_auc": 0.85, "log_loss": 0.40}
@@ -251,7 +251,7 @@ def test_card_shows_lineage_and_embeds_the_pictures() -> None:
     card read from MLflow or S3 has no other file beside it)."""
     import base64
 
-    from include.mlops.gate import LINEAGE_FILES, lineage
+    from include.mlops_core.gate import LINEAGE_FILES, lineage
 
     files = [{"key": f"date=2025-01-{d:02d}/part-0.csv", "uri": "s3://x", "size": 100 + d,
               "etag": "e", "rows": 10} for d in range(1, 26)]

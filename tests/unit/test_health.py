@@ -1,4 +1,4 @@
-"""include/mlops/health.py against a real local HTTP server."""
+"""include/mlops_core/health.py against a real local HTTP server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from include.mlops.errors import ServiceUnavailableError
-from include.mlops.health import wait_for_http
+from include.mlops_core.errors import ServiceUnavailableError
+from include.mlops_core.health import wait_for_http
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import ingest as ingestion
-from include.mlops.monitor import (
+from include.mlops_core import ingest as ingestion
+from include.mlops_core.monitor import (
     INDEX_COMPLETE,
     ab_history,
     ab_statistics,
@@ -24,9 +24,9 @@ from include.mlops.monitor import (
     live_index_root,
     reference_output_uri,
 )
-from include.mlops.pipeline import Stage
-from include.mlops.scoring import canary_mask
-from include.mlops.storage import ObjectStore, join
+from include.mlops_core.pipeline import RunContext
+from include.mlops_core.scoring import canary_mask
+from include.mlops_core.storage import ObjectStore, join
 from tests.unit.helpers import churn_config, churn_raw, regression_config
 
 MODEL = "churn_model"
@@ -164,7 +164,7 @@ def _same(a: object, b: object) -> bool:
 
 
 def _assert_same_decision(config, old_rows, new_rows, cv: str, hv: str = "1") -> dict:
-    from include.mlops.gate import decide_ab
+    from include.mlops_core.gate import decide_ab
 
     old = ab_statistics(config, old_rows, challenger=cv, champion=hv)
     new = ab_statistics(config, new_rows, challenger=cv, champion=hv)
@@ -238,13 +238,13 @@ def test_no_live_day_of_the_challenger_yet_is_zero_rows_not_an_error(tmp_path: P
 
 
 # -- drift check: the reference output, once per champion version ----------------------------------
-def _stage(tmp_path: Path, **overrides: object) -> Stage:
-    return Stage(config=churn_config(**overrides), store=ObjectStore(), client=None,
+def _stage(tmp_path: Path, **overrides: object) -> RunContext:
+    return RunContext(config=churn_config(**overrides), store=ObjectStore(), client=None,
                  mlflow_run_id="", artifacts_uri=str(tmp_path), run_key="2025-01-01T000000")
 
 
 def test_reference_output_is_computed_once_per_version_and_read_back(tmp_path: Path) -> None:
-    stage = _stage(tmp_path)
+    run_ctx = _stage(tmp_path)
     output = np.array([0.25, 0.5, np.nan, 1 / 3, np.nan])
     calls = []
 
@@ -252,16 +252,16 @@ def test_reference_output_is_computed_once_per_version_and_read_back(tmp_path: P
         calls.append(1)
         return output
 
-    first = cached_reference_output(stage, "4", "s3://b/snap.parquet", 5, compute)
-    second = cached_reference_output(stage, "4", "s3://b/snap.parquet", 5, compute)
+    first = cached_reference_output(run_ctx, "4", "s3://b/snap.parquet", 5, compute)
+    second = cached_reference_output(run_ctx, "4", "s3://b/snap.parquet", 5, compute)
     assert len(calls) == 1
     np.testing.assert_array_equal(first, output)
     assert first.tobytes() == second.tobytes()  # bit for bit, NaN where not held out
-    uri = reference_output_uri(stage, "4", "s3://b/snap.parquet")
-    assert "/drift/reference/v4/" in uri and stage.store.exists(uri)
+    uri = reference_output_uri(run_ctx, "4", "s3://b/snap.parquet")
+    assert "/drift/reference/v4/" in uri and run_ctx.store.exists(uri)
     # Another version, snapshot or feature list is another object.
-    assert reference_output_uri(stage, "5", "s3://b/snap.parquet") != uri
-    assert reference_output_uri(stage, "4", "s3://b/other.parquet") != uri
+    assert reference_output_uri(run_ctx, "5", "s3://b/snap.parquet") != uri
+    assert reference_output_uri(run_ctx, "4", "s3://b/other.parquet") != uri
     fewer = _stage(tmp_path, columns=[c for c in churn_raw()["columns"]
                                       if c["name"] != "support_calls"])
     assert reference_output_uri(fewer, "4", "s3://b/snap.parquet") != uri
@@ -269,12 +269,12 @@ def test_reference_output_is_computed_once_per_version_and_read_back(tmp_path: P
 
 def test_a_cached_reference_output_of_another_length_or_unreadable_is_recomputed(
         tmp_path: Path) -> None:
-    stage = _stage(tmp_path)
-    uri = reference_output_uri(stage, "4", "s3://b/snap.parquet")
-    cached_reference_output(stage, "4", "s3://b/snap.parquet", 3, lambda: np.ones(3))
-    again = cached_reference_output(stage, "4", "s3://b/snap.parquet", 4, lambda: np.zeros(4))
+    run_ctx = _stage(tmp_path)
+    uri = reference_output_uri(run_ctx, "4", "s3://b/snap.parquet")
+    cached_reference_output(run_ctx, "4", "s3://b/snap.parquet", 3, lambda: np.ones(3))
+    again = cached_reference_output(run_ctx, "4", "s3://b/snap.parquet", 4, lambda: np.zeros(4))
     np.testing.assert_array_equal(again, np.zeros(4))
-    stage.store.write_bytes(uri, b"not parquet")
-    fixed = cached_reference_output(stage, "4", "s3://b/snap.parquet", 2, lambda: np.full(2, 0.5))
+    run_ctx.store.write_bytes(uri, b"not parquet")
+    fixed = cached_reference_output(run_ctx, "4", "s3://b/snap.parquet", 2, lambda: np.full(2, 0.5))
     np.testing.assert_array_equal(fixed, [0.5, 0.5])
-    assert len(ingestion.read_parquet_bytes(stage.store.read_bytes(uri))) == 2  # repaired
+    assert len(ingestion.read_parquet_bytes(run_ctx.store.read_bytes(uri))) == 2  # repaired

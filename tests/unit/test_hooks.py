@@ -1,4 +1,4 @@
-"""plugins/mlops/hooks: connections come from AIRFLOW_CONN_* variables, looked up on first use."""
+"""plugins/mlops_airflow/hooks: connections come from AIRFLOW_CONN_* variables, looked up on first use."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from mlops.hooks.mlflow import MlflowHook
-from mlops.hooks.object_storage import ObjectStorageHook
+from mlops_airflow.hooks.mlflow import MlflowHook
+from mlops_airflow.hooks.object_storage import ObjectStorageHook
 
 
 def conn_env(conn_id: str, **fields: Any) -> dict[str, str]:
@@ -83,7 +83,7 @@ def test_container_environment_keeps_secrets_apart() -> None:
 
 @pytest.mark.parametrize(("gpus", "count"), [("all", -1), (1, 1), (4, 4)])
 def test_gpu_device_request_is_what_docker_run_gpus_sends(gpus: Any, count: int) -> None:
-    from mlops.hooks.docker_engine import gpu_device_requests
+    from mlops_airflow.hooks.docker_engine import gpu_device_requests
 
     (request,) = gpu_device_requests(gpus)
     # `docker run --gpus all` / `--gpus 4`: the NVIDIA driver chosen by the "gpu" capability.

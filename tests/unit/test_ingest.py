@@ -1,4 +1,4 @@
-"""include/mlops/ingest.py: which partitions a run reads, reading them from a local directory,
+"""include/mlops_core/ingest.py: which partitions a run reads, reading them from a local directory,
 schema checks with errors that name the file and the column, and the manifest."""
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.mlops.config import DatasetConfig
-from include.mlops.demo_data import generate, write_partitions
-from include.mlops.errors import (
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.demo_data import generate, write_partitions
+from include.mlops_core.errors import (
     CorruptFileError,
     DataError,
     MissingPartitionError,
     SchemaError,
 )
-from include.mlops.ingest import (
+from include.mlops_core.ingest import (
     SOURCE_COLUMN,
     conform,
     fingerprint,
@@ -36,7 +36,7 @@ from include.mlops.ingest import (
     read_parquet_bytes,
     to_parquet_bytes,
 )
-from include.mlops.storage import ObjectNotFoundError, ObjectStore
+from include.mlops_core.storage import ObjectNotFoundError, ObjectStore
 from tests.unit.helpers import churn_config
 
 D1, D2, D3 = date(2025, 1, 1), date(2025, 1, 2), date(2025, 1, 3)
@@ -301,7 +301,7 @@ def test_undeclared_extra_column_is_dropped_with_a_warning(
     folder.mkdir(parents=True)
     generate(D1, 50).assign(loyalty_tier="gold").to_csv(folder / "part-0.csv", index=False)
 
-    with caplog.at_level(logging.WARNING, logger="include.mlops.ingest"):
+    with caplog.at_level(logging.WARNING, logger="include.mlops_core.ingest"):
         result = ingest(config_for(tmp_path / "churn"), ObjectStore(), [D1])
     assert "loyalty_tier" not in result.frame.columns
     assert "loyalty_tier" in caplog.text and "part-0.csv" in caplog.text

@@ -1,4 +1,4 @@
-"""include/mlops/metrics.py: every metric equals scikit-learn's on random data (property tests),
+"""include/mlops_core/metrics.py: every metric equals scikit-learn's on random data (property tests),
 and multi-class ROC AUC is one-vs-rest, macro-averaged and never NaN when two classes occur."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from include.mlops import metrics as m
+from include.mlops_core import metrics as m
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

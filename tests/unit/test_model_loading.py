@@ -1,4 +1,4 @@
-"""include/mlops/model_loading.py: models load through a fixed type allow-list per family, never
+"""include/mlops_core/model_loading.py: models load through a fixed type allow-list per family, never
 through the list a model carries; a model with another type is refused before it is built."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import modeling
-from include.mlops.errors import ModelRefusedError
-from include.mlops.model_loading import ALLOWED_TYPES, load_local
+from include.mlops_core import modeling
+from include.mlops_core.errors import ModelRefusedError
+from include.mlops_core.model_loading import ALLOWED_TYPES, load_local
 from tests.unit.helpers import Canary, churn_config, demo_frame, plant_model, regression_config
 
 CANARY = "tests.unit.helpers.Canary"

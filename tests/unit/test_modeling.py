@@ -1,4 +1,4 @@
-"""include/mlops/modeling.py: split, features fitted on training rows only, deterministic
+"""include/mlops_core/modeling.py: split, features fitted on training rows only, deterministic
 training, held-out and per-slice metrics, on small demo frames."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import modeling
-from include.mlops.config import DatasetConfig
-from include.mlops.errors import ConfigError, DataError
-from include.mlops.ingest import SOURCE_COLUMN
+from include.mlops_core import modeling
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.errors import ConfigError, DataError
+from include.mlops_core.ingest import SOURCE_COLUMN
 from tests.unit.helpers import FAST_TRAINING, churn_config, demo_frame, regression_config
 
 CLASSIFICATION_KEYS = {"accuracy", "f1", "roc_auc", "log_loss"}
@@ -268,7 +268,7 @@ def test_untrusted_types_name_the_boosting_predictor(fitted: Any) -> None:
 
 
 def test_unseen_by_leaves_out_the_champions_training_partitions(frame: pd.DataFrame) -> None:
-    from include.mlops.pipeline import unseen_by
+    from include.mlops_core.pipeline import unseen_by
 
     test = pd.DataFrame({"x": range(200), SOURCE_COLUMN: ["s3://b/src/date=2025-01-01/part-0.csv"] * 100
                          + ["s3://b/src/date=2025-01-02/part-0.csv"] * 100})

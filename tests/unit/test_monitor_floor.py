@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from include.mlops.config import MonitoringConfig
-from include.mlops.metrics import Scores, compute
-from include.mlops.monitor import floor_check
+from include.mlops_core.config import MonitoringConfig
+from include.mlops_core.metrics import Scores, compute
+from include.mlops_core.monitor import floor_check
 
 
 def _floor(*bars: str):

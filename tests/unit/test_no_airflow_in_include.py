@@ -41,7 +41,7 @@ def test_the_scan_covers_every_module_of_the_include_package() -> None:
     scanned = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
                for p in INCLUDE_FILES}
     assert scanned == importable
-    assert {"include.mlops.config", "include.mlops.pipeline", "include.mlops.tuning"} <= scanned
+    assert {"include.mlops_core.config", "include.mlops_core.pipeline", "include.mlops_core.tuning"} <= scanned
 
 
 def test_import_scan_sees_every_import_form(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from include.mlops.errors import ConfigError
-from mlops.hooks.optuna import storage_url
+from include.mlops_core.errors import ConfigError
+from mlops_airflow.hooks.optuna import storage_url
 
 
 def _url(conn_type, **fields):

@@ -1,4 +1,4 @@
-"""include/mlops/policy.py: what a run's conf may change, what loosens a gate, and how the
+"""include/mlops_core/policy.py: what a run's conf may change, what loosens a gate, and how the
 deployment's policy file is read."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops.config import load_dataset_config, resolve_config
-from include.mlops.errors import ConfigError, OverrideRefusedError
-from include.mlops.policy import (
+from include.mlops_core.config import load_dataset_config, resolve_config
+from include.mlops_core.errors import ConfigError, OverrideRefusedError
+from include.mlops_core.policy import (
     DAG_KEYS,
     Policy,
     check_gate,

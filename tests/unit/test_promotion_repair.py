@@ -5,7 +5,7 @@ the repair of a promotion left half done.
 A promotion left half done: the promote task moved @champion and died before it tagged the
 version and wrote the audit record, and no retry completed it (its retries were used up). The
 next promotion notices it, says so, and completes the record, so the audit chain has no gap
-(include/mlops/pipeline.py ``_complete_half_done``)."""
+(include/mlops_core/pipeline.py ``_complete_half_done``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from include.mlops import pipeline, tracking
+from include.mlops_core import pipeline, tracking
 from tests.unit.helpers import churn_config
 
 
@@ -29,25 +29,25 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                         registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def _run_and_version(client: Any, stage: pipeline.Stage, dag_run_id: str) -> tuple[str, str]:
+def _run_and_version(client: Any, run_ctx: pipeline.RunContext, dag_run_id: str) -> tuple[str, str]:
     """What ingest .. register leave for one DAG run: an approved MLflow run, a version."""
-    experiment = tracking.ensure_experiment(client, stage.model_name)
+    experiment = tracking.ensure_experiment(client, run_ctx.model_name)
     run_id = client.create_run(experiment).info.run_id
     client.set_tag(run_id, "mlops.gate", "approved")
     try:
-        client.create_registered_model(stage.model_name)
+        client.create_registered_model(run_ctx.model_name)
     except Exception:  # noqa: BLE001 - exists already
         pass
-    mv = client.create_model_version(stage.model_name, source=f"runs:/{run_id}/model",
+    mv = client.create_model_version(run_ctx.model_name, source=f"runs:/{run_id}/model",
                                      run_id=run_id, tags={"airflow.dag_id": "training",
                                                           "airflow.run_id": dag_run_id})
     return run_id, str(mv.version)
 
 
-def _stage(client: Any, tmp_path: Path, run_id: str) -> pipeline.Stage:
-    from include.mlops.storage import ObjectStore
+def _stage(client: Any, tmp_path: Path, run_id: str) -> pipeline.RunContext:
+    from include.mlops_core.storage import ObjectStore
 
-    return pipeline.Stage(config=churn_config(), store=ObjectStore(), client=client,
+    return pipeline.RunContext(config=churn_config(), store=ObjectStore(), client=client,
                           mlflow_run_id=run_id, artifacts_uri=str(tmp_path / "artifacts"),
                           run_key="2025-01-02T000000")
 
@@ -66,7 +66,7 @@ def test_the_next_promotion_completes_a_half_done_one(registry: Any, tmp_path: P
     client.set_registered_model_alias(model, "champion", v2)
     run_c, v3 = _run_and_version(client, base, "run_c")
 
-    caplog.set_level(logging.WARNING, logger="include.mlops.pipeline")
+    caplog.set_level(logging.WARNING, logger="include.mlops_core.pipeline")
     result = pipeline.promote(_stage(client, tmp_path, run_c), version=v3, reasons=["better"],
                               dag_context={"dag_id": "training", "dag_run_id": "run_c"},
                               compared_with=v2)
@@ -98,7 +98,7 @@ def test_a_complete_champion_is_not_repaired(registry: Any, tmp_path: Path,
     pipeline.promote(_stage(client, tmp_path, run_a), version=v1, reasons=[],
                      dag_context={"dag_id": "training", "dag_run_id": "run_a"})
     run_b, v2 = _run_and_version(client, base, "run_b")
-    caplog.set_level(logging.WARNING, logger="include.mlops.pipeline")
+    caplog.set_level(logging.WARNING, logger="include.mlops_core.pipeline")
     pipeline.promote(_stage(client, tmp_path, run_b), version=v2, reasons=[],
                      dag_context={"dag_id": "training", "dag_run_id": "run_b"}, compared_with=v1)
     assert "Half-done" not in caplog.text
@@ -109,7 +109,7 @@ def test_a_complete_champion_is_not_repaired(registry: Any, tmp_path: Path,
 def test_a_stale_gate_decision_promotes_nothing(registry: Any, tmp_path: Path, alias: str) -> None:
     """The gate compared v2 with champion v1, but another run promoted v3 meanwhile: promoting
     v2 now would replace a model it was never compared with. Refused, and nothing moves."""
-    from include.mlops.errors import PromotionError
+    from include.mlops_core.errors import PromotionError
 
     client = registry
     base = _stage(client, tmp_path, "unused")
@@ -139,7 +139,7 @@ def test_a_stale_gate_decision_promotes_nothing(registry: Any, tmp_path: Path, a
 
 def test_a_run_without_an_approved_gate_decision_is_never_promoted(registry: Any,
                                                                     tmp_path: Path) -> None:
-    from include.mlops.errors import PromotionError
+    from include.mlops_core.errors import PromotionError
 
     client = registry
     base = _stage(client, tmp_path, "unused")

@@ -3,7 +3,7 @@
 ``check_changed``). Both say None for a model or alias that does not exist, including the 403
 MLflow's basic-auth answers for a model that does not exist, and ``CredentialsError`` for rejected
 credentials. Also ``tracking.register`` (idempotent per run, waits in
-``create_model_version``) and ``Stage.put_bytes`` (a PNG on the MLflow run and in the run folder).
+``create_model_version``) and ``RunContext.put_bytes`` (a PNG on the MLflow run and in the run folder).
 MLflow on SQLite; the REST side against a small local HTTP server."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from include.mlops import pipeline, tracking
-from include.mlops.errors import CredentialsError
-from include.mlops.storage import ObjectStore
+from include.mlops_core import pipeline, tracking
+from include.mlops_core.errors import CredentialsError
+from include.mlops_core.storage import ObjectStore
 from tests.unit.helpers import churn_config
 
 VERSION = {"name": "m", "version": "3", "run_id": "r-1",
@@ -207,18 +207,18 @@ def test_put_bytes_logs_the_same_png_to_the_run_and_the_run_folder(registry: Any
                                                                    tmp_path: Path) -> None:
     client = registry
     run_id = client.create_run(tracking.ensure_experiment(client, "put_bytes")).info.run_id
-    stage = pipeline.Stage(config=churn_config(), store=ObjectStore(), client=client,
+    run_ctx = pipeline.RunContext(config=churn_config(), store=ObjectStore(), client=client,
                            mlflow_run_id=run_id, artifacts_uri=str(tmp_path / "artifacts"),
                            run_key="2025-01-02T000000")
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
-    uri = stage.put_bytes("explanation.png", png, mlflow_path="explanations/summary.png")
-    assert uri == f"{stage.run_dir}/explanation.png"
+    uri = run_ctx.put_bytes("explanation.png", png, mlflow_path="explanations/summary.png")
+    assert uri == f"{run_ctx.run_dir}/explanation.png"
     assert ObjectStore().read_bytes(uri) == png
     assert [a.path for a in client.list_artifacts(run_id, "explanations")] == \
         ["explanations/summary.png"]
     local = client.download_artifacts(run_id, "explanations/summary.png", str(tmp_path))
     assert Path(local).read_bytes() == png
-    stage.put_bytes("top.png", png, mlflow_path="top.png")  # at the root of the run
+    run_ctx.put_bytes("top.png", png, mlflow_path="top.png")  # at the root of the run
     assert "top.png" in [a.path for a in client.list_artifacts(run_id)]
 
 

@@ -1,4 +1,4 @@
-"""include/mlops/reproducibility.py: the repro key (data + code + params) and the manifest."""
+"""include/mlops_core/reproducibility.py: the repro key (data + code + params) and the manifest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from include.mlops import __version__, reproducibility
-from include.mlops.config import DatasetConfig
+from include.mlops_core import __version__, reproducibility
+from include.mlops_core.config import DatasetConfig
 from tests.unit.helpers import churn_config
 
 FINGERPRINT = "a" * 64
@@ -55,8 +55,8 @@ def test_source_hash_covers_only_what_the_training_path_imports(package_copy: Pa
 
 def test_a_module_newly_imported_by_the_training_path_joins_the_hash(package_copy: Path) -> None:
     before = reproducibility.source_hash()
-    _edited(package_copy, "modeling", "from include.mlops.errors import",
-            "from include.mlops import abtest  # noqa\nfrom include.mlops.errors import")
+    _edited(package_copy, "modeling", "from include.mlops_core.errors import",
+            "from include.mlops_core import abtest  # noqa\nfrom include.mlops_core.errors import")
     assert "abtest" in reproducibility.training_sources()
     with_abtest = reproducibility.source_hash()
     assert with_abtest != before

@@ -1,4 +1,4 @@
-"""include/mlops/retrain.py: the cooldown of alert-triggered retraining, with claims in a local
+"""include/mlops_core/retrain.py: the cooldown of alert-triggered retraining, with claims in a local
 store (real files under tmp_path)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.retrain import blocked, claim, claims_dir
-from include.mlops.storage import ObjectStore
+from include.mlops_core.retrain import blocked, claim, claims_dir
+from include.mlops_core.storage import ObjectStore
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 RUN_A = "asset_triggered__2025-01-02T03:04:05+00:00"

@@ -1,4 +1,4 @@
-"""Rolling @champion back (include/mlops/rollback.py): to the champion before it from the audit
+"""Rolling @champion back (include/mlops_core/rollback.py): to the champion before it from the audit
 trail that promotions write, or to a version by hand; refused without a previous champion or for
 a version that never passed the gate; a retry completes the same record; the automatic rule.
 MLflow on SQLite, a local store."""
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import pipeline, rollback, tracking
-from include.mlops.errors import RollbackError
-from include.mlops.storage import ObjectStore
+from include.mlops_core import pipeline, rollback, tracking
+from include.mlops_core.errors import RollbackError
+from include.mlops_core.storage import ObjectStore
 from tests.unit.helpers import churn_config
 
 
@@ -36,8 +36,8 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.node.name.removeprefix("test_")[:60]
 
 
-def _stage(client: Any, tmp_path: Path, run_id: str, name: str) -> pipeline.Stage:
-    return pipeline.Stage(config=churn_config(model_name=name), store=ObjectStore(),
+def _stage(client: Any, tmp_path: Path, run_id: str, name: str) -> pipeline.RunContext:
+    return pipeline.RunContext(config=churn_config(model_name=name), store=ObjectStore(),
                           client=client, mlflow_run_id=run_id,
                           artifacts_uri=str(tmp_path / "artifacts"), run_key="2025-01-02T000000")
 

@@ -1,4 +1,4 @@
-"""include/mlops/scoring.py: canary assignment by hash, served and shadow frames per rollout mode,
+"""include/mlops_core/scoring.py: canary assignment by hash, served and shadow frames per rollout mode,
 agreement, and reading a committed predictions partition (local store)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import modeling
-from include.mlops.config import DatasetConfig
-from include.mlops.errors import DataError
-from include.mlops.ingest import to_parquet_bytes
-from include.mlops.scoring import (
+from include.mlops_core import modeling
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.errors import DataError
+from include.mlops_core.ingest import to_parquet_bytes
+from include.mlops_core.scoring import (
     CHALLENGER,
     CHAMPION,
     MARKER,
@@ -28,7 +28,7 @@ from include.mlops.scoring import (
     read_committed,
     score_frame,
 )
-from include.mlops.storage import ObjectStore, join
+from include.mlops_core.storage import ObjectStore, join
 from tests.unit.helpers import DAY, churn_config, demo_frame, regression_config
 
 KEYS = pd.Series([f"C{i:06d}" for i in range(20_000)])
@@ -312,9 +312,9 @@ def test_a_multiclass_model_keeps_every_class_probability_for_its_live_metrics()
     a performance floor on it reads a value, not NaN."""
     from sklearn.metrics import roc_auc_score
 
-    from include.mlops.abtest import metric_values
-    from include.mlops.ingest import read_parquet_bytes
-    from include.mlops.monitor import _multi
+    from include.mlops_core.abtest import metric_values
+    from include.mlops_core.ingest import read_parquet_bytes
+    from include.mlops_core.monitor import _multi
 
     base = churn_config(target="contract", rollout={"mode": "shadow"},
                         gate={"thresholds": ["accuracy >= 0.1"]},

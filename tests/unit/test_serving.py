@@ -1,4 +1,4 @@
-"""include/mlops/serving.py: request parsing and its refusals, the alias poll and the atomic swap,
+"""include/mlops_core/serving.py: request parsing and its refusals, the alias poll and the atomic swap,
 the routes, batching, the health check and ``smoke_test``. A real model is trained, saved as
 MLflow saves it (skops, with a signature) and loaded through the trusted loader; the registry
 is a stand-in (the real one: tests/integration/test_serving.py)."""
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import serving
-from include.mlops.errors import ModelRefusedError, PipelineError, ServingError
-from include.mlops.serving import (
+from include.mlops_core import serving
+from include.mlops_core.errors import ModelRefusedError, PipelineError, ServingError
+from include.mlops_core.serving import (
     Column,
     InputSchema,
     ModelSlot,
@@ -42,8 +42,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import yaml
     from mlflow.models import infer_signature
 
-    from include.mlops import modeling
-    from include.mlops.model_loading import load_local
+    from include.mlops_core import modeling
+    from include.mlops_core.model_loading import load_local
 
     config = churn_config(training={"hyperparameters": {"max_iter": 5}})
     frame = demo_frame(config, rows=300)
@@ -594,7 +594,7 @@ def test_importing_the_module_is_light() -> None:
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    code = ("import sys; import include.mlops.serving; "
+    code = ("import sys; import include.mlops_core.serving; "
             "print(sorted(m for m in ('numpy', 'pandas', 'sklearn', 'mlflow', 'uvicorn', "
             "'airflow') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,

@@ -1,5 +1,5 @@
-"""include/mlops/significance.py (McNemar, DeLong, the paired bootstrap) and the gate's
-``require_significance`` (include/mlops/gate.py)."""
+"""include/mlops_core/significance.py (McNemar, DeLong, the paired bootstrap) and the gate's
+``require_significance`` (include/mlops_core/gate.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from include.mlops import metrics as m
-from include.mlops import significance
-from include.mlops.gate import decide
-from include.mlops.policy import loosened
+from include.mlops_core import metrics as m
+from include.mlops_core import significance
+from include.mlops_core.gate import decide
+from include.mlops_core.policy import loosened
 from tests.unit.helpers import churn_config
 
 
@@ -222,7 +222,7 @@ def test_a_test_that_cannot_apply_to_the_metric_is_a_config_error() -> None:
 
 
 def test_the_promotion_card_shows_the_interval_and_the_test() -> None:
-    from include.mlops.gate import promotion_card, render_card_html
+    from include.mlops_core.gate import promotion_card, render_card_html
 
     y, champion, challenger = binary_models(500, seed=13, champion_signal=0.6,
                                             challenger_signal=0.9)

@@ -1,4 +1,4 @@
-"""include/mlops/modeling.py skops_io: skops's import-time module scan does not flood an Airflow
+"""include/mlops_core/modeling.py skops_io: skops's import-time module scan does not flood an Airflow
 process's log with Airflow's deprecation warnings, and real warnings still show."""
 
 from __future__ import annotations
@@ -40,6 +40,6 @@ def test_plain_import_of_skops_floods_with_airflow_deprecations() -> None:
 
 def test_skops_io_imports_quietly_and_keeps_real_warnings() -> None:
     total, deprecated, real = run(
-        "from include.mlops.modeling import skops_io; skops_io()")
+        "from include.mlops_core.modeling import skops_io; skops_io()")
     assert deprecated == 0
     assert real == 1 and total == 1

@@ -1,4 +1,4 @@
-"""include/mlops/storage.py on local paths: ObjectStore() without an S3 client, real files."""
+"""include/mlops_core/storage.py on local paths: ObjectStore() without an S3 client, real files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.errors import PipelineError
-from include.mlops.storage import (
+from include.mlops_core.errors import PipelineError
+from include.mlops_core.storage import (
     ObjectExistsError,
     ObjectInfo,
     ObjectNotFoundError,
@@ -112,7 +112,7 @@ def test_concurrent_create_only_writes_have_exactly_one_winner(store: ObjectStor
 def test_create_only_loses_to_a_writer_that_gets_there_after_the_check(
         store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The exists() check is only a shortcut: the hard link is what refuses (like O_EXCL)."""
-    import include.mlops.storage as storage
+    import include.mlops_core.storage as storage
 
     uri = str(tmp_path / "record.json")
     real_link = storage.os.link

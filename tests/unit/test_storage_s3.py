@@ -1,4 +1,4 @@
-"""include/mlops/storage.py on s3:// URIs without a server: a real boto3 client whose requests a
+"""include/mlops_core/storage.py on s3:// URIs without a server: a real boto3 client whose requests a
 botocore Stubber answers, so each test checks the request ObjectStore sends (the create-only
 ``IfNoneMatch``, the paging token) and how it reads the answer (the errors and their messages).
 tests/integration/test_storage_s3.py runs the same calls against a real SeaweedFS."""
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from include.mlops.errors import CredentialsError, PipelineError, ServiceUnavailableError
-from include.mlops.storage import (
+from include.mlops_core.errors import CredentialsError, PipelineError, ServiceUnavailableError
+from include.mlops_core.storage import (
     ObjectExistsError,
     ObjectInfo,
     ObjectNotFoundError,

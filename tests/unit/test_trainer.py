@@ -1,4 +1,4 @@
-"""The trainer entrypoint (include/mlops/trainer.py) in-process, against a real local MLflow
+"""The trainer entrypoint (include/mlops_core/trainer.py) in-process, against a real local MLflow
 store (SQLite) and local files: the same code the trainer container runs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops import trainer
-from include.mlops.errors import CorruptFileError, PipelineError, ServiceUnavailableError
+from include.mlops_core import trainer
+from include.mlops_core.errors import CorruptFileError, PipelineError, ServiceUnavailableError
 
 
 @pytest.mark.parametrize(("err", "expected"), [
@@ -42,9 +42,9 @@ def test_trains_from_a_work_dir_like_the_in_process_path(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from include.mlops.demo_data import write_partitions
-    from include.mlops.pipeline import Stage, build_features, ingest
-    from include.mlops.storage import ObjectStore
+    from include.mlops_core.demo_data import write_partitions
+    from include.mlops_core.pipeline import RunContext, build_features, ingest
+    from include.mlops_core.storage import ObjectStore
     from tests.unit.helpers import churn_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -56,16 +56,16 @@ def test_trains_from_a_work_dir_like_the_in_process_path(tmp_path: Path,
     client = MlflowClient()
     experiment = client.create_experiment("trainer", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
-    stage = Stage(config=config, store=store, client=client, mlflow_run_id=run_id,
+    run_ctx = RunContext(config=config, store=store, client=client, mlflow_run_id=run_id,
                   artifacts_uri=str(tmp_path / "out"), run_key="2025-01-02T000000")
-    ingested = ingest(stage, [date(2025, 1, 1)])
-    features = build_features(stage, ingested["snapshot_uri"])
+    ingested = ingest(run_ctx, [date(2025, 1, 1)])
+    features = build_features(run_ctx, ingested["snapshot_uri"])
     work = tmp_path / "work"
     work.mkdir()
     (work / "config.json").write_text(json.dumps({
         "dataset_config": json.loads(config.model_dump_json()), "train_uri": features["train_uri"],
         "manifest_uri": ingested["manifest_uri"], "mlflow_run_id": run_id,
-        "artifacts_uri": stage.artifacts_uri, "run_key": stage.run_key}))
+        "artifacts_uri": run_ctx.artifacts_uri, "run_key": run_ctx.run_key}))
 
     assert trainer.main(["--work-dir", str(work)]) == 0
     result = json.loads((work / "result.json").read_text())

@@ -1,4 +1,4 @@
-"""plugins/mlops/operators/trainer.py: how a finished trainer container is classified (the
+"""plugins/mlops_airflow/operators/trainer.py: how a finished trainer container is classified (the
 container's state and result file in, a TrainerError of one class out), with no engine. The same
 classes on a real engine: tests/integration/test_docker_trainer.py."""
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops.config import ContainerConfig
-from include.mlops.errors import TrainerError
-from mlops.operators.trainer import TrainModelOperator
+from include.mlops_core.config import ContainerConfig
+from include.mlops_core.errors import TrainerError
+from mlops_airflow.operators.trainer import TrainModelOperator
 
 CONFIG = ContainerConfig(memory_limit="512m", timeout_minutes=5)
 
@@ -81,7 +81,7 @@ def test_a_container_killed_with_the_task_is_not_called_oom() -> None:
 
 
 def test_unknown_trainer_is_a_config_error() -> None:
-    from include.mlops.errors import ConfigError
+    from include.mlops_core.errors import ConfigError
 
     operator = TrainModelOperator(task_id="train", features={}, ingest_result={}, trainer="gpu")
     with pytest.raises(ConfigError, match="trainer 'gpu' is not one of inprocess, docker"):

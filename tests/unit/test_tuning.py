@@ -1,4 +1,4 @@
-"""The tune step (include/mlops/tuning.py): real Optuna studies in a SQLite file and a real MLflow
+"""The tune step (include/mlops_core/tuning.py): real Optuna studies in a SQLite file and a real MLflow
 tracking store. The budget counts finished trials of the whole study (a retry adds none, two
 workers in threads or in processes finish exactly the budget), a trial left RUNNING by a killed
 task is failed and its child run KILLED, a clearly bad region is pruned, failures are recorded
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from include.mlops import modeling, tracking, tuning
-from include.mlops.config import DatasetConfig
-from include.mlops.errors import ConfigError, DataError
+from include.mlops_core import modeling, tracking, tuning
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.errors import ConfigError, DataError
 from tests.unit.helpers import churn_config, churn_raw, demo_frame, regression_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,8 +149,8 @@ import json, sys, time
 from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
-from include.mlops import tuning
-from include.mlops.config import DatasetConfig
+from include.mlops_core import tuning
+from include.mlops_core.config import DatasetConfig
 args = json.loads(sys.argv[1])
 config = DatasetConfig.model_validate_json(Path(args["config"]).read_text())
 frame = pd.read_pickle(args["frame"])
@@ -339,7 +339,7 @@ def test_study_names_and_urls() -> None:
 
 
 def test_storage_errors_never_show_the_password() -> None:
-    from include.mlops.errors import ServiceUnavailableError
+    from include.mlops_core.errors import ServiceUnavailableError
 
     with pytest.raises(ServiceUnavailableError) as err:  # nothing listens on port 1
         tuning.storage("postgresql://optuna:hunter2@127.0.0.1:1/optuna")
@@ -351,7 +351,7 @@ def test_storage_errors_never_show_the_password() -> None:
 
 
 def test_trials_cross_validate_on_a_seeded_stratified_sample_of_at_most_max_rows() -> None:
-    from include.mlops.tuning import sample
+    from include.mlops_core.tuning import sample
 
     config = churn_config()
     frame = demo_frame(config, rows=3000)

@@ -1,4 +1,4 @@
-"""include/mlops/validation.py: the Great Expectations suite derived from the declared schema, run
+"""include/mlops_core/validation.py: the Great Expectations suite derived from the declared schema, run
 on frames that went through the real ingest of local partitions."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from include.mlops.config import DatasetConfig
-from include.mlops.demo_data import write_partitions
-from include.mlops.ingest import SOURCE_COLUMN, ingest, read_parquet_bytes, to_parquet_bytes
-from include.mlops.storage import ObjectStore
-from include.mlops.validation import build_expectations, describe_failure, validate
+from include.mlops_core.config import DatasetConfig
+from include.mlops_core.demo_data import write_partitions
+from include.mlops_core.ingest import SOURCE_COLUMN, ingest, read_parquet_bytes, to_parquet_bytes
+from include.mlops_core.storage import ObjectStore
+from include.mlops_core.validation import build_expectations, describe_failure, validate
 from tests.unit.helpers import churn_config, regression_config
 
 ROWS = 300  # per file; two files

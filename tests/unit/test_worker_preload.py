@@ -1,5 +1,5 @@
 """The scheduler's task workers import what the stages import once, before any fork: the list
-is derived from the code, and importing it is fork-safe (plugins/mlops/worker_preload.py)."""
+is derived from the code, and importing it is fork-safe (plugins/mlops_airflow/worker_preload.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mlops.worker_preload import (
+from mlops_airflow.worker_preload import (
     AIRFLOW_TASK_MODULES,
     NATIVE_POOLS,
     NOT_PRELOADED,
@@ -30,7 +30,7 @@ def test_the_list_holds_what_the_stages_import_inside_execute() -> None:
     assert set(AIRFLOW_TASK_MODULES) <= set(modules)
     # The project's own modules are found through, never preloaded: a changed stage takes
     # effect at the next task without a scheduler restart.
-    assert not [m for m in modules if m.startswith(("include.", "mlops."))
+    assert not [m for m in modules if m.startswith(("include.", "mlops_airflow."))
                 and m != WARMUP_MODULE]
     assert modules[-1] == WARMUP_MODULE
     # No standard library, no class imported by name, nothing excluded, no duplicates.
@@ -51,25 +51,25 @@ def test_libraries_come_before_airflow_and_the_project() -> None:
 
 def test_the_list_follows_only_what_the_dags_reach(tmp_path: Path) -> None:
     """Derived, not typed: a DAG folder that reaches no stage preloads no ML library."""
-    (tmp_path / "only_assets.py").write_text("from mlops.assets import DRIFT_DETECTED\n")
+    (tmp_path / "only_assets.py").write_text("from mlops_airflow.assets import DRIFT_DETECTED\n")
     modules = preload_modules(tmp_path)
     assert "airflow.sdk" in modules  # what mlops/assets.py imports
     assert "pandas" not in modules and "mlflow" not in modules
-    (tmp_path / "stages.py").write_text("from mlops.operators.training import IngestOperator\n")
+    (tmp_path / "stages.py").write_text("from mlops_airflow.operators.training import IngestOperator\n")
     assert "sklearn.ensemble" in preload_modules(tmp_path)
 
 
 def test_locate_finds_modules_without_importing_them() -> None:
     code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'plugins')!r}]; "
-            "from mlops.worker_preload import locate; "
+            "from mlops_airflow.worker_preload import locate; "
             "found = [str(locate(n)) for n in ('sklearn.ensemble', 'pyarrow.parquet', "
-            "'include.mlops.pipeline', 'mlflow.entities.Metric', 'no_such_module')]; "
+            "'include.mlops_core.pipeline', 'mlflow.entities.Metric', 'no_such_module')]; "
             "print(found); assert 'sklearn' not in sys.modules and 'pyarrow' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "sklearn/ensemble/__init__.py" in result.stdout
-    assert "include/mlops/pipeline.py" in result.stdout
+    assert "include/mlops_core/pipeline.py" in result.stdout
     assert result.stdout.count("None") == 2
     assert locate("evidently") is not None  # excluded by choice, not because it is missing
 
@@ -77,7 +77,7 @@ def test_locate_finds_modules_without_importing_them() -> None:
 FORK_CHECK = textwrap.dedent("""
     import importlib, json, os, socket, sys, threading
     sys.path[:0] = [{repo!r}, {plugins!r}]
-    from mlops.worker_preload import NATIVE_POOLS, preload_modules
+    from mlops_airflow.worker_preload import NATIVE_POOLS, preload_modules
 
     def os_threads():
         return len(os.listdir("/proc/self/task"))
