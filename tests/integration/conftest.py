@@ -215,7 +215,7 @@ class RunResult:
 
     def final_error(self) -> str:
         """The last exception line of the log: the message an on-call engineer reads first."""
-        pattern = re.compile(r"^(include\.mlops\.errors\.\w+|airflow\.sdk\.exceptions\.\w+): ")
+        pattern = re.compile(r"^(include\.mlops_core\.errors\.\w+|airflow\.sdk\.exceptions\.\w+): ")
         found = [line for line in self.log.splitlines() if pattern.match(line)]
         assert found, "no exception line in the task log"
         return found[-1]
