@@ -243,8 +243,7 @@ def _with_banner(html: str, result: DriftResult, sample: dict[str, Any]) -> str:
     banner = ('<div style="font-family:sans-serif;padding:8px 16px;background:#fff8e1;'
               'border-bottom:1px solid #e0c97f">'
               + "<br>".join(html_lib.escape(line) for line in lines) + "</div>")
-    at = html.find("<body>")
-    return html[:at + 6] + banner + html[at + 6:] if at >= 0 else banner + html
+    return with_section(html, banner)
 
 
 def _empty_report(result: DriftResult) -> str:

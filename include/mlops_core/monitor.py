@@ -489,11 +489,11 @@ def index_live_history(store: Any, artifacts_uri: str, model_name: str) -> None:
     live_root = join(artifacts_uri, model_name, "live")
     days = 0
     for prefix in store.list_prefixes(live_root):
-        uri = join(live_root, prefix, "joined.parquet")
-        if prefix.startswith("date=") and store.exists(uri):
+        joined = _joined_rows(store, join(live_root, prefix)) if prefix.startswith("date=") \
+            else None
+        if joined is not None:
             index_live_day(store, artifacts_uri, model_name,
-                           date.fromisoformat(prefix.removeprefix("date=")),
-                           ingestion.read_parquet_bytes(store.read_bytes(uri)))
+                           date.fromisoformat(prefix.removeprefix("date=")), joined)
             days += 1
     try:
         store.write_bytes(complete, json.dumps({"indexed_days": days, "indexed_at": datetime.now(
@@ -501,6 +501,16 @@ def index_live_history(store: Any, artifacts_uri: str, model_name: str) -> None:
     except ObjectExistsError:
         pass
     log.info("Indexed %d live day(s) of %s by model version", days, model_name)
+
+
+def _joined_rows(store: Any, day_dir: str) -> pd.DataFrame | None:
+    """A live day's ``joined.parquet``, or None when the day has none (one read, no HEAD)."""
+    from include.mlops_core.storage import ObjectNotFoundError
+
+    try:
+        return ingestion.read_parquet_bytes(store.read_bytes(join(day_dir, "joined.parquet")))
+    except ObjectNotFoundError:
+        return None
 
 
 AB_COLUMNS = ("partition_date", "model_version", "label", "prediction", "score")
@@ -521,9 +531,10 @@ def ab_history(store: Any, artifacts_uri: str, model_name: str, day: date,
     frames = []
     for prefix in store.list_prefixes(join(live_index_root(artifacts_uri, model_name),
                                            f"v{version}")):
-        uri = join(live_root, prefix, "joined.parquet")
-        if prefix <= f"date={day.isoformat()}" and store.exists(uri):
-            frames.append(ingestion.read_parquet_bytes(store.read_bytes(uri)))
+        joined = _joined_rows(store, join(live_root, prefix)) \
+            if prefix <= f"date={day.isoformat()}" else None
+        if joined is not None:
+            frames.append(joined)
     return (pd.concat(frames, ignore_index=True) if frames
             else pd.DataFrame({c: pd.Series(dtype=object) for c in AB_COLUMNS}))
 

@@ -4,7 +4,6 @@ refused by the store itself (``If-None-Match: *`` → 412), also when writers ra
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from include.mlops_core.storage import (
     ObjectStore,
     make_s3_client,
 )
+from tests.storage_race import race_create_only
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +81,7 @@ def test_concurrent_create_only_writes_have_exactly_one_winner(
         store: ObjectStore, request: pytest.FixtureRequest) -> None:
     uri = f"s3://mlops/{request.node.name}/claim.json"
     writers = 8
-    barrier = threading.Barrier(writers)
-    outcomes: dict[int, str] = {}
-
-    def writer(i: int) -> None:
-        barrier.wait()
-        try:
-            store.write_bytes(uri, f"writer {i}".encode(), create_only=True)
-            outcomes[i] = "won"
-        except ObjectExistsError:
-            outcomes[i] = "refused"
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race_create_only(store, uri, writers)
 
     winners = [i for i, outcome in outcomes.items() if outcome == "won"]
     assert len(outcomes) == writers, outcomes  # no other error

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from include.mlops_core.storage import (
     local_path,
     split_s3,
 )
+from tests.storage_race import race_create_only
 
 
 @pytest.fixture
@@ -85,22 +85,7 @@ def test_create_only_refuses_to_replace(store: ObjectStore, tmp_path: Path) -> N
 
 def test_concurrent_create_only_writes_have_exactly_one_winner(store: ObjectStore, tmp_path: Path) -> None:
     uri = str(tmp_path / "record.json")
-    barrier = threading.Barrier(8)
-    outcomes: dict[int, str] = {}
-
-    def writer(i: int) -> None:
-        barrier.wait()
-        try:
-            store.write_bytes(uri, f"writer {i}".encode(), create_only=True)
-            outcomes[i] = "won"
-        except ObjectExistsError:
-            outcomes[i] = "refused"
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race_create_only(store, uri)
 
     winners = [i for i, outcome in outcomes.items() if outcome == "won"]
     assert len(outcomes) == 8
